@@ -1,0 +1,1 @@
+"""Sources (Open-X RLDS reader, Meta-World simulator), validation, curation and publishing."""

@@ -1,0 +1,1 @@
+"""Labelers: pure functions or model-holding callables from arrays to arrays (no file I/O)."""

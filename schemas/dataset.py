@@ -1,0 +1,115 @@
+"""The on-disk curated dataset: sharded Zarr v3 plus a Parquet manifest.
+
+Layout of DATASET_DIR (see schemas/CONTRACT.md for the prose version):
+
+    DATASET_DIR/
+      dataset.json              contract version, config used, counts   (written last but one)
+      manifest.parquet          one row per written episode             (written last)
+      quarantine.parquet        one row per episode that failed
+      filtered.parquet          one row per episode dropped by a filter or as a duplicate
+      stats.json                training statistics
+      README.md                 dataset card (+ card/*.png)
+      shards/shard-NNNNN/       one Zarr v3 group per shard, written by exactly one worker,
+                                committed by renaming shards/.tmp-shard-NNNNN-<uuid>/
+
+Inside a shard group, arrays are concatenated over the shard's episodes along
+axis 0: frame arrays over frames (offsets frame_start/frame_count in the
+manifest), anchor arrays over anchors (anchor_start/anchor_count). All episodes
+of a shard share image size and camera set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+CONTRACT_VERSION = "1.0.0"
+SHARDS_DIR = "shards"
+MANIFEST = "manifest.parquet"
+QUARANTINE = "quarantine.parquet"
+FILTERED = "filtered.parquet"
+DATASET_JSON = "dataset.json"
+STATS_JSON = "stats.json"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array of a shard group. Shape symbols: F frames, N anchors, H W image,
+    K points, T horizon, L latent tokens, A action dim, P proprio dim.
+    `nan_ok`: NaN is allowed (marks unknown); otherwise any NaN is a violation.
+    `per`: "frame" or "anchor": which manifest offsets index axis 0.
+    `optional`: absent when the label was not configured or not available."""
+
+    name: str  # may contain {camera}
+    dtype: str
+    shape: tuple[str, ...]
+    per: str
+    units: str
+    nan_ok: bool = False
+    optional: bool = False
+
+
+SHARD_ARRAYS: tuple[ArraySpec, ...] = (
+    ArraySpec("frames/{camera}", "uint8", ("F", "H", "W", "3"), "frame", "RGB"),
+    ArraySpec("depth_m/{camera}", "float32", ("F", "H", "W"), "frame", "metres", nan_ok=True, optional=True),
+    ArraySpec("actions", "float32", ("F", "A"), "frame", "dataset action encoding"),
+    ArraySpec("proprio", "float32", ("F", "P"), "frame", "dataset proprio encoding", optional=True),
+    ArraySpec("anchor_step", "int32", ("N",), "anchor", "step index within the episode"),
+    ArraySpec("tracks_px", "float32", ("N", "K", "T", "2"), "anchor", "pixels (x, y)", nan_ok=True),
+    ArraySpec("visible", "bool", ("N", "K", "T"), "anchor", "mask"),
+    ArraySpec("in_range", "bool", ("N", "T"), "anchor", "mask"),
+    ArraySpec("depth_track_m", "float32", ("N", "K", "T"), "anchor", "metres", nan_ok=True, optional=True),
+    ArraySpec("points_cam_m", "float32", ("N", "K", "T", "3"), "anchor", "metres, camera frame, OpenCV axes", nan_ok=True, optional=True),
+    ArraySpec("valid_3d", "bool", ("N", "K", "T"), "anchor", "mask", optional=True),
+    ArraySpec("motion_image", "uint8", ("N", "H", "W", "3"), "anchor", "flow, sqrt encoding s=64", optional=True),
+    ArraySpec("flow_valid", "bool", ("N",), "anchor", "mask", optional=True),
+    ArraySpec("latent_tokens", "int16", ("N", "L"), "anchor", "codebook index, -1 pad", optional=True),
+    ArraySpec("latent_valid", "bool", ("N",), "anchor", "mask", optional=True),
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("version", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("episode_index", pa.int64(), nullable=False),
+        pa.field("source_file", pa.string()),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("frame_start", pa.int64(), nullable=False),
+        pa.field("frame_count", pa.int64(), nullable=False),
+        pa.field("anchor_start", pa.int64(), nullable=False),
+        pa.field("anchor_count", pa.int64(), nullable=False),
+        pa.field("language", pa.string()),
+        pa.field("primary_camera", pa.string(), nullable=False),
+        pa.field("cameras", pa.list_(pa.string()), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("action_dim", pa.int32(), nullable=False),
+        pa.field("action_encoding", pa.string()),
+        pa.field("proprio_dim", pa.int32()),
+        pa.field("control_hz", pa.float32()),
+        pa.field("intrinsics", pa.list_(pa.float32(), 4)),  # fx fy cx cy
+        pa.field("intrinsics_estimated", pa.bool_()),
+        pa.field("depth_kind", pa.string()),
+        pa.field("backends", pa.string()),  # JSON {label: backend}
+        pa.field("success", pa.bool_()),
+        pa.field("mean_visibility", pa.float32()),  # quality figures
+        pa.field("motion_px", pa.float32()),  # median track displacement over the horizon, pixels
+        pa.field("checksum", pa.string(), nullable=False),  # sha256 over the episode's array slices
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("episode_id", pa.string()),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("episode_index", pa.int64()),
+        pa.field("source_file", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
