@@ -1,0 +1,145 @@
+"""Configuration of the dual-expert (LaMP-style) policy and of its training runs.
+
+Two dataclasses, each flat so a YAML/JSON file can override any field:
+
+    policy:            # LaMPConfig: the network and its inputs/outputs
+      d_model: 128
+      fusion: gated_sigmoid
+    train:             # TrainConfig: the optimisation of one phase
+      steps: 3000
+      batch_size: 32
+
+Fields marked "from data" are filled from the dataset (manifest/info) by the
+trainer before the model is built, and saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FUSIONS = ("gated_sigmoid", "gated_tanh", "concat", "add", "none")
+MOTION_REPRS = ("uvd", "xyz")
+NORM_MODES = ("mean_std", "quantile")
+
+
+@dataclass
+class LaMPConfig:
+    # --- inputs / outputs (from data) ---
+    camera: str = ""  # camera the policy sees; "" = the dataset's primary camera
+    image_size: tuple[int, int] = (128, 128)  # H, W (from data)
+    action_dim: int = 4  # A (from data)
+    state_dim: int = 4  # P (from data; 0 = no proprio)
+    chunk_size: int = 10  # C, actions predicted per chunk
+    n_action_steps: int = 10  # actions executed from each chunk before re-planning (select_action)
+    normalization: str = "quantile"  # mean_std: (x - mean) / std ; quantile: q01/q99 -> [-1, 1]
+
+    # --- width shared by all parts ---
+    d_model: int = 128
+    n_heads: int = 4
+    ffn_mult: int = 4
+    dropout: float = 0.0  # 0 keeps a resumed run bit-identical without extra RNG plumbing
+
+    # --- vision-language encoder ---
+    vl_backend: str = "compact"  # compact | hf
+    hf_model: str = ""  # transformers model id or local directory (vl_backend=hf)
+    hf_freeze: bool = True  # keep the pretrained VLM frozen (as LaMP does)
+    image_patch: int = 16  # compact: one token per patch -> (H/p) * (W/p) image tokens
+    text_max_len: int = 32  # compact: UTF-8 bytes of the instruction kept
+    vl_layers: int = 2  # compact: transformer layers over [image; text] tokens
+
+    # --- motion expert ---
+    motion_repr: str = "uvd"  # uvd: (du, dv, d depth) from the anchor; xyz: camera-frame 3D from the anchor
+    motion_points: int = 100  # K used by the model (subsampled from the data's grid, strided)
+    motion_horizon: int = 16  # T used by the model (subsampled from the data's horizon, strided)
+    motion_layers: int = 3
+    motion_tau: float = 0.1  # partial-denoising target time (t = 0 is noise for this expert)
+    motion_time_beta: bool = True  # sample t as 1 - Beta(1.5, 1) (dense near noise) else U(0, 1)
+
+    # --- fusion of motion features into the VL tokens ---
+    fusion: str = "gated_sigmoid"  # gated_sigmoid (LaMP) | gated_tanh (Flamingo) | concat | add | none
+
+    # --- action expert ---
+    action_layers: int = 3
+    num_inference_steps: int = 10  # Euler steps from t = 1 (noise) to t = 0 (actions)
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.motion_repr not in MOTION_REPRS:
+            raise ValueError(f"motion_repr must be one of {MOTION_REPRS}, got {self.motion_repr!r}")
+        if self.normalization not in NORM_MODES:
+            raise ValueError(f"normalization must be one of {NORM_MODES}, got {self.normalization!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError("d_model must be divisible by n_heads")
+        if not 0 < self.motion_tau < 1:
+            raise ValueError("motion_tau must be in (0, 1)")
+        if self.n_action_steps > self.chunk_size:
+            raise ValueError("n_action_steps must be <= chunk_size")
+
+    @property
+    def uses_motion(self) -> bool:
+        return self.fusion != "none"
+
+
+@dataclass
+class TrainConfig:
+    phase: str = "motion"  # motion | action
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-4  # LaMP stage 2 uses 1e-4 on a pretrained VLM; small models from scratch like more
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    seed: int = 0
+    num_workers: int = 0
+    shuffle_buffer: int = 512
+    log_every: int = 10
+    checkpoint_every: int = 500
+    train_vl_in_action_phase: bool = True  # LaMP freezes its VLM; our compact encoder is small and learns
+
+    def __post_init__(self) -> None:
+        if self.phase not in ("motion", "action"):
+            raise ValueError(f"phase must be motion or action, got {self.phase!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**d)
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def policy_config_from_dict(d: dict[str, Any]) -> LaMPConfig:
+    return _from_dict(LaMPConfig, dict(d))
+
+
+def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    return _from_dict(TrainConfig, dict(d))
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a YAML or JSON file with optional `policy:` and `train:` sections; returns
+    the two override dicts (apply them with dataclasses.replace or the constructors)."""
+    import yaml
+
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with policy:/train: sections")
+    unknown = set(data) - {"policy", "train"}
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected policy, train)")
+    return dict(data.get("policy") or {}), dict(data.get("train") or {})
