@@ -1,0 +1,189 @@
+"""Near-duplicate episode detection.
+
+Each episode is summarised once, where it is decoded, by a small picklable
+`Fingerprint` (a few hundred bytes); the job collects the fingerprints of all
+episodes and calls `find_duplicates` once. Two kinds of duplicates:
+
+    exact       same start frames (sha256 of the first `start_frames` primary
+                frames, with their shape) and the same normalised language
+    perceptual  primary-camera perceptual hashes (imagehash.phash, 64 bits each,
+                of the first / middle / last frame) within `max_hamming` bits in
+                total (Hamming distance over the 3 x 64 = 192 bits)
+
+Scaling: exact duplicates are found by grouping on (start hash, language).
+Perceptual candidates come from multi-index hashing: the 192-bit hash is cut
+into `max_hamming + 1` bands; two hashes within `max_hamming` bits agree
+exactly on at least one band (pigeonhole), so bucketing on each band finds
+every pair within the distance (no misses) while comparing only episodes that
+share a band, with a vectorised popcount inside each bucket.
+
+Which episode of a group is kept is deterministic whatever the input order:
+episodes are visited in provenance-key order and one is dropped when it is a
+duplicate of an already-kept episode; the pair records the kept episode (exact
+match first, then the smallest distance, then the smallest key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from schemas.episode import Episode
+
+HASH_BITS = 64  # imagehash.phash with hash_size=8
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    enabled: bool = True
+    exact: bool = True  # same start frames and language
+    perceptual: bool = True  # perceptual hashes within max_hamming bits
+    max_hamming: int = 10  # total bits over the hashed frames (3 x 64 by default)
+    start_frames: int = 2  # frames hashed exactly for the "same start" test
+    perceptual_same_language: bool = False  # also require equal language for perceptual pairs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DedupConfig":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown dedup option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    episode_id: str
+    key: tuple  # (dataset, version, split, episode_index): deterministic tie-break, smallest is kept
+    language: str  # normalised
+    start_hash: str  # sha256 hex of the first frames + their shape
+    phashes: tuple[int, ...]  # 64-bit perceptual hashes, first / middle / last frame
+    num_steps: int
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    kept: str  # episode_id
+    dropped: str  # episode_id
+    kind: str  # "exact" | "perceptual"
+    distance: int  # Hamming bits over the phashes (0 for exact)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalise_language(text: str) -> str:
+    """Case-, accent-, punctuation- and whitespace-insensitive form of an instruction."""
+    text = unicodedata.normalize("NFKC", text or "").lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def _phash(frame: np.ndarray) -> int:
+    import imagehash
+    from PIL import Image
+
+    h = imagehash.phash(Image.fromarray(frame), hash_size=8)
+    return int(sum(1 << i for i, bit in enumerate(h.hash.flatten()) if bit))
+
+
+def fingerprint(episode: Episode, cfg: DedupConfig | None = None) -> Fingerprint:
+    """Fingerprint of an episode's primary camera and language (cheap: 3 phashes + one sha256)."""
+    cfg = cfg or DedupConfig()
+    frames = episode.frames[episode.primary_camera]  # T H W 3 uint8
+    T = frames.shape[0]
+    start = np.ascontiguousarray(frames[: cfg.start_frames])
+    digest = hashlib.sha256(repr(start.shape).encode())
+    digest.update(start.tobytes())
+    picks = sorted({0, T // 2, T - 1}) if T else []
+    while len(picks) < 3 and picks:  # short episodes: repeat so every fingerprint has 3 hashes
+        picks.append(picks[-1])
+    p = episode.provenance
+    return Fingerprint(
+        episode_id=episode.episode_id,
+        key=(p.dataset, p.version, p.split, int(p.episode_index)),
+        language=normalise_language(episode.language),
+        start_hash=digest.hexdigest(),
+        phashes=tuple(_phash(frames[t]) for t in picks),
+        num_steps=int(T),
+    )
+
+
+def _bits(fp: Fingerprint) -> np.ndarray:
+    return np.array([(h >> i) & 1 for h in fp.phashes for i in range(HASH_BITS)], dtype=np.uint8)
+
+
+def _perceptual_candidates(fps: list[Fingerprint], max_hamming: int) -> dict[tuple[int, int], int]:
+    """All index pairs (i < j) with Hamming distance <= max_hamming, with the distance."""
+    n_hashes = {len(fp.phashes) for fp in fps}
+    if len(n_hashes) != 1:
+        raise ValueError(f"fingerprints hold different numbers of hashes {sorted(n_hashes)}")
+    bits = np.stack([_bits(fp) for fp in fps])  # n B (B = 3 x 64)
+    n, B = bits.shape
+    n_bands = min(max_hamming + 1, B)
+    edges = np.linspace(0, B, n_bands + 1).astype(int)
+    packed = np.packbits(bits, axis=1)  # n B/8, for the popcount
+    found: dict[tuple[int, int], int] = {}
+    for b in range(n_bands):
+        band = bits[:, edges[b] : edges[b + 1]]
+        weights = 1 << np.arange(band.shape[1], dtype=np.int64)
+        keys = band.astype(np.int64) @ weights
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        splits = np.flatnonzero(np.diff(sorted_keys)) + 1
+        for group in np.split(order, splits):
+            if len(group) < 2:
+                continue
+            group = np.sort(group)
+            for a in range(len(group) - 1):  # one row against the rest of its bucket, vectorised
+                i = group[a]
+                rest = group[a + 1 :]
+                dist = np.unpackbits(packed[rest] ^ packed[i], axis=1).sum(axis=1)
+                for j, d in zip(rest[dist <= max_hamming], dist[dist <= max_hamming]):
+                    found[(int(i), int(j))] = int(d)
+    return found
+
+
+def find_duplicates(fingerprints: dict[str, Fingerprint], cfg: DedupConfig | None = None) -> list[DuplicatePair]:
+    """Pairs (kept, dropped) of duplicate episodes, sorted by dropped episode key.
+
+    Deterministic whatever the order of `fingerprints`: of each set of
+    duplicates the episode with the smallest provenance key is kept."""
+    cfg = cfg or DedupConfig()
+    if not cfg.enabled or len(fingerprints) < 2:
+        return []
+    fps = sorted(fingerprints.values(), key=lambda f: (f.key, f.episode_id))
+    # neighbours[j] -> list of (kind_rank, distance, i) with i < j in key order
+    neighbours: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    if cfg.exact:
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for idx, fp in enumerate(fps):
+            groups[(fp.start_hash, fp.language)].append(idx)
+        for members in groups.values():
+            for a, i in enumerate(members):
+                for j in members[a + 1 :]:
+                    neighbours[j].append((0, 0, i))
+    if cfg.perceptual:
+        for (i, j), d in _perceptual_candidates(fps, cfg.max_hamming).items():
+            if cfg.perceptual_same_language and fps[i].language != fps[j].language:
+                continue
+            neighbours[j].append((1, d, i))
+    kept: set[int] = set()
+    pairs = []
+    for j in range(len(fps)):
+        matches = sorted(m for m in neighbours.get(j, ()) if m[2] in kept)
+        if not matches:
+            kept.add(j)
+            continue
+        rank, dist, i = matches[0]
+        pairs.append(DuplicatePair(fps[i].episode_id, fps[j].episode_id, "exact" if rank == 0 else "perceptual", dist))
+    return pairs
