@@ -1,0 +1,217 @@
+"""The label stage: one Episode in, its EpisodeLabels out.
+
+    episode --frames of one camera--> depth backend ---------------------> depth T H W (metres) | missing
+                                   \\-> tracker (grid queries, every anchor) -> tracks N K T 2, visible
+                                   \\-> flow backend (t -> t + gap) -------> motion images N H W 3
+                                   \\-> latent action labeler (optional) ---> tokens N L
+            tracks + depth + intrinsics (or a field-of-view estimate) --> points_cam_m N K T 3, valid_3d
+
+`EpisodeLabeler(config)` is a callable class: it builds its backends (and
+loads any model) once, then labels episodes; runners (local, Beam, Ray) call
+it and know nothing else about labeling. Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from schemas.episode import Episode, EpisodeError
+from schemas.triplet import (
+    DEFAULT_FLOW_GAP,
+    DEFAULT_GRID,
+    DEFAULT_HORIZON,
+    DEFAULT_STRIDE,
+    LATENT_PAD_TOKEN,
+    EpisodeLabels,
+    anchor_steps,
+)
+
+# A frame whose grey values span fewer levels than this carries no texture to
+# measure motion on (all black, all white, a blank camera).
+MIN_TEXTURE_LEVELS = 4
+
+
+@dataclass
+class LabelConfig:
+    """Backends and parameters of every labeler (serialised into dataset.json)."""
+
+    depth: str = "dataset"  # "dataset" | "depth-anything"
+    depth_params: dict = field(default_factory=dict)
+    tracker: str = "lk"  # "lk" | "cotracker"
+    tracker_params: dict = field(default_factory=dict)
+    grid: int = DEFAULT_GRID  # queries: grid x grid cell centres of the anchor frame
+    horizon: int = DEFAULT_HORIZON  # T: steps t .. t + T - 1
+    stride: int = DEFAULT_STRIDE  # anchors every `stride` steps
+    flow: str = "dis"  # "dis" | "farneback" | "" (no motion images)
+    flow_params: dict = field(default_factory=dict)
+    flow_gap: int = DEFAULT_FLOW_GAP
+    fov_deg: float = 55.0  # assumed vertical field of view when the episode has no intrinsics
+    edge_rel: float = 0.05  # depth sampling: relative jump treated as an occlusion edge
+    outlier_removal: bool = False  # open3d statistical outlier removal on each anchor's 3D points
+    camera: str = ""  # "" = the episode's primary camera
+    latent_checkpoint: Optional[str] = None  # LAM checkpoint; None = no latent action tokens
+    latent_gap: Optional[int] = None  # None = the checkpoint's own gap
+
+    def __post_init__(self):
+        for name in ("grid", "horizon", "stride", "flow_gap"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"LabelConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown label config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()})
+
+
+class EpisodeLabeler:
+    """`labeler(episode) -> EpisodeLabels` for every anchor of the episode."""
+
+    def __init__(self, config: Optional[LabelConfig] = None, tracker=None, depth_backend=None, flow_backend=None, latent=None):
+        """Backends come from the config; pass built ones to override (tests, shared models)."""
+        from labelers.depth import get_depth_backend
+        from labelers.flow import get_flow_backend
+        from labelers.tracks import get_tracker
+
+        self.config = config or LabelConfig()
+        c = self.config
+        self.depth = depth_backend or get_depth_backend(c.depth, **c.depth_params)
+        self.tracker = tracker or get_tracker(c.tracker, **c.tracker_params)
+        self.flow = flow_backend or (get_flow_backend(c.flow, **c.flow_params) if c.flow else None)
+        self.latent = latent
+        if self.latent is None and c.latent_checkpoint:
+            from labelers.latent_action import LatentActionLabeler
+
+            self.latent = LatentActionLabeler.from_checkpoint(c.latent_checkpoint)
+
+    @property
+    def backends(self) -> dict[str, str]:
+        out = {"depth": self.depth.name, "tracks": self.tracker.name}
+        if self.flow is not None:
+            out["flow"] = self.flow.name
+        if self.latent is not None:
+            out["latent"] = "lam"
+        return out
+
+    def __call__(self, episode: Episode) -> EpisodeLabels:
+        where = episode.provenance.describe()
+        try:
+            episode.check()
+            return self._label(episode)
+        except EpisodeError:
+            raise
+        except (ValueError, RuntimeError) as e:
+            raise EpisodeError(where, f"labeling failed: {e}", stage="label") from e
+
+    # -- the work
+
+    def _label(self, episode: Episode) -> EpisodeLabels:
+        from labelers.flow import encode_motion_image, to_gray
+        from labelers.sceneflow import intrinsics_or_estimate, lift_tracks, statistical_inliers
+        from labelers.tracks import grid_queries, track_anchors
+
+        c = self.config
+        where = episode.provenance.describe()
+        cam = c.camera or episode.primary_camera
+        if cam not in episode.frames:
+            raise EpisodeError(where, f"camera {cam!r} not in episode (has {episode.cameras})", stage="label")
+        if cam in episode.blank_cameras:
+            raise EpisodeError(where, f"camera {cam!r} is blank in this episode", stage="label")
+        frames = episode.frames[cam]
+        n_steps, H, W = frames.shape[:3]
+        anchors = anchor_steps(n_steps, c.stride)
+        N, T = anchors.size, c.horizon
+        steps = anchors[:, None] + np.arange(T)[None, :]  # N T
+        in_range = steps < n_steps
+
+        grays = [to_gray(f) for f in frames]
+        textured = np.array([int(g.max()) - int(g.min()) >= MIN_TEXTURE_LEVELS for g in grays])
+
+        queries = grid_queries(H, W, c.grid)
+        if getattr(self.tracker, "name", "") == "lk":
+            tracks, visible = self.tracker.track_anchors(frames, anchors, queries, T, pyramids=grays)
+        else:
+            tracks, visible = track_anchors(self.tracker, frames, anchors, queries, T)
+        tracks[~np.broadcast_to(in_range[:, None, :], visible.shape)] = np.nan
+        visible &= in_range[:, None, :]
+        # No texture, no evidence: a point on a textureless frame is not "seen" (j > 0).
+        frame_textured = np.where(in_range, textured[np.minimum(steps, n_steps - 1)], False)
+        visible[:, :, 1:] &= frame_textured[:, None, 1:]
+        visible &= textured[anchors][:, None, None]
+
+        intr = intrinsics_or_estimate(episode.intrinsics.get(cam), H, W, c.fov_deg)
+        depth_res = self.depth(frames, episode.depth_m.get(cam))
+        labels = EpisodeLabels(
+            anchors=anchors.astype(np.int32),
+            tracks_px=tracks.astype(np.float32),
+            visible=visible,
+            in_range=in_range,
+            intrinsics=intr.as_array(),
+            intrinsics_estimated=bool(intr.estimated),
+            depth_kind=depth_res.kind,
+            flow_gap=int(c.flow_gap),
+            backends=self.backends,
+        )
+        if depth_res.depth_m is not None:
+            frame_index = np.where(in_range, steps, -1)[:, None, :]  # N 1 T
+            sf = lift_tracks(tracks, visible, depth_res.depth_m, intr, frame_index=frame_index, edge_rel=c.edge_rel)
+            valid = sf.valid_3d
+            points = sf.points_cam_m
+            depth_track = sf.depth_m
+            if c.outlier_removal:
+                for n in range(N):
+                    bad = ~statistical_inliers(points[n, :, 0]) & valid[n, :, 0]
+                    valid[n, bad] = False
+                points[~valid] = np.nan
+                depth_track[~valid] = np.nan
+            labels.depth_m, labels.points_cam_m, labels.valid_3d = depth_track, points, valid
+
+        if self.flow is not None:
+            motion = np.empty((N, H, W, 3), np.uint8)
+            flow_valid = np.zeros(N, bool)
+            zero = encode_motion_image(np.zeros((H, W, 2), np.float32))
+            for n, a in enumerate(anchors):
+                b = a + c.flow_gap
+                if b >= n_steps or not (textured[a] and textured[b]):
+                    motion[n] = zero
+                    continue
+                flow_fn = getattr(self.flow, "flow_gray", None)
+                flow = flow_fn(grays[a], grays[b]) if flow_fn else self.flow(frames[a], frames[b])
+                motion[n] = encode_motion_image(flow)
+                flow_valid[n] = True
+            labels.motion_image, labels.flow_valid = motion, flow_valid
+
+        if self.latent is not None:
+            gap = c.latent_gap if c.latent_gap is not None else getattr(self.latent, "gap", c.flow_gap)
+            tokens, ok = self.latent(frames, anchors, gap)
+            tokens = np.asarray(tokens, np.int16).copy()
+            ok = np.asarray(ok, bool)
+            tokens[~ok] = LATENT_PAD_TOKEN
+            labels.latent_tokens, labels.latent_valid = tokens, ok
+        return labels
+
+
+def label_summary(labels: EpisodeLabels) -> dict[str, Any]:
+    """A few numbers describing one episode's labels (for logs and reports)."""
+    out = {
+        "anchors": labels.num_anchors,
+        "visible_share": float(labels.visible[labels.in_range[:, None, :].repeat(labels.visible.shape[1], 1)].mean())
+        if labels.in_range.any()
+        else float("nan"),
+        "depth_kind": labels.depth_kind,
+        "intrinsics_estimated": labels.intrinsics_estimated,
+    }
+    if labels.valid_3d is not None:
+        out["valid_3d_share"] = float(labels.valid_3d.mean())
+    if labels.flow_valid is not None:
+        out["flow_valid_share"] = float(labels.flow_valid.mean())
+    return out
