@@ -159,13 +159,18 @@ def finalize_metaworld_sim(episode, raw: RawEpisode):
     episode.extrinsics[cam] = cam_to_world
     if "success" in md:
         episode.success = bool(md["success"])
+    if "control_hz" in md and np.isfinite(md["control_hz"]) and float(md["control_hz"]) > 0:
+        episode.control_hz = float(md["control_hz"])  # the simulator records its own rate
     seg = np.asarray(raw.steps["observation/segmentation"], np.int32)
+    body_pos = np.asarray(raw.steps["ground_truth/body_pos"], np.float64)
+    body_quat = np.asarray(raw.steps["ground_truth/body_quat"], np.float64)
+    # Body arrays are NaN-padded to the dataset's largest task; keep this task's bodies.
+    num_bodies = int(md.get("num_bodies", body_pos.shape[1]))
+    body_pos, body_quat = body_pos[:, :num_bodies], body_quat[:, :num_bodies]
+    if not (np.all(np.isfinite(body_pos)) and np.all(np.isfinite(body_quat))):
+        raise EpisodeError(raw.where, "non-finite ground-truth body pose within the episode's bodies")
     episode.ground_truth = SimGroundTruth(
-        segmentation=seg,
-        body_pos=np.asarray(raw.steps["ground_truth/body_pos"], np.float64),
-        body_quat=np.asarray(raw.steps["ground_truth/body_quat"], np.float64),
-        cam_to_world=cam_to_world,
-        camera=cam,
+        segmentation=seg, body_pos=body_pos, body_quat=body_quat, cam_to_world=cam_to_world, camera=cam,
     )
     if seg.shape != episode.frames[cam].shape[:3]:
         raise EpisodeError(raw.where, f"segmentation shape {seg.shape} != frames {episode.frames[cam].shape[:3]}")
