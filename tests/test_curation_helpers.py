@@ -1,17 +1,16 @@
 """Small synthetic episodes, labels and written datasets for the curation and
-publishing tests. The dataset writer follows schemas/dataset.py by hand (zarr +
-pyarrow) so these tests do not depend on the job; it is not the product's
-writer (that is pipelines/H5's)."""
+publishing tests. Shards are written by the job's own shard writer
+(pipelines.writer); the manifest and dataset.json are assembled here so the
+tests need no labelers or sources."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from schemas.dataset import CONTRACT_VERSION, DATASET_JSON, FILTERED, MANIFEST, MANIFEST_SCHEMA, SHARDS_DIR
+from schemas.dataset import CONTRACT_VERSION, DATASET_JSON, FILTERED, MANIFEST, MANIFEST_SCHEMA
 from schemas.episode import Episode, Provenance
 from schemas.triplet import EpisodeLabels, anchor_steps
 
@@ -106,79 +105,56 @@ def _episode_arrays(ep: Episode, lab: EpisodeLabels) -> dict[str, np.ndarray]:
     return arrays
 
 
-def episode_checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+def _row(ep: Episode, lab: EpisodeLabels) -> dict:
+    H, W = ep.frames[ep.primary_camera].shape[1:3]
+    return {
+        "episode_id": ep.episode_id,
+        "dataset": ep.provenance.dataset,
+        "version": ep.provenance.version,
+        "split": ep.provenance.split,
+        "episode_index": ep.provenance.episode_index,
+        "source_file": ep.provenance.file,
+        "language": ep.language,
+        "primary_camera": ep.primary_camera,
+        "cameras": ep.cameras,
+        "height": int(H),
+        "width": int(W),
+        "action_dim": int(ep.actions.shape[1]),
+        "action_encoding": ep.action_encoding,
+        "proprio_dim": int(ep.proprio.shape[1]),
+        "control_hz": ep.control_hz,
+        "intrinsics": lab.intrinsics.tolist(),
+        "intrinsics_estimated": lab.intrinsics_estimated,
+        "depth_kind": lab.depth_kind,
+        "backends": json.dumps(lab.backends),
+        "success": True,
+        "mean_visibility": float(lab.visible.mean()),
+        "motion_px": 1.0,
+    }
+
+
+FILTERED_SCHEMA_FIELDS = [("episode_id", "string"), ("dataset", "string"), ("split", "string"),
+                          ("episode_index", "int64"), ("reason", "string"), ("detail", "string")]
 
 
 def write_dataset(root: Path, pairs: list[tuple[Episode, EpisodeLabels]], episodes_per_shard: int = 2, filtered: list[dict] | None = None) -> Path:
-    """Write `pairs` as a curated dataset directory per schemas/dataset.py."""
+    """Write `pairs` as a curated dataset directory with the job's shard writer
+    (pipelines.writer.commit_unit), then the manifest and dataset.json."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import zarr
+
+    from pipelines.writer import EpisodePayload, commit_unit, iter_manifest_rows
 
     root = Path(root)
-    (root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    rows = []
+    records = []
     for s in range(0, len(pairs), episodes_per_shard):
-        shard = f"shard-{s // episodes_per_shard:05d}"
-        chunk = pairs[s : s + episodes_per_shard]
-        per_ep = [_episode_arrays(ep, lab) for ep, lab in chunk]
-        group = zarr.open_group(str(root / SHARDS_DIR / shard), mode="w", zarr_format=3)
-        for name in per_ep[0]:
-            data = np.concatenate([a[name] for a in per_ep], axis=0)
-            group.create_array(name, data=data, chunks=data.shape if data.ndim else None)
-        f0 = a0 = 0
-        for (ep, lab), arrays in zip(chunk, per_ep):
-            H, W = ep.frames[ep.primary_camera].shape[1:3]
-            rows.append(
-                {
-                    "episode_id": ep.episode_id,
-                    "dataset": ep.provenance.dataset,
-                    "version": ep.provenance.version,
-                    "split": ep.provenance.split,
-                    "episode_index": ep.provenance.episode_index,
-                    "source_file": ep.provenance.file,
-                    "shard": shard,
-                    "frame_start": f0,
-                    "frame_count": ep.num_steps,
-                    "anchor_start": a0,
-                    "anchor_count": lab.num_anchors,
-                    "language": ep.language,
-                    "primary_camera": ep.primary_camera,
-                    "cameras": ep.cameras,
-                    "height": int(H),
-                    "width": int(W),
-                    "action_dim": int(ep.actions.shape[1]),
-                    "action_encoding": ep.action_encoding,
-                    "proprio_dim": int(ep.proprio.shape[1]),
-                    "control_hz": ep.control_hz,
-                    "intrinsics": lab.intrinsics.tolist(),
-                    "intrinsics_estimated": lab.intrinsics_estimated,
-                    "depth_kind": lab.depth_kind,
-                    "backends": json.dumps(lab.backends),
-                    "success": True,
-                    "mean_visibility": float(lab.visible.mean()),
-                    "motion_px": 1.0,
-                    "checksum": episode_checksum(arrays),
-                }
-            )
-            f0 += ep.num_steps
-            a0 += lab.num_anchors
+        payloads = [EpisodePayload(_episode_arrays(ep, lab), _row(ep, lab)) for ep, lab in pairs[s : s + episodes_per_shard]]
+        records.append(commit_unit(root, s // episodes_per_shard, payloads, {}))
+    rows = iter_manifest_rows(records)
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), root / MANIFEST)
     filtered = filtered or []
-    pq.write_table(
-        pa.Table.from_pylist(
-            filtered,
-            schema=pa.schema([("episode_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
-                              ("episode_index", pa.int64()), ("reason", pa.string()), ("detail", pa.string())]),
-        ),
-        root / FILTERED,
-    )
+    schema = pa.schema([(n, getattr(pa, t)()) for n, t in FILTERED_SCHEMA_FIELDS])
+    pq.write_table(pa.Table.from_pylist(filtered, schema=schema), root / FILTERED)
     (root / DATASET_JSON).write_text(
         json.dumps(
             {
