@@ -1,0 +1,326 @@
+"""Training data: a PyTorch IterableDataset streaming normalised samples from a curated dataset.
+
+    open_dataset(ref) ─► shards, permuted per epoch (seed) ─► this rank/worker's share
+        ─► iter_triplets(shards) ─► TripletTransform (pure: normalise, subsample, chunk)
+        ─► shuffle buffer (seed, epoch, worker) ─► samples ─► DataLoader(collate_fn=collate)
+
+Work split. Global worker g = rank * num_workers + worker_id of G = world_size * num_workers.
+With at least G shards each worker reads shards g, g + G, ... of the epoch's permutation
+(shard-level split, no wasted reads). With fewer shards than workers every worker reads all
+shards in the same order and keeps triplets i with i % G == g. Either way each triplet of an
+epoch is yielded by exactly one worker, and the stream is a pure function of
+(seed, epoch, rank, world_size, num_workers).
+
+The one reader. Triplets come from curation.dataset_reader.open_dataset (or any object with the
+same interface: `shard_names`, `stats`, `manifest`, `iter_triplets(shards=...)`); nothing here
+reads Zarr.
+
+Sample (numpy, one triplet; see modeling_lamp for the batched form):
+  image        3 H W uint8     the policy camera at the anchor
+  language     str
+  state        P float32       proprio, normalised
+  action       C A float32     action chunk from the anchor, normalised; action_valid C bool
+  motion       K T 3 float32   uvd: (du px, dv px, d depth m) or xyz: camera-frame metres, relative
+                               to the anchor step (j = 0), horizon steps 1..T_data-1 strided to T,
+                               normalised; 0 where invalid
+  motion_mask  K T 3 bool      visible & in range at j and at the anchor (+ valid depth for 3D)
+  anchor_uv    K 2 float32     anchor pixel position of each point, in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from policy.config import LaMPConfig
+from policy.normalize import center_scale
+
+
+def source_stats(stats: Mapping[str, Any], dataset_name: Optional[str] = None) -> tuple[str, dict]:
+    """The per-source entry of stats.json (`datasets.<name>`); the only one when not named."""
+    per = stats.get("datasets", stats)
+    if dataset_name:
+        if dataset_name not in per:
+            raise KeyError(f"no statistics for dataset {dataset_name!r}; have {sorted(per)}")
+        return dataset_name, per[dataset_name]
+    names = sorted(k for k, v in per.items() if isinstance(v, dict) and "actions" in v)
+    if len(names) != 1:
+        raise ValueError(f"dataset holds several sources {names}: pick one with dataset_name")
+    return names[0], per[names[0]]
+
+
+def subsample_points(K: int, k: int) -> np.ndarray:
+    """k of K point indices, spread evenly; a sub-grid when both are square grids (20x20 -> 10x10)."""
+    if k > K:
+        raise ValueError(f"model wants {k} motion points but the data has {K}")
+    g, h = int(round(math.sqrt(K))), int(round(math.sqrt(k)))
+    if g * g == K and h * h == k:
+        rows = np.round(np.linspace(0, g - 1, h)).astype(np.int64)
+        return (rows[:, None] * g + rows[None, :]).reshape(-1)
+    return np.round(np.linspace(0, K - 1, k)).astype(np.int64)
+
+
+def subsample_horizon(T: int, t: int) -> np.ndarray:
+    """t of the horizon steps 1..T-1 (step 0 is the anchor itself: its delta is always 0)."""
+    if t > T - 1:
+        raise ValueError(f"model wants horizon {t} but the data has {T} steps (T - 1 = {T - 1} future steps)")
+    return np.round(np.linspace(1, T - 1, t)).astype(np.int64)
+
+
+class TripletTransform:
+    """Triplet -> sample dict. Pure and picklable: all state is normalisation arrays and indices."""
+
+    def __init__(self, cfg: LaMPConfig, stats_entry: Mapping[str, Any], data_points: int, data_horizon: int):
+        mode = cfg.normalization
+        self.cfg = cfg
+        self.action_center, self.action_scale = center_scale(stats_entry["actions"], mode)
+        if cfg.state_dim and stats_entry.get("proprio"):
+            self.state_center, self.state_scale = center_scale(stats_entry["proprio"], mode)
+        else:
+            self.state_center = np.zeros(cfg.state_dim, np.float32)
+            self.state_scale = np.ones(cfg.state_dim, np.float32)
+        self.motion_center, self.motion_scale = motion_center_scale(stats_entry, cfg.motion_repr, mode)
+        self.k_idx = subsample_points(data_points, cfg.motion_points)
+        self.t_idx = subsample_horizon(data_horizon, cfg.motion_horizon)
+
+    def __call__(self, tr) -> dict[str, Any]:
+        cfg = self.cfg
+        cam = cfg.camera or tr.meta.get("primary_camera") or next(iter(tr.images))
+        img = np.asarray(tr.images[cam])
+        H, W = cfg.image_size
+        if img.shape[:2] != (H, W):
+            import cv2
+
+            img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
+        out: dict[str, Any] = {"image": np.ascontiguousarray(img.transpose(2, 0, 1)), "language": tr.language or ""}
+
+        P = cfg.state_dim
+        state = np.zeros(P, np.float32)
+        prop = np.asarray(tr.proprio, np.float32).reshape(-1)
+        if P and prop.size:
+            state = ((prop[:P] - self.state_center[:P]) / self.state_scale[:P]).astype(np.float32)
+        out["state"] = np.nan_to_num(state)
+
+        C, A = cfg.chunk_size, cfg.action_dim
+        chunk = np.zeros((C, A), np.float32)
+        valid = np.zeros(C, bool)
+        ac = np.asarray(tr.action_chunk, np.float32)[:C, :A]
+        av = np.asarray(tr.action_chunk_valid, bool)[:C] & np.all(np.isfinite(ac), axis=-1)
+        chunk[: len(ac)] = np.where(av[:, None], (ac - self.action_center[:A]) / self.action_scale[:A], 0.0)
+        valid[: len(av)] = av
+        out["action"], out["action_valid"] = chunk, valid
+
+        motion, mask, anchor_px = relative_motion(tr.motion, cfg.motion_repr)  # K T 3, K T 3, K 2
+        motion = motion[self.k_idx][:, self.t_idx]
+        mask = mask[self.k_idx][:, self.t_idx]
+        motion = (motion - self.motion_center) / self.motion_scale
+        out["motion"] = np.where(mask, motion, 0.0).astype(np.float32)
+        out["motion_mask"] = mask
+        Hd, Wd = img_size_of(tr, cam)
+        uv = anchor_px[self.k_idx] / np.array([Wd, Hd], np.float32) * 2.0 - 1.0
+        out["anchor_uv"] = np.nan_to_num(uv).astype(np.float32)
+        return out
+
+
+def img_size_of(tr, cam: str) -> tuple[int, int]:
+    im = tr.images[cam]
+    return int(im.shape[0]), int(im.shape[1])
+
+
+def relative_motion(m: Mapping[str, np.ndarray], repr_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Motion relative to the anchor step j = 0 -> (values K T 3, mask K T 3, anchor pixels K 2).
+
+    uvd: (u_j - u_0, v_j - v_0) pixels where the point is visible and in range at j and 0;
+         depth_j - depth_0 metres where, in addition, both depths are valid (valid_3d).
+    xyz: points_cam_m_j - points_cam_m_0 where valid_3d at j and 0 (all three channels)."""
+    tracks = np.asarray(m["tracks_px"], np.float32)  # K T 2
+    K, T = tracks.shape[:2]
+    vis = np.asarray(m["visible"], bool)  # K T
+    in_range = np.asarray(m.get("in_range", np.ones(T, bool)), bool).reshape(-1)[:T]  # T
+    ok2 = vis & in_range[None, :]
+    ok2 = ok2 & ok2[:, :1] & np.all(np.isfinite(tracks), axis=-1)
+    v3 = m.get("valid_3d")
+    ok3 = (np.asarray(v3, bool) & in_range[None, :]) if v3 is not None else np.zeros((K, T), bool)
+    ok3 = ok3 & ok3[:, :1]
+    out = np.zeros((K, T, 3), np.float32)
+    mask = np.zeros((K, T, 3), bool)
+    if repr_ == "uvd":
+        with np.errstate(invalid="ignore"):
+            out[..., :2] = tracks - tracks[:, :1]
+            depth = m.get("depth_track_m", m.get("depth_m"))
+            if depth is not None:
+                depth = np.asarray(depth, np.float32)
+                out[..., 2] = depth - depth[:, :1]
+        mask[..., :2] = ok2[..., None]
+        mask[..., 2] = ok3 & ok2 & np.isfinite(out[..., 2])
+    else:
+        pts = m.get("points_cam_m")
+        if pts is not None:
+            pts = np.asarray(pts, np.float32)
+            with np.errstate(invalid="ignore"):
+                out[:] = pts - pts[:, :1]
+            mask[:] = (ok3 & np.all(np.isfinite(out), axis=-1))[..., None]
+    out = np.where(mask, out, 0.0).astype(np.float32)
+    return out, mask, tracks[:, 0]
+
+
+def motion_center_scale(entry: Mapping[str, Any], repr_: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (center, scale) of the relative motion from stats.json's motion entries:
+    uvd uses motion/tracks_px_delta (du, dv) and the z of motion/points_cam_m_delta (d depth,
+    z is depth along the optical axis); xyz uses motion/points_cam_m_delta.
+
+    Motion is not centred and is scaled by its RMS, sqrt(mean^2 + std^2), whatever `mode`:
+    most query points lie on the static background, so q01 = q99 = 0 is common and a
+    quantile range would blow the moving points up. Missing entries fall back to fixed
+    scales (16 px, 5 cm) so a dataset without 3D labels still trains."""
+    scale = np.array([16.0, 16.0, 0.05], np.float32) if repr_ == "uvd" else np.full(3, 0.05, np.float32)
+
+    def rms(stat) -> np.ndarray:
+        return np.sqrt(np.asarray(stat["mean"], np.float64) ** 2 + np.asarray(stat["std"], np.float64) ** 2)
+
+    px = entry.get("motion/tracks_px_delta")
+    p3 = entry.get("motion/points_cam_m_delta")
+    if repr_ == "uvd":
+        if px:
+            scale[:2] = rms(px)[:2]
+        if p3:
+            scale[2] = rms(p3)[2]
+    elif p3:
+        scale[:] = rms(p3)[:3]
+    scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0).astype(np.float32)
+    return np.zeros(3, np.float32), scale
+
+
+def dist_rank_world(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
+    """(rank, world_size): explicit values win, else torch.distributed when initialised, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return int(rank), int(world_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def shuffle_buffer(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Reservoir-style shuffle: fill a buffer of `size`, then emit a random element per new one."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = int(rng.integers(len(buf)))
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class TripletStream(IterableDataset):
+    """Normalised samples from a curated dataset, split over ranks and DataLoader workers.
+
+    ref: dataset directory, fsspec URL, URL/NAME@V, or an already-open dataset object.
+    epochs: None streams forever (epoch e reshuffles with seed + e); an int stops after that many.
+    """
+
+    def __init__(self, ref: Any, cfg: LaMPConfig, *, seed: int = 0, shuffle_buffer: int = 512,
+                 epochs: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
+                 dataset_name: Optional[str] = None, shards: Optional[Sequence[str]] = None, read_chunk: int = 10):
+        super().__init__()
+        self.ref = ref
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.buffer = int(shuffle_buffer)
+        self.epochs = epochs
+        self.rank, self.world_size = rank, world_size
+        self.read_chunk = read_chunk
+        ds = self.dataset()
+        self.shards = list(shards) if shards is not None else list(ds.shard_names)
+        if not self.shards:
+            raise ValueError(f"{ref}: dataset has no shards")
+        self.dataset_name, self.stats_entry = source_stats(ds.stats, dataset_name)
+        self.version = dataset_version(ds)
+        first = next(iter(ds.iter_triplets(shards=self.shards[:1], chunk=1)))
+        K, T = np.asarray(first.motion["tracks_px"]).shape[:2]
+        self.data_points, self.data_horizon = int(K), int(T)
+        self.transform = TripletTransform(cfg, self.stats_entry, self.data_points, self.data_horizon)
+        self.query_uv = self.transform(first)["anchor_uv"]  # K 2: the grid asked about at inference
+
+    def dataset(self):
+        if not isinstance(self.ref, (str, bytes)) and hasattr(self.ref, "iter_triplets"):
+            return self.ref
+        if getattr(self, "_ds", None) is None:
+            from curation.dataset_reader import open_dataset
+
+            self._ds = open_dataset(self.ref)
+        return self._ds
+
+    def __getstate__(self):  # workers reopen the dataset lazily
+        state = dict(self.__dict__)
+        state["_ds"] = None
+        return state
+
+    def worker_slot(self) -> tuple[int, int]:
+        """(global worker id, total workers) of the calling process."""
+        rank, world = dist_rank_world(self.rank, self.world_size)
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nw + wid, world * nw
+
+    def epoch_triplets(self, epoch: int):
+        """This worker's triplets of one epoch, in read order (before the shuffle buffer)."""
+        g, G = self.worker_slot()
+        order = [self.shards[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))]
+        ds = self.dataset()
+        if len(order) >= G:
+            yield from ds.iter_triplets(shards=order[g::G], chunk=self.read_chunk)
+        else:
+            for i, tr in enumerate(ds.iter_triplets(shards=order, chunk=self.read_chunk)):
+                if i % G == g:
+                    yield tr
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        g, _ = self.worker_slot()
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            rng = np.random.default_rng([self.seed, epoch, g, 1])
+            samples = (self.transform(tr) for tr in self.epoch_triplets(epoch))
+            yield from shuffle_buffer(samples, self.buffer, rng)
+            epoch += 1
+
+
+def dataset_version(ds) -> str:
+    """NAME@VERSION of a curated dataset, from its manifest (dataset, version columns) or info."""
+    info = getattr(ds, "info", None) or {}
+    if isinstance(info, dict) and info.get("name") and info.get("version"):
+        return f"{info['name']}@{info['version']}"
+    try:
+        man = ds.manifest
+        names = sorted(set(man.column("dataset").to_pylist()))
+        versions = sorted(set(man.column("version").to_pylist()))
+        return f"{'+'.join(names)}@{'+'.join(versions)}"
+    except Exception:  # noqa: BLE001 - a version string is informational
+        return "unknown"
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """List of samples -> batch of tensors (language stays a list of str)."""
+    batch: dict[str, Any] = {"language": [s["language"] for s in samples]}
+    for key in samples[0]:
+        if key != "language":
+            batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+    return batch
+
+
+def make_loader(stream: TripletStream, batch_size: int, num_workers: int = 0, seed: int = 0):
+    """A DataLoader over the stream; worker seeds derive from `seed` so runs repeat exactly."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+                      prefetch_factor=4 if num_workers else None)

@@ -1,0 +1,295 @@
+"""Two-phase training of the dual-expert policy.
+
+    phase motion:  VL encoder + Motion Expert          (stage 1, LaMP's motion pre-training)
+    phase action:  fusion block + Action Expert (+ VL)  (stage 2; Motion Expert frozen, --init from stage 1)
+
+AdamW, linear warmup then cosine decay, gradient clipping, tqdm with loss and steps/s,
+metrics as JSON lines (OUT/metrics.jsonl), checkpoints OUT/checkpoints/step-NNNNNNN/:
+  model.safetensors      weights (+ metadata: config, train config, dataset version, step)
+  optimizer.safetensors  AdamW moments and step counts, flattened
+  state.json             configs, dataset version, step, RNG states (torch global, flow-matching generator)
+OUT/checkpoints/LAST names the newest. Training again into the same OUT resumes from it; the
+data stream is rebuilt for the same seed and the batches already seen are skipped, so a resumed
+run equals an uninterrupted one (tested).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from policy.config import LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
+from policy.loader import TripletStream, make_loader
+from policy.modeling_lamp import LaMPPolicy
+
+log = logging.getLogger(__name__)
+
+CKPT_DIR = "checkpoints"
+LAST = "LAST"
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warmup to tc.lr over warmup_steps, then cosine to lr * min_lr_ratio at tc.steps."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / max(1, tc.warmup_steps)
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _rng_b64(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _rng_from_b64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def save_checkpoint(out: Path, policy: LaMPPolicy, tc: TrainConfig, step: int, dataset_version: str,
+                    optimizer: Optional[torch.optim.Optimizer] = None, generator: Optional[torch.Generator] = None) -> Path:
+    from safetensors.torch import save_file
+
+    d = Path(out) / CKPT_DIR / f"step-{step:07d}"
+    d.mkdir(parents=True, exist_ok=True)
+    meta = {"policy_config": json.dumps(config_to_dict(policy.config)), "train_config": json.dumps(config_to_dict(tc)),
+            "dataset_version": dataset_version, "step": str(step), "phase": tc.phase}
+    state = {k: v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
+    save_file(state, str(d / "model.safetensors"), metadata=meta)
+    extra: dict[str, Any] = {"policy_config": config_to_dict(policy.config), "train_config": config_to_dict(tc),
+                             "dataset_version": dataset_version, "step": step, "phase": tc.phase,
+                             "torch_rng": _rng_b64(torch.get_rng_state())}
+    if generator is not None:
+        extra["generator_rng"] = _rng_b64(generator.get_state())
+    if optimizer is not None:
+        flat, names = {}, {id(p): n for n, p in policy.named_parameters()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for key, val in optimizer.state.get(p, {}).items():
+                    flat[f"{names[id(p)]}::{key}"] = torch.as_tensor(val).detach().clone().contiguous()
+        save_file(flat, str(d / "optimizer.safetensors"))
+    (d / "state.json").write_text(json.dumps(extra, indent=2) + "\n")
+    (Path(out) / CKPT_DIR / LAST).write_text(d.name + "\n")
+    return d
+
+
+def last_checkpoint(out: Path) -> Optional[Path]:
+    f = Path(out) / CKPT_DIR / LAST
+    if not f.exists():
+        return None
+    d = Path(out) / CKPT_DIR / f.read_text().strip()
+    return d if (d / "model.safetensors").exists() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training OUT dir (its LAST checkpoint)."""
+    p = Path(path)
+    if (p / "model.safetensors").exists():
+        return p
+    last = last_checkpoint(p)
+    if last is None:
+        raise FileNotFoundError(f"{path}: neither a checkpoint directory nor a training output with checkpoints")
+    return last
+
+
+def load_policy(path: str | Path, overrides: Optional[dict] = None) -> tuple[LaMPPolicy, dict]:
+    """Policy from a checkpoint (directory or training OUT dir) -> (policy, state.json dict)."""
+    from safetensors.torch import load_file
+
+    d = resolve_checkpoint(path)
+    state = json.loads((d / "state.json").read_text())
+    cfg_d = dict(state["policy_config"])
+    cfg_d.update(overrides or {})
+    policy = LaMPPolicy(policy_config_from_dict(cfg_d))
+    load_weights(policy, load_file(str(d / "model.safetensors")), strict=not overrides)
+    return policy, state
+
+
+def load_weights(policy: LaMPPolicy, weights: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
+    """Copy matching weights; returns the names of the model's tensors left at their init
+    (absent or of another shape, e.g. another fusion variant). strict: none may be left."""
+    own = policy.state_dict()
+    usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(usable))
+    if strict and skipped:
+        raise ValueError(f"checkpoint does not match the model: {skipped[:5]} ...")
+    policy.load_state_dict(usable, strict=False)
+    return skipped
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, policy: LaMPPolicy, d: Path) -> None:
+    from safetensors.torch import load_file
+
+    flat = load_file(str(d / "optimizer.safetensors"))
+    params = dict(policy.named_parameters())
+    for key, val in flat.items():
+        name, field = key.split("::")
+        optimizer.state[params[name]][field] = val.clone()
+
+
+# ----------------------------------------------------------------------------- training
+def build_policy(stream: TripletStream, cfg: LaMPConfig) -> LaMPPolicy:
+    policy = LaMPPolicy(cfg, stats=stream.stats_entry)
+    policy.set_query_uv(torch.from_numpy(stream.query_uv))
+    return policy
+
+
+def config_for_data(ds, cfg: LaMPConfig) -> LaMPConfig:
+    """Fill the data-given fields (image size, action/state dims) from the dataset's first triplet."""
+    import numpy as np
+
+    first = next(iter(ds.iter_triplets(shards=list(ds.shard_names)[:1], chunk=1)))
+    cam = cfg.camera or first.meta.get("primary_camera") or next(iter(first.images))
+    H, W = np.asarray(first.images[cam]).shape[:2]
+    A = int(np.asarray(first.action_chunk).shape[-1])
+    P = int(np.asarray(first.proprio).reshape(-1).shape[0])
+    return dataclasses.replace(cfg, camera=cam, image_size=(int(H), int(W)), action_dim=A, state_dim=P)
+
+
+def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Optional[str] = None,
+          progress: bool = True, stop_after: Optional[int] = None, dataset_name: Optional[str] = None) -> dict:
+    """Train one phase into `out` (resuming from its last checkpoint when there is one).
+    stop_after: stop (with a checkpoint) after this many steps of this call, to test resume.
+    Returns a summary dict (final loss, steps/s, checkpoint path)."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    resume = last_checkpoint(out)
+    if resume is not None:  # the run's own config wins over what was passed, so a resume cannot drift
+        st = json.loads((resume / "state.json").read_text())
+        cfg = policy_config_from_dict(st["policy_config"])
+        saved_tc = train_config_from_dict(st["train_config"])
+        if dataclasses.replace(saved_tc, num_workers=tc.num_workers) != dataclasses.replace(tc, num_workers=tc.num_workers):
+            log.warning("resuming %s with its saved train config (ignoring the one given)", resume)
+        tc = dataclasses.replace(saved_tc, num_workers=tc.num_workers)
+    elif init:
+        init_state = json.loads((resolve_checkpoint(init) / "state.json").read_text())
+        # architecture comes from the init checkpoint; the fusion variant may differ (stage 2 choice)
+        arch = dict(init_state["policy_config"])
+        arch["fusion"] = cfg.fusion
+        arch["n_action_steps"] = cfg.n_action_steps
+        arch["num_inference_steps"] = cfg.num_inference_steps
+        cfg = policy_config_from_dict(arch)
+
+    torch.manual_seed(tc.seed)
+    stream_probe = None
+    if not isinstance(data, (str, Path)):
+        ds = data
+    else:
+        from curation.dataset_reader import open_dataset
+
+        ds = open_dataset(str(data))
+    if resume is None and not init:
+        cfg = config_for_data(ds, cfg)
+    stream = TripletStream(ds if not isinstance(data, (str, Path)) else str(data), cfg, seed=tc.seed,
+                           shuffle_buffer=tc.shuffle_buffer, dataset_name=dataset_name)
+    del stream_probe
+    policy = build_policy(stream, cfg)
+    generator = torch.Generator().manual_seed(tc.seed + 1)
+    start = 0
+    if resume is not None:
+        from safetensors.torch import load_file
+
+        load_weights(policy, load_file(str(resume / "model.safetensors")))
+        start = int(st["step"])
+        torch.set_rng_state(_rng_from_b64(st["torch_rng"]))
+        generator.set_state(_rng_from_b64(st["generator_rng"]))
+    elif init:
+        from safetensors.torch import load_file
+
+        skipped = load_weights(policy, load_file(str(resolve_checkpoint(init) / "model.safetensors")), strict=False)
+        if skipped:
+            log.info("init %s: %d tensors not in the checkpoint (new for this variant): %s", init, len(skipped), skipped[:4])
+        policy.set_stats(stream.stats_entry)
+        policy.set_query_uv(torch.from_numpy(stream.query_uv))
+    if tc.phase == "action" and cfg.uses_motion and not init and resume is None:
+        log.warning("phase action with fusion %s but no --init: the Motion Expert is untrained", cfg.fusion)
+
+    policy.set_phase(tc.phase, train_vl=tc.train_vl_in_action_phase)
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    if resume is not None:
+        _load_optimizer(optimizer, policy, resume)
+
+    loader = make_loader(stream, tc.batch_size, tc.num_workers, seed=tc.seed)
+    batches = iter(loader)
+    for _ in range(start):  # skip what the interrupted run already consumed
+        next(batches)
+
+    metrics_path = out / "metrics.jsonl"
+    end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
+    bar = tqdm(total=tc.steps, initial=start, desc=f"train {tc.phase}", unit="step", disable=not progress, dynamic_ncols=True)
+    t0, last_t, last_step, loss_val = time.perf_counter(), time.perf_counter(), start, float("nan")
+    sps = float("nan")
+    with open(metrics_path, "a") as mf:
+        for step in range(start, end):
+            batch = next(batches)
+            lr = lr_at(step, tc)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss, logs = policy(batch, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            loss_val = float(loss.detach())
+            bar.update(1)
+            done = step + 1
+            if done % tc.log_every == 0 or done == end:
+                now = time.perf_counter()
+                sps = (done - last_step) / max(now - last_t, 1e-9)
+                last_t, last_step = now, done
+                rec = {"step": done, "phase": tc.phase, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm),
+                       "steps_per_s": sps, "samples_per_s": sps * tc.batch_size, "wall_s": now - t0, **logs}
+                mf.write(json.dumps(rec) + "\n")
+                mf.flush()
+                bar.set_postfix(loss=f"{loss_val:.4f}", sps=f"{sps:.2f}")
+            if done % tc.checkpoint_every == 0 and done != end:
+                save_checkpoint(out, policy, tc, done, stream.version, optimizer, generator)
+    bar.close()
+    ckpt = save_checkpoint(out, policy, tc, end, stream.version, optimizer, generator)
+    elapsed = time.perf_counter() - t0
+    return {"phase": tc.phase, "steps": end, "final_loss": loss_val, "wall_s": elapsed,
+            "steps_per_s": (end - start) / max(elapsed, 1e-9), "checkpoint": str(ckpt),
+            "dataset_version": stream.version, "fusion": cfg.fusion, "parameters": policy.num_parameters(),
+            "trainable_parameters": sum(p.numel() for p in params)}
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(runs: dict[str, str | Path], out_png: str | Path, key: str = "loss") -> Path:
+    """Training curves (loss vs step) of several runs in one PNG; runs: label -> OUT dir or metrics file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, path in runs.items():
+        recs = [r for r in read_metrics(path) if key in r]
+        ax.plot([r["step"] for r in recs], [r[key] for r in recs], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
