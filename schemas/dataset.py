@@ -113,3 +113,16 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
+
+FILTERED_SCHEMA = pa.schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("episode_index", pa.int64()),
+        pa.field("source_file", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),  # a curation.filters reason, or "duplicate"
+        pa.field("detail", pa.string()),
+        pa.field("duplicate_of", pa.string()),  # the kept episode_id when reason == "duplicate"
+    ]
+)

@@ -1,0 +1,346 @@
+"""The curation job: plan -> (fingerprint pass) -> process units -> finalize.
+
+    run_job(cfg, out_dir) -> summary dict
+
+Resumable: the job holds a lock on DATASET_DIR/.job/lock, removes leftovers of
+killed attempts, skips units whose shard is committed (same config content hash),
+and finalizes from the commit records. The manifest is written last, atomically,
+so a dataset with a manifest is finished.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipelines.config import JobConfig
+from pipelines.engine_local import Failure
+from pipelines.stages import FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row
+from pipelines.writer import (
+    COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
+)
+from schemas.dataset import (
+    CONTRACT_VERSION, DATASET_JSON, FILTERED, FILTERED_SCHEMA, MANIFEST, MANIFEST_SCHEMA, QUARANTINE,
+    QUARANTINE_SCHEMA, SHARDS_DIR,
+)
+from schemas.episode import Provenance
+
+log = logging.getLogger(__name__)
+
+JOB_DIR = ".job"
+
+
+class JobError(RuntimeError):
+    pass
+
+
+@contextmanager
+def dataset_lock(out_dir: Path):
+    """One job per dataset directory. flock is released by the OS when the holder
+    dies (even by SIGKILL), so a killed run never blocks its restart."""
+    job_dir = out_dir / JOB_DIR
+    job_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(job_dir / "lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise JobError(f"{out_dir}: another curate run is writing this dataset (lock {job_dir / 'lock'})") from None
+    try:
+        yield job_dir
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def make_engine(cfg: JobConfig, job_dir: Path):
+    runner = cfg.engine.runner
+    if runner == "local":
+        from pipelines.engine_local import LocalEngine
+
+        return LocalEngine(cfg)
+    if runner == "ray":
+        from pipelines.engine_ray import RayEngine
+
+        return RayEngine(cfg)
+    if runner == "beam":
+        from pipelines.engine_beam import BeamEngine
+
+        return BeamEngine(cfg, job_dir)
+    raise JobError(f"unknown runner {runner!r}")
+
+
+class _Progress:
+    """Progress bar driven by commit records appearing on disk, so it works the same
+    for every engine (Beam workers report nothing back until the pipeline ends)."""
+
+    def __init__(self, out_dir: Path, pending: list[UnitTask], enabled: bool):
+        self.out_dir, self.enabled = out_dir, enabled
+        self.pending = {t.group for t in pending}
+        self.total_eps = sum(t.num_episodes for t in pending)
+        self.done: set[int] = set()
+        self.eps = self.frames = 0
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._bar = None
+        self._thread = None
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total_eps, desc="curate", unit="ep", file=sys.stderr, dynamic_ncols=True)
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.5):
+            self.poll()
+
+    def poll(self):
+        for g in sorted(self.pending - self.done):
+            rec = read_commit(self.out_dir / SHARDS_DIR / shard_name(g))
+            if rec is None:
+                continue
+            self.done.add(g)
+            n = rec["unit"]["stop"] - rec["unit"]["start"]
+            self.eps += n
+            self.frames += rec.get("frames", 0)
+            if self._bar is not None:
+                dt = max(time.perf_counter() - self.t0, 1e-9)
+                self._bar.set_postfix({"ep/s": f"{self.eps / dt:.2f}", "frames/s": f"{self.frames / dt:.1f}"}, refresh=False)
+                self._bar.update(n)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self.poll()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) -> dict:
+    """Refuse to resume a dataset made with a different content config."""
+    state_path = job_dir / "job.json"
+    h = cfg.content_hash()
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("config_hash") != h:
+            if not overwrite:
+                raise JobError(
+                    f"{out_dir} was started with a different config (hash {state.get('config_hash')} != {h}); "
+                    "rerun with the same config to resume, or pass --overwrite to start again")
+            for p in (out_dir / SHARDS_DIR, job_dir / "dedup.json"):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            for name in (MANIFEST, DATASET_JSON, QUARANTINE, FILTERED):
+                (out_dir / name).unlink(missing_ok=True)
+    state = {"config_hash": h, "config": cfg.to_dict(), "contract_version": CONTRACT_VERSION}
+    write_json_atomic(state_path, state)
+    return state
+
+
+def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, progress: bool) -> tuple[dict, float]:
+    """Fingerprint every episode once, decide duplicates before anything is labeled;
+    the decision is saved so a resumed run uses the same one."""
+    path = job_dir / "dedup.json"
+    if path.is_file():
+        return json.loads(path.read_text())["dropped"], 0.0
+    from curation.dedup import DedupConfig, find_duplicates
+
+    t0 = time.perf_counter()
+    fps: dict = {}
+    results = engine.map_unordered(FingerprintUnit(cfg), units)
+    if progress:
+        from tqdm import tqdm
+
+        results = tqdm(results, total=len(units), desc="fingerprints", unit="unit", file=sys.stderr)
+    for _unit, res in results:
+        if isinstance(res, Failure):
+            log.warning("fingerprint pass failed for %s: %s", _unit.describe(), res.error.splitlines()[-1])
+            continue
+        fps.update(res["fingerprints"])
+    pairs = find_duplicates(fps, DedupConfig.from_dict(cfg.curation.dedup))
+    dropped = {p.dropped: {"kept": p.kept, "kind": p.kind, "distance": int(p.distance)} for p in pairs}
+    write_json_atomic(path, {"dropped": dropped, "fingerprinted": len(fps)})
+    return dropped, time.perf_counter() - t0
+
+
+def _failure_rows(src, task: UnitTask, error: str) -> list[dict]:
+    last = error.strip().splitlines()[-1] if error.strip() else "unit failed"
+    return [quarantine_row(Provenance(src.name, src.version, task.split, i, task.file, getattr(src, "source_url", "")),
+                           "unit", f"unit failed, shard not committed: {last}", error[-2000:])
+            for i in range(task.start, task.stop)]
+
+
+def _write_table(rows: list[dict], schema, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [f.name for f in schema]
+    table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows], schema=schema)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _hooks_available() -> dict:
+    import importlib.util
+
+    return {m: importlib.util.find_spec(f"curation.{m}") is not None for m in ("dedup", "filters", "stats", "card")}
+
+
+def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    hooks = _hooks_available()
+    if cfg.curation.dedup is not None and not hooks["dedup"]:
+        log.warning("curation.dedup not available: duplicate detection is off")
+        cfg.curation.dedup = None
+    if cfg.curation.filters is not None and not hooks["filters"]:
+        log.warning("curation.filters not available: filters are off")
+        cfg.curation.filters = None
+    with dataset_lock(out_dir) as job_dir:
+        _job_state(job_dir, cfg, out_dir, overwrite)
+        removed = clean_stale(out_dir)
+        if removed:
+            log.info("removed %d leftovers of killed attempts: %s", len(removed), removed[:5])
+        t = time.perf_counter()
+        src, units = plan_units(cfg)
+        t_plan = time.perf_counter() - t
+        committed = committed_groups(out_dir)
+        wrong = [g for g, r in committed.items() if r.get("config_hash") != cfg.content_hash()]
+        if wrong:
+            raise JobError(f"{out_dir}: shards {wrong[:5]} were written with another config; use --overwrite")
+        pending = [u for u in units if u.group not in committed]
+        log.info("%s: %d episodes in %d units; %d already committed, %d to do (runner %s)",
+                 cfg.source.path, sum(u.num_episodes for u in units), len(units), len(units) - len(pending),
+                 len(pending), cfg.engine.runner)
+        failures: dict[int, str] = {}
+        engine_stats: dict = {}
+        t_dedup = 0.0
+        t_run0 = time.perf_counter()
+        with make_engine(cfg, job_dir) as engine:
+            dropped: dict = {}
+            if cfg.curation.dedup is not None and pending:
+                dropped, t_dedup = _dedup_pass(engine, cfg, units, job_dir, progress)
+            if pending:
+                stage = ProcessUnit(cfg, str(out_dir), dropped, labeler=engine.labeler(cfg))
+                with _Progress(out_dir, pending, progress):
+                    for task, res in engine.map_unordered(stage, pending):
+                        if isinstance(res, Failure):
+                            failures[task.group] = res.error
+                            log.error("%s failed, shard not committed: %s", task.describe(), res.error.strip().splitlines()[-1])
+            engine_stats = engine.stats()
+        t_run = time.perf_counter() - t_run0
+        t = time.perf_counter()
+        summary = finalize(cfg, out_dir, src, units, failures, resumed=len(units) - len(pending))
+        t_final = time.perf_counter() - t
+    run_records = [r for g, r in committed_groups(out_dir).items() if g in {u.group for u in pending}]
+    stage_s: Counter = Counter()
+    for r in run_records:
+        stage_s.update(r.get("timings", {}))
+    stage_s["plan"] = t_plan
+    stage_s["fingerprint_pass"] = t_dedup
+    stage_s["finalize"] = t_final
+    frames_done = sum(r.get("frames", 0) for r in run_records)
+    eps_done = sum(r["unit"]["stop"] - r["unit"]["start"] for r in run_records)
+    wall = time.perf_counter() - t_start
+    summary.update(
+        runner=cfg.engine.runner, workers=cfg.engine.workers, wall_s=wall, processing_s=t_run,
+        episodes_processed_this_run=eps_done, frames_written_this_run=frames_done,
+        episodes_per_s=eps_done / t_run if t_run > 0 else 0.0, frames_per_s=frames_done / t_run if t_run > 0 else 0.0,
+        stage_seconds={k: round(v, 4) for k, v in stage_s.items()},
+        units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
+        attempts=_attempt_count(run_records, pending),
+    )
+    return summary
+
+
+def _attempt_count(run_records: list[dict], pending: list[UnitTask]) -> dict:
+    return {"units_this_run": len(pending), "committed_this_run": len(run_records)}
+
+
+def finalize(cfg: JobConfig, out_dir: Path, src, units: list[UnitTask], failures: dict[int, str], resumed: int = 0) -> dict:
+    """Tables and dataset.json from the commit records, manifest.parquet last."""
+    records = committed_groups(out_dir)
+    by_group = {u.group: u for u in units}
+    records = {g: r for g, r in records.items() if g in by_group}
+    rows = iter_manifest_rows(records.values())
+    quarantine = [q for g in sorted(records) for q in records[g]["quarantine"]]
+    for g, err in sorted(failures.items()):
+        if g not in records:
+            quarantine.extend(_failure_rows(src, by_group[g], err))
+    filtered = [f for g in sorted(records) for f in records[g]["filtered"]]
+    planned = sum(u.num_episodes for u in units)
+    accounted = len(rows) + len(quarantine) + len({f["episode_id"] for f in filtered})
+    missing_units = [u.group for u in units if u.group not in records and u.group not in failures]
+    counts = {
+        "planned": planned,
+        "read": sum(r["counts"]["read"] for r in records.values()),
+        "written": len(rows),
+        "frames_written": int(sum(r["frame_count"] for r in rows)),
+        "anchors_written": int(sum(r["anchor_count"] for r in rows)),
+        "filtered": len({f["episode_id"] for f in filtered if f["reason"] != "duplicate"}),
+        "filtered_by_reason": dict(sorted(Counter(f["reason"] for f in filtered if f["reason"] != "duplicate").items())),
+        "duplicates": sum(1 for f in filtered if f["reason"] == "duplicate"),
+        "quarantined": len(quarantine),
+        "quarantined_by_stage": dict(sorted(Counter(q["stage"] for q in quarantine).items())),
+        "quarantined_by_reason": dict(Counter(_reason_kind(q["reason"]) for q in quarantine).most_common(20)),
+        "unaccounted": planned - accounted,
+        "units": len(units), "units_resumed": resumed, "units_failed": len(failures),
+        "shards": sorted({r["shard"] for r in rows}),
+    }
+    complete = not failures and not missing_units and counts["unaccounted"] == 0
+    _write_table(quarantine, QUARANTINE_SCHEMA, out_dir / QUARANTINE)
+    _write_table(filtered, FILTERED_SCHEMA, out_dir / FILTERED)
+    info = {
+        "contract_version": CONTRACT_VERSION, "created_by": "curate run", "complete": complete,
+        "source": {"name": src.name, "version": src.version, "split": cfg.source.split,
+                   "path": cfg.source.path, "num_episodes": src.num_episodes},
+        "config": cfg.to_dict(), "config_hash": cfg.content_hash(),
+        "counts": {k: v for k, v in counts.items() if k != "shards"}, "shards": counts["shards"],
+    }
+    write_json_atomic(out_dir / DATASET_JSON, info)
+    _write_table(rows, MANIFEST_SCHEMA, out_dir / MANIFEST)  # last: its presence means finished
+    extras = _finalize_extras(cfg, out_dir) if rows else {}
+    counts.pop("shards")
+    return {"dataset": str(out_dir), "complete": complete, "counts": counts, "extras": extras}
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary: the text before the first detail."""
+    return reason.split(" (")[0].split(":")[0][:80]
+
+
+def _finalize_extras(cfg: JobConfig, out_dir: Path) -> dict:
+    """Statistics and the dataset card (H7's modules), after the manifest. Their
+    failure is reported, not fatal: the dataset itself is complete."""
+    import importlib.util
+
+    done = {}
+    for flag, module, fn in (("stats", "curation.stats", "compute_stats"), ("card", "curation.card", "write_card")):
+        if not getattr(cfg.curation, flag):
+            done[flag] = "off"
+            continue
+        if importlib.util.find_spec(module) is None:
+            done[flag] = "not available"
+            continue
+        try:
+            getattr(__import__(module, fromlist=[fn]), fn)(str(out_dir))
+            done[flag] = "written"
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s.%s failed: %s", module, fn, exc)
+            done[flag] = f"failed: {type(exc).__name__}: {exc}"
+    return done
