@@ -12,10 +12,13 @@ import sys
 
 # Modules that add top-level subcommands, and modules that add `curate bench` targets.
 COMMAND_MODULES: list[str] = [
+    "curation.cmd_run",
+    "curation.cmd_validate",
     "curation.cmd_inspect",
     "curation.cmd_publish",
 ]
 BENCH_MODULES: list[str] = [
+    "curation.cmd_run",
 ]
 
 
