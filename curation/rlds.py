@@ -292,7 +292,7 @@ class RLDSSource:
                 yield err
                 return
             except (tf.errors.DataLossError, tf.errors.OpError) as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                msg = _first_line(e)
                 err = EpisodeError(where, f"truncated or corrupt tfrecord, episodes {file_start + i}.."
                                           f"{file_start + b - 1} of this file unreadable ({msg})")
                 if on_error == "raise":
@@ -393,8 +393,13 @@ def read_episodes(path: str, split: str = "train", start: Optional[int] = None, 
 
 
 def _first_line(e: Exception) -> str:
+    """The useful part of a TF error: no function-node prefix, no op suffix, one line."""
+    import re
+
     s = getattr(e, "message", None) or str(e)
-    lines = [ln for ln in s.strip().splitlines() if ln.strip()]
+    s = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", s)
+    s = re.sub(r"\s*\[Op:[^\]]*\].*$", "", s, flags=re.S)
+    lines = [ln.strip() for ln in s.strip().splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
 
 
