@@ -16,9 +16,11 @@ COMMAND_MODULES: list[str] = [
     "curation.cmd_validate",
     "curation.cmd_inspect",
     "curation.cmd_publish",
+    "curation.cmd_policy",
 ]
 BENCH_MODULES: list[str] = [
     "curation.cmd_run",
+    "curation.cmd_policy",
 ]
 
 

@@ -18,6 +18,7 @@ reads Zarr.
 Sample (numpy, one triplet; see modeling_lamp for the batched form):
   image        3 H W uint8     the policy camera at the anchor
   language     str
+  episode_id   str, anchor int   identity of the triplet (for checks and debugging)
   state        P float32       proprio, normalised
   action       C A float32     action chunk from the anchor, normalised; action_valid C bool
   motion       K T 3 float32   uvd: (du px, dv px, d depth m) or xyz: camera-frame metres, relative
@@ -96,7 +97,8 @@ class TripletTransform:
             import cv2
 
             img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
-        out: dict[str, Any] = {"image": np.ascontiguousarray(img.transpose(2, 0, 1)), "language": tr.language or ""}
+        out: dict[str, Any] = {"image": np.ascontiguousarray(img.transpose(2, 0, 1)), "language": tr.language or "",
+                               "episode_id": str(tr.episode_id), "anchor": int(tr.anchor)}
 
         P = cfg.state_dim
         state = np.zeros(P, np.float32)
@@ -310,10 +312,12 @@ def dataset_version(ds) -> str:
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """List of samples -> batch of tensors (language stays a list of str)."""
-    batch: dict[str, Any] = {"language": [s["language"] for s in samples]}
-    for key in samples[0]:
-        if key != "language":
+    batch: dict[str, Any] = {}
+    for key, first in samples[0].items():
+        if isinstance(first, np.ndarray):
             batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+        else:  # language, episode_id, anchor: kept as lists
+            batch[key] = [s[key] for s in samples]
     return batch
 
 
