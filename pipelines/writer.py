@@ -2,8 +2,9 @@
 
 A shard group is written by exactly one worker under
 `shards/.tmp-shard-NNNNN-<uuid>/` and becomes visible by one atomic rename to
-`shards/shard-NNNNN/`. Its commit record (`commit.json`, written inside the tmp
-dir before the rename, so data and record appear together) holds the
+`shards/shard-NNNNN/`. Its commit record (the `commit` attribute of the group's
+zarr.json, written in the tmp dir before the rename, so data and record appear
+together; plain JSON, readable without zarr) holds the
 manifest rows, checksums, quarantine and filtered rows and stage timings of the
 shard's work unit. The manifest is built at finalize from the commit records.
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from schemas.dataset import CONTRACT_VERSION, SHARD_ARRAYS, SHARDS_DIR, ArraySpec
 
-COMMIT_RECORD = "commit.json"
+COMMIT_RECORD = "zarr.json"  # the commit record is its "commit" attribute
 SHARD_PREFIX = "shard-"
 TMP_PREFIX = ".tmp-"
 
@@ -173,7 +174,7 @@ def split_by_signature(payloads: list[EpisodePayload]) -> list[list[EpisodePaylo
 
 def write_shard_group(
     tmp_dir: Path, name: str, payloads: list[EpisodePayload], frames_per_chunk: int, compression: str
-) -> list[dict]:
+):
     """Write one shard group (episodes sharing a signature) into tmp_dir; return the
     finished manifest rows (shard, offsets and checksum filled in)."""
     import zarr
@@ -192,11 +193,17 @@ def write_shard_group(
     group = zarr.open_group(str(tmp_dir), mode="w", zarr_format=3)
     group.attrs.update({"contract_version": CONTRACT_VERSION, "shard": name,
                         "episodes": [r["episode_id"] for r in rows]})
-    for arr_name in sorted(payloads[0].arrays):
+    for arr_name in sorted(payloads[0].arrays if payloads else ()):
         data = np.concatenate([p.arrays[arr_name] for p in payloads], axis=0) if len(payloads) > 1 \
             else payloads[0].arrays[arr_name]
         _write_array(group, arr_name, data, frames_per_chunk, compression)
-    return rows
+    return group, rows
+
+
+def _set_commit(group, record: dict) -> None:
+    from curation.report import to_json
+
+    group.attrs["commit"] = json.loads(to_json(record))  # NaN -> null: strict JSON
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -234,14 +241,15 @@ def commit_unit(
         for sub, members in enumerate(groups):
             name = shard_name(group_index, sub)
             tmp = shards_dir / f"{TMP_PREFIX}{name}-{attempt}"
-            tmp.mkdir()
             tmp_dirs.append((tmp, shards_dir / name))
-            rows = write_shard_group(tmp, name, members, frames_per_chunk, compression) if members else []
+            zgroup, rows = write_shard_group(tmp, name, members, frames_per_chunk, compression)
             all_rows.extend(rows)
             if sub:
                 sub_names.append(name)
-                write_json_atomic(tmp / COMMIT_RECORD, {"shard": name, "primary": shard_name(group_index),
-                                                        "episodes": rows, "attempt": attempt})
+                _set_commit(zgroup, {"shard": name, "primary": shard_name(group_index), "episodes": rows,
+                                     "attempt": attempt})
+            else:
+                primary_group = zgroup
         write_seconds = time.perf_counter() - t0
         record = dict(record)
         record.setdefault("timings", {})
@@ -251,7 +259,8 @@ def commit_unit(
             episodes=all_rows, sub_shards=sub_names, frames=int(sum(r["frame_count"] for r in all_rows)),
             attempt=attempt, host=socket.gethostname(), pid=os.getpid(), committed_at=time.time(),
         )
-        write_json_atomic(tmp_dirs[0][0] / COMMIT_RECORD, record)
+        _set_commit(primary_group, record)
+        record = read_commit(tmp_dirs[0][0])  # exactly what a reader of the committed shard sees
         # Sub-shards first, the primary last: the primary's rename is the unit's commit.
         for tmp, final in tmp_dirs[1:] + tmp_dirs[:1]:
             try:
@@ -277,8 +286,8 @@ def read_commit(shard_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(path.read_text()).get("attributes", {}).get("commit")
+    except (OSError, ValueError, AttributeError):
         return None
 
 
