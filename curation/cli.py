@@ -12,6 +12,7 @@ import sys
 
 # Modules that add top-level subcommands, and modules that add `curate bench` targets.
 COMMAND_MODULES: list[str] = [
+    "curation.cmd_demo",
     "curation.cmd_run",
     "curation.cmd_validate",
     "curation.cmd_inspect",
