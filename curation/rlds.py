@@ -404,17 +404,25 @@ def _first_line(e: Exception) -> str:
 
 
 def _subset(info: dict, keys: Sequence[str]) -> dict:
-    """The part of a nested serialized-info dict that the slash paths `keys` select."""
+    """The part of a nested serialized-info dict that the slash paths `keys` select.
+
+    Feature names may themselves contain "/" (kuka's "clip_function_input/base_pose_tool_reached"),
+    so at each level the longest matching name wins."""
     out: dict = {}
     for key in keys:
-        node, dst = info, out
-        parts = key.split("/")
-        for j, p in enumerate(parts):
-            node = node[p]
-            if j == len(parts) - 1:
-                dst[p] = node
+        node, dst, rest = info, out, key.split("/")
+        while rest:
+            for n in range(len(rest), 0, -1):
+                name = "/".join(rest[:n])
+                if isinstance(node, dict) and name in node:
+                    break
             else:
-                dst = dst.setdefault(p, {})
+                raise KeyError(key)
+            node, rest = node[name], rest[n:]
+            if rest:
+                dst = dst.setdefault(name, {})
+            else:
+                dst[name] = node
     return out
 
 
