@@ -36,6 +36,7 @@ import numpy as np
 from schemas.episode import Episode
 
 HASH_BITS = 64  # imagehash.phash with hash_size=8
+_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,10 @@ def fingerprint(episode: Episode, cfg: DedupConfig | None = None) -> Fingerprint
     )
 
 
-def _bits(fp: Fingerprint) -> np.ndarray:
-    return np.array([(h >> i) & 1 for h in fp.phashes for i in range(HASH_BITS)], dtype=np.uint8)
+def _bits(fps: list[Fingerprint]) -> np.ndarray:
+    """n x (hashes x 64) uint8 bit matrix of the fingerprints' perceptual hashes."""
+    words = np.array([fp.phashes for fp in fps], dtype=np.uint64)  # n H
+    return np.unpackbits(words.astype(">u8").view(np.uint8), axis=1)  # n H*64
 
 
 def _perceptual_candidates(fps: list[Fingerprint], max_hamming: int) -> dict[tuple[int, int], int]:
@@ -127,7 +130,7 @@ def _perceptual_candidates(fps: list[Fingerprint], max_hamming: int) -> dict[tup
     n_hashes = {len(fp.phashes) for fp in fps}
     if len(n_hashes) != 1:
         raise ValueError(f"fingerprints hold different numbers of hashes {sorted(n_hashes)}")
-    bits = np.stack([_bits(fp) for fp in fps])  # n B (B = 3 x 64)
+    bits = _bits(fps)  # n B (B = 3 x 64)
     n, B = bits.shape
     n_bands = min(max_hamming + 1, B)
     edges = np.linspace(0, B, n_bands + 1).astype(int)
@@ -139,17 +142,17 @@ def _perceptual_candidates(fps: list[Fingerprint], max_hamming: int) -> dict[tup
         keys = band.astype(np.int64) @ weights
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
-        splits = np.flatnonzero(np.diff(sorted_keys)) + 1
-        for group in np.split(order, splits):
-            if len(group) < 2:
-                continue
-            group = np.sort(group)
-            for a in range(len(group) - 1):  # one row against the rest of its bucket, vectorised
-                i = group[a]
-                rest = group[a + 1 :]
-                dist = np.unpackbits(packed[rest] ^ packed[i], axis=1).sum(axis=1)
-                for j, d in zip(rest[dist <= max_hamming], dist[dist <= max_hamming]):
-                    found[(int(i), int(j))] = int(d)
+        # every pair inside a bucket is (order[k], order[k + d]) with equal sorted keys,
+        # for offsets d = 1 .. bucket size - 1: all candidate pairs, vectorised per offset
+        for d in range(1, n):
+            same = np.flatnonzero(sorted_keys[:-d] == sorted_keys[d:])
+            if same.size == 0:
+                break
+            i, j = order[same], order[same + d]
+            dist = _POPCOUNT[packed[i] ^ packed[j]].sum(axis=1)
+            close = dist <= max_hamming
+            for a, c, dd in zip(np.minimum(i, j)[close], np.maximum(i, j)[close], dist[close]):
+                found[(int(a), int(c))] = int(dd)
     return found
 
 
@@ -162,28 +165,26 @@ def find_duplicates(fingerprints: dict[str, Fingerprint], cfg: DedupConfig | Non
     if not cfg.enabled or len(fingerprints) < 2:
         return []
     fps = sorted(fingerprints.values(), key=lambda f: (f.key, f.episode_id))
-    # neighbours[j] -> list of (kind_rank, distance, i) with i < j in key order
-    neighbours: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    if cfg.exact:
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for idx, fp in enumerate(fps):
-            groups[(fp.start_hash, fp.language)].append(idx)
-        for members in groups.values():
-            for a, i in enumerate(members):
-                for j in members[a + 1 :]:
-                    neighbours[j].append((0, 0, i))
+    # perceptual[j] -> [(distance, i)] with i < j in key order
+    perceptual: dict[int, list[tuple[int, int]]] = defaultdict(list)
     if cfg.perceptual:
         for (i, j), d in _perceptual_candidates(fps, cfg.max_hamming).items():
             if cfg.perceptual_same_language and fps[i].language != fps[j].language:
                 continue
-            neighbours[j].append((1, d, i))
+            perceptual[j].append((d, i))
+    first_kept: dict[tuple[str, str], int] = {}  # exact group -> its first kept episode (O(n), not O(m^2))
     kept: set[int] = set()
     pairs = []
-    for j in range(len(fps)):
-        matches = sorted(m for m in neighbours.get(j, ()) if m[2] in kept)
-        if not matches:
-            kept.add(j)
+    for j, fp in enumerate(fps):
+        group = (fp.start_hash, fp.language)
+        if cfg.exact and group in first_kept:
+            pairs.append(DuplicatePair(fps[first_kept[group]].episode_id, fp.episode_id, "exact", 0))
             continue
-        rank, dist, i = matches[0]
-        pairs.append(DuplicatePair(fps[i].episode_id, fps[j].episode_id, "exact" if rank == 0 else "perceptual", dist))
+        matches = sorted((d, fps[i].key, i) for d, i in perceptual.get(j, ()) if i in kept)
+        if matches:
+            d, _, i = matches[0]
+            pairs.append(DuplicatePair(fps[i].episode_id, fp.episode_id, "perceptual", d))
+            continue
+        kept.add(j)
+        first_kept.setdefault(group, j)
     return pairs
