@@ -18,8 +18,10 @@ COMMAND_MODULES: list[str] = [
     "curation.cmd_inspect",
     "curation.cmd_publish",
     "curation.cmd_policy",
+    "curation.cmd_simulate",
 ]
 BENCH_MODULES: list[str] = [
+    "curation.cmd_simulate",
     "curation.cmd_run",
     "curation.cmd_policy",
 ]

@@ -625,6 +625,10 @@ class RolloutWorkers:
 
 def _worker_main() -> int:
     """Serve rollout requests on stdin/stdout until stdin closes."""
+    import warnings
+
+    # Meta-World's policies warn on every action whose P-gain exceeds 1 (harmless, clipped).
+    warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high", category=UserWarning)
     proto_in = sys.stdin.buffer
     proto_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the protocol
