@@ -24,6 +24,7 @@ BENCH_MODULES: list[str] = [
     "curation.cmd_simulate",
     "curation.cmd_run",
     "curation.cmd_policy",
+    "curation.cmd_bench_labels",
 ]
 
 
