@@ -1,0 +1,77 @@
+"""Configuration of the latent action model (LAM): one dataclass, two presets.
+
+`small`: 64 px frames, 8 px patches, width 128 -- trains on a laptop CPU in minutes.
+`paper`: LAPA's latent action quantisation model -- 256 px frames, 32 px patches,
+width 1024, 16 heads, 8 spatial + 8 temporal encoder blocks, 8 decoder blocks,
+4 tokens from a codebook of 8 codes of dimension 32 (about 330M parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LAMConfig:
+    image_size: int = 64  # frames are resized to image_size x image_size
+    patch_size: int = 8
+    width: int = 128  # transformer width D
+    heads: int = 4
+    enc_spatial_depth: int = 2  # blocks attending within a frame
+    enc_temporal_depth: int = 2  # blocks attending across frames t, t+gap at one patch (causal)
+    dec_depth: int = 3  # decoder blocks: self-attention over patches of t + cross-attention to tokens
+    mlp_ratio: float = 4.0
+    num_tokens: int = 4  # L: tokens per latent action
+    codebook_size: int = 8  # V: codes shared by all L positions
+    code_dim: int = 32  # dimension of a code vector
+    predict_residual: bool = True  # decoder predicts frame t+gap - frame t (head zero-initialised)
+    discard_threshold: float = 0.1  # codes used fewer times than this per batch are replaced
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
+        if self.num_tokens < 1 or self.codebook_size < 2:
+            raise ValueError("need num_tokens >= 1 and codebook_size >= 2")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LAMConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown latent-action config keys {sorted(unknown)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, LAMConfig] = {
+    "small": LAMConfig(),
+    "paper": LAMConfig(
+        image_size=256,
+        patch_size=32,
+        width=1024,
+        heads=16,
+        enc_spatial_depth=8,
+        enc_temporal_depth=8,
+        dec_depth=8,
+        num_tokens=4,
+        codebook_size=8,
+        code_dim=32,
+    ),
+}
+
+
+def get_config(name: str, **overrides) -> LAMConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown latent-action config {name!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
