@@ -19,12 +19,14 @@ COMMAND_MODULES: list[str] = [
     "curation.cmd_publish",
     "curation.cmd_policy",
     "curation.cmd_simulate",
+    "curation.cmd_latent",
 ]
 BENCH_MODULES: list[str] = [
     "curation.cmd_simulate",
     "curation.cmd_run",
     "curation.cmd_policy",
     "curation.cmd_bench_labels",
+    "curation.cmd_latent",
 ]
 
 
