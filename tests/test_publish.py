@@ -202,3 +202,15 @@ def test_cli_publish_versions_diff_verify(datasets, registry, capsys):
     assert not r["ok"] and r["mismatched"][0]["path"] == "manifest.parquet"
     assert curate(["verify", f"{registry}/cli@9.9.9"]) == 1
     assert "not published" in capsys.readouterr().err
+
+
+def test_exclusive_create_on_local_fs_never_overwrites(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    path = str(tmp_path / "index.json")
+    P._create_exclusive(fs, path, b"first")
+    with pytest.raises(FileExistsError):
+        P._create_exclusive(fs, path, b"second")
+    assert (tmp_path / "index.json").read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]  # no temp file left
