@@ -323,6 +323,14 @@ class RLDSSource:
             raise EpisodeError(where, f"cannot parse episode: {_first_line(e)}") from None
         steps = _flatten(_to_numpy(parsed["steps"]))
         metadata = _flatten(_to_numpy(parsed.get("episode_metadata", {})))
+        # A step key absent from the record parses as zero values: tell that apart from an empty episode.
+        counts = {k: int(np.shape(v)[0]) for k, v in steps.items()}
+        if len(set(counts.values())) > 1:
+            T = max(counts.values())
+            missing = sorted(f"steps/{k}" for k, c in counts.items() if c == 0)
+            if missing:
+                raise EpisodeError(where, f"missing key(s) {missing} (other step keys have {T} steps)")
+            raise EpisodeError(where, f"step keys disagree on the number of steps: {counts}")
         raw = RawEpisode(steps=steps, metadata=metadata, where=where)
         if self.config.standardize is not None:
             raw = self.config.standardize(raw)
@@ -399,7 +407,9 @@ def _first_line(e: Exception) -> str:
     s = getattr(e, "message", None) or str(e)
     s = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", s)
     s = re.sub(r"\s*\[Op:[^\]]*\].*$", "", s, flags=re.S)
-    lines = [ln.strip() for ln in s.strip().splitlines() if ln.strip()]
+    noise = ("Graph execution error", "Detected at node", "[[", "File ")
+    lines = [ln.strip() for ln in s.strip().splitlines()
+             if ln.strip() and not ln.startswith((" ", "\t")) and not ln.strip().startswith(noise)]
     return lines[0] if lines else type(e).__name__
 
 
@@ -457,7 +467,7 @@ def _concat(steps: dict, keys: Sequence[str], where: str, what: str) -> np.ndarr
             a = np.asarray(a)
             if a.dtype == object:
                 raise EpisodeError(where, f"{what} key steps/{key} holds bytes, not numbers")
-            parts.append(a.reshape(a.shape[0], -1).astype(np.float32))
+            parts.append(a.reshape(a.shape[0], int(np.prod(a.shape[1:]))).astype(np.float32))
     T = {p.shape[0] for p in parts}
     if len(T) > 1:
         raise EpisodeError(where, f"{what} keys {list(keys)} have different step counts {sorted(T)}")
