@@ -1,0 +1,69 @@
+"""The dataset card: Hugging Face front matter, the numbers read back from the
+dataset, filter drops, label accuracy, and real PNG pictures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from curation.card import write_card
+from test_curation_helpers import make_episode, make_labels, write_dataset
+
+
+@pytest.fixture(scope="module")
+def card_dataset(tmp_path_factory):
+    pairs = []
+    for i in range(3):
+        ep = make_episode(i, T=12, dataset="bridge_dataset" if i < 2 else "metaworld_sim", language=f"task {i % 2}")
+        pairs.append((ep, make_labels(ep, speed_px=1.5, seed=i)))
+    filtered = [
+        {"episode_id": "e1", "dataset": "bridge_dataset", "split": "train", "episode_index": 7, "reason": "static", "detail": ""},
+        {"episode_id": "e1", "dataset": "bridge_dataset", "split": "train", "episode_index": 7, "reason": "no_language", "detail": ""},
+        {"episode_id": "e2", "dataset": "bridge_dataset", "split": "val", "episode_index": 0, "reason": "duplicate", "detail": "exact"},
+    ]
+    root = write_dataset(tmp_path_factory.mktemp("card") / "my_triplets", pairs, filtered=filtered)
+    accuracy = {"tracks": {"lk": {"delta_avg": 0.8125, "AJ": 0.5}}, "depth": {"abs_rel": 0.07}}
+    out = write_card(root, accuracy=accuracy)
+    return root, pairs, out
+
+
+def test_front_matter_and_numbers(card_dataset):
+    root, pairs, out = card_dataset
+    text = (root / "README.md").read_text()
+    assert out["readme"] == str(root / "README.md")
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["license"] == "other"
+    assert front["task_categories"] == ["robotics"]
+    assert front["size_categories"] == ["n<1K"]
+    assert "bridge-dataset" in front["tags"] and "scene-flow" in front["tags"]
+    assert front["source_datasets"] == ["bridge_dataset/1.0.0", "metaworld_sim/1.0.0"]
+    anchors = sum(lab.num_anchors for _, lab in pairs)
+    assert f"**3 episodes**, **{anchors} triplets**" in text
+    assert "| bridge_dataset | 1.0.0 | train | 2 | 24 |" in text  # sources table: episodes and frames
+    # filters: 2 episodes dropped, reasons counted
+    assert "2 episode(s) dropped" in text
+    assert "| static | 1 |" in text and "| no_language | 1 |" in text and "| duplicate | 1 |" in text
+    # label accuracy passed in appears with its value
+    assert "| tracks.lk.delta_avg | 0.8125 |" in text and "| depth.abs_rel | 0.07 |" in text
+    # statistics table: the first action dimension's mean, as stats.json has it
+    stats = json.loads((root / "stats.json").read_text())
+    mean0 = stats["datasets"]["bridge_dataset"]["actions"]["mean"][0]
+    assert f"| bridge_dataset | 0 | {mean0:.4g} |" in text
+    assert "```json" in text and '"min_steps": 8' in text  # config used
+
+
+def test_pictures_are_real_pngs(card_dataset):
+    root, _, out = card_dataset
+    names = sorted(p.split("/")[-1] for p in out["pictures"])
+    assert names == ["action_histograms.png", "motion_images.png", "sample_tracks.png"]
+    text = (root / "README.md").read_text()
+    for p in out["pictures"]:
+        img = np.asarray(Image.open(p).convert("RGB"))
+        assert img.shape[0] > 100 and img.shape[1] > 200
+        assert img.std() > 10  # not a blank canvas
+        assert f"(card/{p.split('/')[-1]})" in text
