@@ -68,6 +68,9 @@ class BeamEngine:
         self.job_dir = str(job_dir)
 
     def __enter__(self) -> "BeamEngine":
+        # The DirectRunner relays every worker's INFO lines; keep the job's output readable.
+        for name in ("apache_beam", "apache_beam.runners.portability.local_job_service"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,118 @@
+"""The job on one machine: config, shard writer encoding, a local run on the real
+Bridge episodes (valid, complete, readable), reruns and config changes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from pipelines.config import JobConfig
+from test_pipeline_helpers import cached_run, job_config, manifest_rows
+
+
+def test_config_file_overrides_and_hash(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text("labels: {stride: 2, tracker: lk}\nwriter: {shard_episodes: 5}\nengine: {runner: ray, workers: 2}\n")
+    cfg = JobConfig.load(f, ["labels.stride=8", "curation.filters.min_steps=3", "engine.num_gpus.label=0.5"],
+                         **{"source.path": "/data/x", "engine.workers": None})
+    assert cfg.labels == {"stride": 8, "tracker": "lk"}
+    assert cfg.writer.shard_episodes == 5 and cfg.engine.runner == "ray" and cfg.engine.workers == 2
+    assert cfg.curation.filters == {"min_steps": 3} and cfg.engine.num_gpus == {"label": 0.5}
+    assert JobConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.label_config().stride == 8
+    # How a job is run does not change what it makes; what it makes does.
+    other = JobConfig.from_dict({**cfg.to_dict(), "engine": {"runner": "local", "workers": 1}})
+    assert other.content_hash() == cfg.content_hash()
+    assert JobConfig.load(f, ["labels.stride=4"]).content_hash() != cfg.content_hash()
+    with pytest.raises(ValueError, match="unknown writer config keys"):
+        JobConfig.load(None, ["writer.shards=3"])
+    with pytest.raises(ValueError, match="runner"):
+        JobConfig.load(None, ["engine.runner=spark"])
+
+
+def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
+    from pipelines.writer import _chunk_len, _fill, _write_array, spec_by_name
+
+    rng = np.random.default_rng(0)
+    arrays = {"frames/cam": rng.integers(0, 255, (37, 8, 8, 3), dtype=np.uint8),
+              "tracks_px": rng.normal(size=(5, 4, 3, 2)).astype(np.float32),
+              "visible": rng.random((5, 4, 3)) > 0.5,
+              "latent_tokens": rng.integers(-1, 8, (5, 4)).astype(np.int16)}
+    ours = zarr.open_group(str(tmp_path / "ours"), mode="w", zarr_format=3)
+    ref = zarr.open_group(str(tmp_path / "ref"), mode="w", zarr_format=3)
+    for name, a in arrays.items():
+        _write_array(ours, name, a, 16, "none")
+        c0 = _chunk_len(a.shape[0], 16)
+        spec = spec_by_name(name)
+        r = ref.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(c0,) + a.shape[1:],
+                             shards=(-(-a.shape[0] // c0) * c0,) + a.shape[1:], compressors=None,
+                             fill_value=_fill(a.dtype),
+                             attributes={"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok})
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            r[...] = a
+    back = zarr.open_group(str(tmp_path / "ours"), mode="r")
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(back[name][...], a)
+        assert back[name].metadata.to_dict()["codecs"][0]["name"] == "sharding_indexed"
+        files = sorted(p.relative_to(tmp_path / "ours") for p in (tmp_path / "ours" / name).rglob("*") if p.is_file())
+        assert files and all((tmp_path / "ours" / f).read_bytes() == (tmp_path / "ref" / f).read_bytes() for f in files)
+
+
+def test_local_run_on_bridge_is_complete_valid_and_readable(bridge_dir):
+    from curation.validate import validate_dataset
+
+    out, s = cached_run("bridge-local", bridge_dir)
+    c = s["counts"]
+    assert s["complete"] and c["planned"] == 25 and c["unaccounted"] == 0
+    assert c["written"] + c["filtered"] + c["duplicates"] + c["quarantined"] == 25
+    assert c["written"] >= 20 and c["quarantined"] == 0
+    assert validate_dataset(out) == []
+    rows = manifest_rows(out)
+    assert [r["episode_index"] for r in rows] == sorted(r["episode_index"] for r in rows)
+    # Shards are fixed groups of 3 episodes by index (not by completion order).
+    for r in rows:
+        assert r["shard"] == f"shard-{r['episode_index'] // 3:05d}"
+        assert r["cameras"] == ["image_0", "image_1", "image_2"]  # image_3 is blank in Bridge: not stored
+        assert (r["height"], r["width"], r["action_dim"]) == (64, 64, 7)
+        assert r["frame_count"] == 10 and r["anchor_count"] == 3  # 10 steps, stride 4 -> anchors 0, 4, 8
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["config"]["labels"]["grid"] == 6 and info["counts"]["written"] == len(rows)
+    assert info["complete"] is True
+    # Shards are Zarr v3 groups with the sharding codec; commit records carry the rows.
+    g = zarr.open_group(str(out / "shards" / rows[0]["shard"]), mode="r")
+    assert g["frames/image_0"].metadata.to_dict()["codecs"][0]["name"] == "sharding_indexed"
+    assert g.attrs["commit"]["episodes"][0]["episode_id"] == rows[0]["episode_id"]
+    assert {"read", "label", "write", "finalize"} <= set(s["stage_seconds"])
+    assert s["stage_seconds"]["label"] > 0 and s["frames_per_s"] > 0
+
+
+def test_rerun_is_a_noop_and_other_config_is_refused(bridge_dir, tmp_path):
+    from pipelines.job import JobError, run_job
+
+    cfg = job_config(bridge_dir, shard_episodes=4, **{"source.stop": 6})
+    out = tmp_path / "ds"
+    first = run_job(cfg, out, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*") if p.is_file()}
+    again = run_job(cfg, out, progress=False)
+    assert first["counts"]["written"] == again["counts"]["written"] == 6
+    assert again["counts"]["units_resumed"] == 2 and again["episodes_processed_this_run"] == 0
+    assert before == {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*") if p.is_file()}
+    with pytest.raises(JobError, match="different config"):
+        run_job(job_config(bridge_dir, shard_episodes=4, **{"source.stop": 6}, extra=["labels.stride=2"]), out, progress=False)
+    redo = run_job(job_config(bridge_dir, shard_episodes=4, **{"source.stop": 6}, extra=["labels.stride=2"]), out,
+                   progress=False, overwrite=True)
+    assert redo["counts"]["anchors_written"] == 6 * 5
+
+
+def test_cli_run_json(bridge_dir, tmp_path, capsys):
+    from curation.cli import main
+
+    rc = main(["run", str(bridge_dir), "--out", str(tmp_path / "ds"), "--stop", "3", "--no-progress", "--json",
+               "--set", "labels.grid=4", "--set", "labels.horizon=4", "--set", "curation.card=false"])
+    assert rc == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["counts"]["written"] == 3 and s["counts"]["frames_written"] == 30 and s["extras"]["card"] == "off"
+    assert main(["run", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
