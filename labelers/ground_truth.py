@@ -6,9 +6,10 @@ Recipe (REFERENCE section 3), per query pixel q on the anchor frame a:
                       (body = segmentation_a at the pixel nearest q)
     p_body --body pose at a+j--> P_world(j) --world_to_cam--> P_cam(j) --K--> track(j), depth(j)
 
-Visibility at a+j: the point projects inside the image and the rendered depth at
-a+j agrees with the point's depth (within `depth_tol_m`) at one of the pixels
-around it; a nearer surface means it is occluded. A point whose body did not
+Visibility at a+j: the point projects inside the image and the depth rendered at
+a+j in the pixel containing it agrees with the point's depth (within
+`depth_tol_m`, default two pixel footprints); a nearer surface means occluded,
+no surface means it fell off the silhouette. A point whose body did not
 move keeps exactly its anchor position (zero flow, bit for bit).
 
 Needs an Episode with `ground_truth` (SimGroundTruth), depth and intrinsics of
@@ -156,24 +157,17 @@ def _nearest_pixel(xy: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _visible_at(g: _GT, step: int, uv: np.ndarray, z: np.ndarray, tol_m: Optional[float]) -> np.ndarray:
-    """Whether points with pixel uv (N 2) and depth z (N) are seen at `step`: inside the image
-    and the rendered depth matches at one of the 2 x 2 pixels around the point."""
-    H, W = g.H, g.W
+    """Whether points with pixel uv (N 2) and depth z (N) are seen at `step`: inside the
+    image, and the depth rendered at the pixel containing the point agrees with the
+    point's depth (a nearer surface = occluded; no surface = off the silhouette)."""
     u, v = uv[:, 0], uv[:, 1]
-    inside = np.isfinite(u) & np.isfinite(v) & (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
+    finite = np.isfinite(u) & np.isfinite(v) & np.isfinite(z)
+    row, col, inside = _nearest_pixel(np.where(finite[:, None], uv, -1.0), g.H, g.W)
     tol = default_depth_tol_m(z, g.intr) if tol_m is None else np.full(z.shape, float(tol_m))
-    depth = g.depth[step]
-    seen = np.zeros(z.shape, bool)
-    base_c = np.floor(np.nan_to_num(u, nan=0.0) - 0.5).astype(np.int64)
-    base_r = np.floor(np.nan_to_num(v, nan=0.0) - 0.5).astype(np.int64)
-    for dr in (0, 1):
-        for dc in (0, 1):
-            r = np.clip(base_r + dr, 0, H - 1)
-            c = np.clip(base_c + dc, 0, W - 1)
-            d = depth[r, c]
-            with np.errstate(invalid="ignore"):
-                seen |= np.abs(d - z) <= tol
-    return inside & seen
+    rendered = g.depth[step][row, col]
+    with np.errstate(invalid="ignore"):
+        agree = np.abs(rendered - z) <= tol
+    return finite & inside & (z > 0) & agree
 
 
 def _move_points(g: _GT, anchor: int, queries_xy: np.ndarray, horizon: int):
