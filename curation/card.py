@@ -9,8 +9,9 @@ Pictures (PNG, matplotlib Agg):
                                  polylines coloured by depth (metres) where the
                                  episode has depth, else by horizon step
     card/motion_images.png       motion images (labelers.flow.decode_motion_image)
-                                 rendered with the Middlebury colour wheel at a
-                                 fixed radius (labelers.flow.flow_to_color)
+                                 rendered with the Middlebury colour wheel
+                                 (labelers.flow.flow_to_color), one radius for all
+                                 panels (the 99th percentile of |flow| shown)
     card/action_histograms.png   per source dataset, a histogram per action dimension
 """
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 CARD_DIR = "card"
 README = "README.md"
 SAMPLES = 4  # episodes shown in the pictures
-FLOW_RADIUS_PX = 8.0  # fixed colour-wheel radius for motion images
 _HIST_FRAMES = 200_000  # action values read per dataset for the histograms
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -145,6 +145,8 @@ def _draw_tracks(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
             if has_depth:
                 finite = vals[np.isfinite(vals)]
                 lc.set_clim(float(finite.min()), float(finite.max()) + 1e-6)
+            else:
+                lc.set_clim(0, T - 1)  # the same scale on every panel
             ax.add_collection(lc)
             fig.colorbar(lc, ax=ax, fraction=0.046, pad=0.02, label="depth (m)" if has_depth else "horizon step")
         q = ok[:, 0]
@@ -172,21 +174,28 @@ def _draw_motion_images(dataset_dir: Path, samples: list[dict], out: Path) -> bo
         g = _open_shard(dataset_dir, r["shard"])
         if "motion_image" not in g or r["anchor_count"] == 0:
             continue
-        a = _sample_anchor(g, r)
-        if "flow_valid" in g and not bool(g["flow_valid"][a]):
+        sl = slice(r["anchor_start"], r["anchor_start"] + r["anchor_count"])
+        valid = np.asarray(g["flow_valid"][sl]) if "flow_valid" in g else np.ones(r["anchor_count"], bool)
+        if not valid.any():
             continue
-        step = int(g["anchor_step"][a])
+        flows = [decode_motion_image(m) for m in np.asarray(g["motion_image"][sl])]  # n x (H W 2)
+        peaks = [float(np.abs(f).max()) if ok else -1.0 for f, ok in zip(flows, valid)]
+        a = int(np.argmax(peaks))  # the anchor of the episode with the most motion
+        step = int(g["anchor_step"][r["anchor_start"] + a])
         frame = np.asarray(g[f"frames/{r['primary_camera']}"][r["frame_start"] + step])
-        flow = decode_motion_image(np.asarray(g["motion_image"][a]))
-        panels.append((r, step, frame, flow_to_color(flow, max_radius=FLOW_RADIUS_PX), float(np.abs(flow).max())))
+        panels.append((r, step, frame, flows[a]))
     if not panels:
         return False
+    # one radius for every panel, so colours compare across the card
+    mags = np.concatenate([np.linalg.norm(f, axis=-1).ravel() for *_, f in panels])
+    radius = max(1.0, float(np.quantile(mags, 0.99)))
+    panels = [(r, step, frame, flow_to_color(f, max_radius=radius), float(np.linalg.norm(f, axis=-1).max())) for r, step, frame, f in panels]
     fig, axes = plt.subplots(2, len(panels), figsize=(2.8 * len(panels), 5.6), squeeze=False)
     for i, (r, step, frame, colour, peak) in enumerate(panels):
         axes[0, i].imshow(frame)
         axes[0, i].set_title(f"{r['dataset']} ep {r['episode_index']} t={step}", fontsize=7)
         axes[1, i].imshow(colour)
-        axes[1, i].set_title(f"flow, wheel radius {FLOW_RADIUS_PX:g} px (max |f| {peak:.1f})", fontsize=7)
+        axes[1, i].set_title(f"flow t->t+gap, wheel radius {radius:.1f} px (max |f| {peak:.1f})", fontsize=7)
         for ax in axes[:, i]:
             ax.axis("off")
     fig.tight_layout()
@@ -359,8 +368,16 @@ def write_card(
         md += ["", markdown_table([{"reason": k, "episodes": v} for k, v in sorted(dropped_by.items())])]
     if quarantined_by:
         md += ["", "Quarantined by stage and reason:", "", markdown_table([{"stage: reason": k, "episodes": v} for k, v in sorted(quarantined_by.items())])]
-    if filter_cfg is not None:
-        md += ["", "Filter settings:", "", "```json", json.dumps(filter_cfg, indent=1, sort_keys=True), "```"]
+    if filter_cfg is None and config:
+        md += ["", "Filters were switched off for this dataset."]
+    elif config:
+        try:
+            from curation.filters import FilterConfig
+
+            effective = FilterConfig.from_dict(filter_cfg).to_dict()  # defaults filled in
+        except (TypeError, ValueError):
+            effective = filter_cfg
+        md += ["", "Filter settings (effective, defaults filled in):", "", "```json", json.dumps(effective, indent=1, sort_keys=True), "```"]
 
     md += ["", "## Labels", ""]
     if backends:
@@ -388,7 +405,7 @@ def write_card(
     if pictures:
         md += ["## Pictures", ""]
         captions = {"sample_tracks.png": "Anchor frames with point tracks (colour: depth in metres, or horizon step without depth)",
-                    "motion_images.png": f"Motion images decoded to flow, Middlebury colour wheel at a fixed {FLOW_RADIUS_PX:g} px radius",
+                    "motion_images.png": "Motion images decoded to optical flow (Middlebury colour wheel: hue = direction, saturation = magnitude; one radius for all panels)",
                     "action_histograms.png": "Action histograms per source dataset and dimension"}
         for p in pictures:
             md += [f"![{captions[Path(p).name]}]({p})", ""]
