@@ -27,6 +27,7 @@ BENCH_MODULES: list[str] = [
     "curation.cmd_policy",
     "curation.cmd_bench_labels",
     "curation.cmd_latent",
+    "curation.cmd_inspect",
 ]
 
 

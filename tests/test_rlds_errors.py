@@ -66,17 +66,17 @@ def test_tfrecord_cut_at_a_record_boundary(tmp_path):
 
 
 def test_undecodable_jpeg_names_step_and_camera(tmp_path):
-    path = write_contributed(tmp_path, NAME, n=3, T=4)
+    path = write_contributed(tmp_path, NAME, n=3, T=12)  # > 8 frames: the threaded decode path
 
     def corrupt(ex):
-        ex.features.feature["steps/observation/image"].bytes_list.value[2] = b"\xff\xd8\xff\xe0 not a jpeg"
+        ex.features.feature["steps/observation/image"].bytes_list.value[9] = b"\xff\xd8\xff\xe0 not a jpeg"
 
     _edit_record(_shard(path), 1, corrupt)
     good, bad = _split(list(read_episodes(str(path), on_error="yield")))
     assert [e.provenance.episode_index for e in good] == [0, 2]
     msg = str(bad[0])
     assert "episode=1" in msg and _shard(path).name in msg
-    assert "step 2 camera 'image': undecodable image" in msg
+    assert "step 9 camera 'image': undecodable image" in msg
 
 
 def test_missing_key(tmp_path):
