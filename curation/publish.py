@@ -350,14 +350,12 @@ def publish(
     storage_options: Optional[dict] = None,
     validate: bool = True,
     progress: bool = True,
-    _fail_before_index: bool = False,
 ) -> PublishedVersion:
     """Publish `dataset_dir` as `<to_url>/<name>@<version>` (see module doc).
 
     Returns the version (created_now False when it already existed with the
     same content). Raises PublishError when the dataset is invalid or the
-    storage fails, VersionConflict when the version exists with other content.
-    `_fail_before_index` simulates a crash after the upload (tests)."""
+    storage fails, VersionConflict when the version exists with other content."""
     from tqdm import tqdm
 
     _check_name(name)
@@ -387,10 +385,18 @@ def publish(
     total = sum(f["size"] for f in files.values())
 
     def upload(rel: str) -> int:
+        # stream and hash what is actually written: the index describes the uploaded bytes,
+        # and a dataset modified since it was hashed is caught instead of published
         target = posixpath.join(staging, rel)
         if local:
             fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        fs.put_file(str(dataset_dir / rel), target)
+        h = hashlib.sha256()
+        with open(dataset_dir / rel, "rb") as src, fs.open(target, "wb") as dst:
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                dst.write(chunk)
+        if h.hexdigest() != files[rel]["sha256"]:
+            raise PublishError(f"{dataset_dir / rel}: changed while being published; publish again when no job writes the dataset")
         return files[rel]["size"]
 
     try:
@@ -400,12 +406,11 @@ def publish(
                     bar.update(size)
         _check_uploaded_sizes(fs, staging, files)
     except PublishError:
+        _remove_quietly(fs, staging)
         raise
     except Exception as exc:  # noqa: BLE001 - storage errors name the URL, never credentials
+        _remove_quietly(fs, staging)
         raise PublishError(f"{_url(fs, staging)}: upload failed ({type(exc).__name__}: {exc})") from exc
-
-    if _fail_before_index:
-        raise PublishError(f"simulated crash before writing the index of {ref}")
 
     contract = CONTRACT_VERSION
     try:

@@ -71,10 +71,15 @@ def test_same_version_same_content_is_noop_and_other_content_refused(datasets, r
     assert P.verify("synth@1.0.0", progress=False).ok
 
 
+def _killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed before the index write")
+
+
 def test_crash_before_index_leaves_no_visible_version(datasets, registry):
     v1, _, _ = datasets
-    with pytest.raises(P.PublishError, match="simulated crash"):
-        P.publish(v1, "synth", "0.2.0", progress=False, _fail_before_index=True)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(P, "_create_exclusive", _killed)  # the process dies right before the index write
+        P.publish(v1, "synth", "0.2.0", progress=False)
     assert list((registry / "synth" / "0.2.0").glob("files-*/manifest.parquet"))  # the files were uploaded ...
     assert P.list_versions("synth") == []  # ... but no version is visible
     with pytest.raises(P.PublishError, match=r"synth@0.2.0 is not published: no index.json \(1 unfinished"):
@@ -214,3 +219,20 @@ def test_exclusive_create_on_local_fs_never_overwrites(tmp_path):
         P._create_exclusive(fs, path, b"second")
     assert (tmp_path / "index.json").read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]  # no temp file left
+
+
+def test_dataset_modified_during_publish_is_refused(datasets, tmp_path, registry, monkeypatch):
+    v1, _, _ = datasets
+    ds = tmp_path / "moving"
+    shutil.copytree(v1, ds)
+    real_hash = P.hash_dataset
+
+    def hash_then_modify(path, progress=True):
+        files = real_hash(path, progress)
+        (Path(path) / "dataset.json").write_text((Path(path) / "dataset.json").read_text() + " ")  # a writer touches it
+        return files
+
+    monkeypatch.setattr(P, "hash_dataset", hash_then_modify)
+    with pytest.raises(P.PublishError, match="dataset.json: changed while being published"):
+        P.publish(ds, "synth", "0.1.0", progress=False)
+    assert P.list_versions("synth") == [] and P.unfinished_publishes("synth") == []  # its upload was removed

@@ -84,12 +84,17 @@ def test_publish_verify_diff_over_s3(s3_endpoint, datasets):
     assert not r.ok and [m["path"] for m in r.mismatched] == ["dataset.json"]
 
 
+def _killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed before the index write")
+
+
 def test_crash_before_index_is_invisible_on_s3(s3_endpoint, datasets):
     a, _, _ = datasets
     url = f"s3://{BUCKET}/crash"
     opts = _opts(s3_endpoint)
-    with pytest.raises(P.PublishError, match="simulated crash"):
-        P.publish(a, "ds", "1.0.0", to_url=url, storage_options=opts, progress=False, _fail_before_index=True)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(P, "_create_exclusive", _killed)  # the process dies right before the index write
+        P.publish(a, "ds", "1.0.0", to_url=url, storage_options=opts, progress=False)
     assert P.list_versions(f"{url}/ds", opts) == []
     with pytest.raises(P.PublishError, match="is not published: no index.json"):
         P.verify(f"{url}/ds@1.0.0", opts, progress=False)
