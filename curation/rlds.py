@@ -196,7 +196,9 @@ class RLDSSource:
                 dropped.append(d.key)
             elif d.camera in kept_cams:
                 depth.append(d)
-        proprio = tuple(k for k in config.proprio_keys if present(k) or dropped.append(k))
+        proprio = tuple(k for k in config.proprio_keys if present(k))
+        extra_steps = tuple(k for k in config.extra_step_keys if present(k))
+        dropped += [k for k in config.proprio_keys + config.extra_step_keys if not present(k)]
         language_key = config.language_key
         if language_key and not present(language_key):
             dropped.append(language_key)
@@ -205,7 +207,7 @@ class RLDSSource:
             log.warning("%s: keys in the dataset config but not in features.json, not read: %s", where, dropped)
         return replace(
             config, secondary_camera=secondary, wrist_camera=wrist, extra_cameras=extra, depth=tuple(depth),
-            proprio_keys=proprio, language_key=language_key,
+            proprio_keys=proprio, extra_step_keys=extra_steps, language_key=language_key,
             language_kind=config.language_kind if language_key else LANG_NONE,
         )
 
@@ -337,11 +339,16 @@ class RLDSSource:
                 raise EpisodeError(where, f"missing key(s) {missing} (other step keys have {T} steps)")
             raise EpisodeError(where, f"step keys disagree on the number of steps: {counts}")
         raw = RawEpisode(steps=steps, metadata=metadata, where=where)
-        if self.config.standardize is not None:
-            raw = self.config.standardize(raw)
-        episode = self._to_episode(raw, index, path)
-        if self.config.finalize is not None:
-            episode = self.config.finalize(episode, raw)
+        try:
+            if self.config.standardize is not None:
+                raw = self.config.standardize(raw)
+            episode = self._to_episode(raw, index, path)
+            if self.config.finalize is not None:
+                episode = self.config.finalize(episode, raw)
+        except EpisodeError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError) as e:  # a layout the config did not expect
+            raise EpisodeError(where, f"does not match the {self.config.name} layout: {type(e).__name__}: {e}") from None
         episode.check()
         return episode
 

@@ -104,3 +104,20 @@ def test_missing_directory_and_split(tmp_path):
     path = write_contributed(tmp_path, "split_ds", n=1)
     with pytest.raises(EpisodeError, match="no split 'val'"):
         RLDSSource(str(path), split="val")
+
+
+def test_camera_subset(bridge_dir):
+    src = RLDSSource(str(bridge_dir), cameras=["image_1"])
+    assert src.config.cameras == ("image_0", "image_1")  # the primary camera is always read
+    (e,) = list(src.read(0, 1))
+    assert list(e.frames) == ["image_0", "image_1"] and e.blank_cameras == ()
+
+
+def test_layout_mismatch_is_an_episode_error(tmp_path):
+    """A dataset registered under a name whose layout differs: clear error, no traceback."""
+    from curation.openx_registry import get_dataset_config
+
+    path = write_contributed(tmp_path, "metaworld_sim", n=2)  # our sim's name, a contributed layout
+    with pytest.raises(EpisodeError, match=r"episode=0 .*missing episode_metadata/intrinsics"):
+        list(read_episodes(str(path)))
+    assert get_dataset_config("metaworld_sim").primary_camera == "image"
