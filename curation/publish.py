@@ -361,6 +361,7 @@ def publish(
     _check_name(name)
     parse_semver(version)
     to_url = to_url or default_registry()
+    fs, base = _fs(to_url, storage_options)  # a bad URL fails before any hashing
     dataset_dir = Path(dataset_dir)
     if validate:
         problems = check_dataset(dataset_dir)
@@ -370,7 +371,6 @@ def publish(
             raise PublishError(f"{dataset_dir}: refusing to publish an invalid dataset ({len(problems)} problem(s)):\n  {shown}{more}")
     files = hash_dataset(dataset_dir, progress=progress)
     checksum = content_checksum(files)
-    fs, base = _fs(to_url, storage_options)
     version_dir = posixpath.join(base, name, version)
     ref = f"{to_url.rstrip('/')}/{name}@{version}"
 

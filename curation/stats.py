@@ -63,8 +63,10 @@ class QuantileSketch:
             for sign_counter, part in ((self.pos[d], v[v > _MIN_ABS]), (self.neg[d], -v[v < -_MIN_ABS])):
                 if part.size:
                     keys = np.ceil(np.log(part.astype(np.float64)) / _LOG_GAMMA).astype(np.int64)
-                    uniq, counts = np.unique(keys, return_counts=True)
-                    sign_counter.update(dict(zip(uniq.tolist(), counts.tolist())))
+                    lo = int(keys.min())
+                    counts = np.bincount(keys - lo)  # O(n); keys span a few thousand buckets at most
+                    nz = np.flatnonzero(counts)
+                    sign_counter.update(dict(zip((nz + lo).tolist(), counts[nz].tolist())))
 
     def merge(self, other: "QuantileSketch") -> None:
         for d in range(self.dim):
@@ -111,14 +113,23 @@ class RunningStats:
         if values.shape[0] == 0:
             return
         finite = np.isfinite(values)
-        n_b = finite.sum(axis=0)
-        masked = np.where(finite, values, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_b = np.where(n_b > 0, masked.sum(axis=0) / np.maximum(n_b, 1), 0.0)
-            m2_b = np.where(finite, (values - mean_b) ** 2, 0.0).sum(axis=0)
+        if finite.all():  # the common case: no masking passes
+            n_b = np.full(self.dim, values.shape[0], dtype=np.int64)
+            mean_b = values.mean(axis=0)
+            centred = values - mean_b
+            m2_b = np.einsum("ij,ij->j", centred, centred)
+            lo, hi = values.min(axis=0), values.max(axis=0)
+        else:
+            n_b = finite.sum(axis=0)
+            masked = np.where(finite, values, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean_b = np.where(n_b > 0, masked.sum(axis=0) / np.maximum(n_b, 1), 0.0)
+                m2_b = np.where(finite, (values - mean_b) ** 2, 0.0).sum(axis=0)
+            lo = np.where(finite, values, np.inf).min(axis=0)
+            hi = np.where(finite, values, -np.inf).max(axis=0)
         self._combine(n_b, mean_b, m2_b)
-        self.min = np.minimum(self.min, np.where(finite, values, np.inf).min(axis=0))
-        self.max = np.maximum(self.max, np.where(finite, values, -np.inf).max(axis=0))
+        self.min = np.minimum(self.min, lo)
+        self.max = np.maximum(self.max, hi)
         self.sketch.update(values)
 
     def _combine(self, n_b, mean_b, m2_b) -> None:
