@@ -153,8 +153,11 @@ def _trackers(args) -> dict:
     from labelers.tracks import get_tracker
 
     out = {
+        "lk (default: chain)": get_tracker("lk"),
+        "lk (hybrid)": get_tracker("lk", mode="hybrid"),
         "lk (anchor)": get_tracker("lk", mode="anchor"),
-        "lk (chain)": get_tracker("lk", mode="chain"),
+        "lk (chain, grey, 15 px, 3 levels)": get_tracker("lk", mode="chain", color=False, win_size=15, max_level=3, fb_threshold_px=1.0),
+        "flow (dis)": get_tracker("flow"),
     }
     if args.cotracker_repo and args.cotracker_ckpt:
         out["cotracker"] = get_tracker("cotracker", repo=args.cotracker_repo, checkpoint=args.cotracker_ckpt)
@@ -322,9 +325,9 @@ def _summarise_labels(pool: _Pool, tasks: list[str], args, n_episodes: int, seco
     overall = {r["backend"]: r for label in rows for r in rows[label] if r["task"] == "all"}
     targets = {
         "flow_epe_px (dis, < 1.0)": _target(overall.get("dis (medium)", {}).get("epe_px"), TARGETS["flow_epe_px"], below=True),
-        "tracks_delta_avg (lk, >= 0.80)": _target(overall.get("lk (anchor)", {}).get("delta_avg"), TARGETS["tracks_delta_avg"], below=False),
+        "tracks_delta_avg (lk, >= 0.80)": _target(overall.get("lk (default: chain)", {}).get("delta_avg"), TARGETS["tracks_delta_avg"], below=False),
         "median_epe3d_mm (lk + dataset depth, < 10)": _target(
-            overall.get("lk (anchor) + dataset depth", {}).get("median_epe3d_mm"), TARGETS["median_epe3d_mm"], below=True),
+            overall.get("lk (default: chain) + dataset depth", {}).get("median_epe3d_mm"), TARGETS["median_epe3d_mm"], below=True),
     }
     return {
         "bench": "labels",
@@ -449,12 +452,11 @@ def run_labelers(args) -> int:
 
         anchors = anchor_steps(n, 4)
         q = grid_queries(H, W, 20)
-        for mode in ("anchor", "chain"):
-            tr = get_tracker("lk", mode=mode)
-            add("tracks", f"lk ({mode}), 400 pts x 32, stride 4", _best_time(lambda: tr.track_anchors(frames, anchors, q, 32, pyramids=grays), 1),
-                n, "frames")
+        for label, tr in (("lk (default: chain)", get_tracker("lk")), ("lk (hybrid)", get_tracker("lk", mode="hybrid")),
+                          ("flow (dis)", get_tracker("flow"))):
+            add("tracks", f"{label}, 400 pts x 32, stride 4", _best_time(lambda: tr.track_anchors(frames, anchors, q, 32), 1), n, "frames")
         # lifting
-        tracks, vis = get_tracker("lk").track_anchors(frames, anchors, q, 32, pyramids=grays)
+        tracks, vis = get_tracker("lk").track_anchors(frames, anchors, q, 32)
         steps = anchors[:, None] + np.arange(32)[None]
         fi = np.where(steps < n, steps, -1)[:, None, :]
         intr = intrinsics_or_estimate(ep.intrinsics.get(cam), H, W)

@@ -117,7 +117,7 @@ class EpisodeLabeler:
     def _label(self, episode: Episode) -> EpisodeLabels:
         from labelers.flow import encode_motion_image, to_gray
         from labelers.sceneflow import intrinsics_or_estimate, lift_tracks, statistical_inliers
-        from labelers.tracks import grid_queries, track_anchors
+        from labelers.tracks import FlowTracker, LKTracker, grid_queries, track_anchors
 
         c = self.config
         where = episode.provenance.describe()
@@ -137,7 +137,8 @@ class EpisodeLabeler:
         textured = np.array([int(g.max()) - int(g.min()) >= MIN_TEXTURE_LEVELS for g in grays])
 
         queries = grid_queries(H, W, c.grid)
-        if getattr(self.tracker, "name", "") == "lk":
+        if isinstance(self.tracker, FlowTracker) or (isinstance(self.tracker, LKTracker) and not self.tracker.color):
+            # Share the grey frames instead of converting them again.
             tracks, visible = self.tracker.track_anchors(frames, anchors, queries, T, pyramids=grays)
         else:
             tracks, visible = track_anchors(self.tracker, frames, anchors, queries, T)
