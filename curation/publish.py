@@ -283,6 +283,11 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
         for attempt in range(5):
             try:
                 fs.pipe_file(path, data, mode="create")  # PUT If-None-Match: *
+                # read back: a store that ignores If-None-Match (old MinIO/Ceph) would let a
+                # racing PUT overwrite ours; the loser then sees the other's bytes here
+                fs.invalidate_cache(path)
+                if fs.cat_file(path) != data:
+                    raise FileExistsError(errno.EEXIST, f"{path} was written by another publisher")
                 return
             except FileExistsError:
                 raise

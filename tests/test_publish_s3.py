@@ -153,3 +153,25 @@ def test_exclusive_create_on_s3_never_overwrites(s3_endpoint):
     with pytest.raises(FileExistsError):
         P._create_exclusive(fs, path, b"second")
     assert fs.cat_file(path) == b"first"
+
+
+def test_trainer_reader_streams_a_published_version_from_s3(s3_endpoint, datasets):
+    """The published files are a complete dataset: the trainer-facing reader
+    (curation.dataset_reader, resolving the ref through curation.publish.resolve)
+    iterates every triplet straight from s3://."""
+    from curation.dataset_reader import open_dataset
+
+    a, _, _ = datasets
+    url = f"s3://{BUCKET}/reader"
+    opts = _opts(s3_endpoint)
+    P.publish(a, "ds", "0.1.0", to_url=url, storage_options=opts, progress=False)
+    ds = open_dataset(f"{url}/ds@latest", opts)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(a / "manifest.parquet").to_pylist()
+    assert len(ds) == len(rows) == 3
+    triplets = list(ds.iter_triplets())
+    assert len(triplets) == ds.num_triplets() == sum(r["anchor_count"] for r in rows)
+    first = triplets[0]
+    assert first.episode_id == rows[0]["episode_id"] and first.anchor == 0
+    assert first.images["image"].shape == (32, 32, 3)
