@@ -111,7 +111,10 @@ class RLDSSource:
         if config is None:
             config = get_dataset_config(self.name)
             if config is None:
-                config = infer_dataset_config(self._features_json, self.name)
+                try:
+                    config = infer_dataset_config(self._features_json, self.name)
+                except ValueError as e:
+                    raise EpisodeError(self.path, f"not in the Open-X registry and cannot infer its layout: {e}") from None
                 log.warning(
                     "%s is not in the Open-X registry; inferred primary=%s cameras=%s depth=%s language=%s "
                     "actions=%s proprio=%s (control rate unknown)",

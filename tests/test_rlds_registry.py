@@ -247,3 +247,15 @@ def test_metaworld_sim_mapping(tmp_path):
     assert gt.body_quat.shape == (T, B, 4) and np.array_equal(gt.segmentation, seg)
     assert e.success is True and e.control_hz == 80.0 and e.language == "pick up the puck"
     assert e.action_encoding == "metaworld_delta_xyz_gripper" and e.proprio_encoding == "eef_xyz_gripper"
+
+
+def test_uninferrable_dataset_is_a_clear_error(tmp_path):
+    from schemas.episode import EpisodeError
+
+    feats = tfds.features.FeaturesDict({"steps": tfds.features.Dataset({
+        "observation": tfds.features.FeaturesDict({"state": Tensor(shape=(3,), dtype=np.float32)}),
+        "action": Tensor(shape=(2,), dtype=np.float32)})})
+    ep = {"steps": {"observation": {"state": np.zeros((2, 3), np.float32)}, "action": np.zeros((2, 2), np.float32)}}
+    path = write_rlds_dataset(tmp_path, "no_camera_ds", "1.0.0", feats, {"train": [ep]})
+    with pytest.raises(EpisodeError, match="cannot infer its layout: no_camera_ds: no RGB image feature"):
+        RLDSSource(str(path))
