@@ -293,6 +293,8 @@ class MetaWorldScene:
         self._obs: Optional[np.ndarray] = None
         self.render_s = 0.0  # accumulated wall time in render(), for the bench
         self.sim_s = 0.0  # accumulated wall time in reset()/step()/policy
+        self.render_cpu_s = 0.0  # the same as process CPU time (immune to other load)
+        self.sim_cpu_s = 0.0
 
     # -- episode control ---------------------------------------------------------------
 
@@ -300,13 +302,14 @@ class MetaWorldScene:
         """Reset to the layout drawn from `seed`; returns Meta-World's 39-d observation."""
         import mujoco
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         mujoco.mj_resetData(self.model, self.data)  # clear warm starts etc.: episodes independent of history
         self.env.seed(int(seed))
         obs, _ = self.env.reset()
         mujoco.mj_forward(self.model, self.data)
         self._obs = obs
         self.sim_s += time.perf_counter() - t0
+        self.sim_cpu_s += time.process_time() - c0
         return obs
 
     def expert_action(self) -> np.ndarray:
@@ -315,57 +318,115 @@ class MetaWorldScene:
             raise ValueError(f"task {self.task!r} has no scripted expert policy")
         if self._obs is None:
             raise RuntimeError("call reset(seed) before expert_action()")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         action = np.clip(np.asarray(self.policy.get_action(self._obs), np.float32), -1.0, 1.0)
         self.sim_s += time.perf_counter() - t0
+        self.sim_cpu_s += time.process_time() - c0
         return action
 
     def step(self, action: np.ndarray) -> tuple[float, bool]:
         """Apply one 4-d action; returns (reward, success)."""
         if self._obs is None:
             raise RuntimeError("call reset(seed) before step()")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         action = np.clip(np.asarray(action, np.float32).reshape(4), -1.0, 1.0)
         obs, reward, _, _, info = self.env.step(action)
         self._obs = obs
         self.sim_s += time.perf_counter() - t0
+        self.sim_cpu_s += time.process_time() - c0
         return float(reward), bool(info.get("success", False))
 
     # -- what a robot dataset sees -----------------------------------------------------
 
-    def render(self, rgb: bool = True, depth: bool = True, segmentation: bool = True) -> dict[str, np.ndarray]:
+    def render(self, rgb: bool = True, depth: bool = True, segmentation: bool = True,
+               single_pass: bool = True) -> dict[str, np.ndarray]:
         """Render the fixed camera: rgb H W 3 uint8, depth_m H W float32 (metres along the
-        optical axis, 0.0 where no geometry), segmentation H W int32 (body id, -1 background)."""
-        import mujoco
+        optical axis, 0.0 where no geometry), segmentation H W int32 (body id, -1 background).
 
+        Depth and segmentation come from ONE segmentation-mode pass (MuJoCo's own depth
+        rendering also draws in that mode), read back together: 2 passes a frame instead
+        of 3. `single_pass=False` uses mujoco.Renderer's separate passes (for checking)."""
         _refuse_render_with_tensorflow(f"MetaWorldScene({self.task!r}).render")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = self.renderer
         r.update_scene(self.data, camera=self.cam_id)
         out: dict[str, np.ndarray] = {}
         if rgb:
             out["rgb"] = r.render().copy()
-        seg_body = None
         if segmentation or depth:
-            r.enable_segmentation_rendering()
-            seg = r.render()  # H W 2: (object id, object type)
-            r.disable_segmentation_rendering()
-            objid, objtype = seg[..., 0], seg[..., 1]
-            seg_body = np.full(objid.shape, -1, np.int32)
-            is_geom = (objtype == mujoco.mjtObj.mjOBJ_GEOM) & (objid >= 0)
-            is_site = (objtype == mujoco.mjtObj.mjOBJ_SITE) & (objid >= 0)
-            seg_body[is_geom] = self._geom_body[objid[is_geom]]
-            seg_body[is_site] = self._site_body[objid[is_site]]
+            if single_pass:
+                objid, objtype, d = self._segment_and_depth()
+            else:
+                r.enable_segmentation_rendering()
+                seg = r.render()
+                r.disable_segmentation_rendering()
+                objid, objtype = seg[..., 0], seg[..., 1]
+                r.enable_depth_rendering()
+                d = r.render().astype(np.float32)
+                r.disable_depth_rendering()
+            seg_body = self._bodies_of(objid, objtype)
             if segmentation:
                 out["segmentation"] = seg_body
-        if depth:
-            r.enable_depth_rendering()
-            d = r.render().astype(np.float32)
-            r.disable_depth_rendering()
-            d[seg_body < 0] = 0.0  # background renders at the far plane: not a surface
-            out["depth_m"] = d
+            if depth:
+                d = d.copy()
+                d[seg_body < 0] = 0.0  # background renders at the far plane: not a surface
+                out["depth_m"] = d
         self.render_s += time.perf_counter() - t0
+        self.render_cpu_s += time.process_time() - c0
         return out
+
+    def _bodies_of(self, objid: np.ndarray, objtype: np.ndarray) -> np.ndarray:
+        """(object id, object type) per pixel -> body id, -1 background. Geoms and sites
+        (the goal markers) belong to bodies."""
+        import mujoco
+
+        seg_body = np.full(objid.shape, -1, np.int32)
+        is_geom = (objtype == mujoco.mjtObj.mjOBJ_GEOM) & (objid >= 0)
+        is_site = (objtype == mujoco.mjtObj.mjOBJ_SITE) & (objid >= 0)
+        seg_body[is_geom] = self._geom_body[objid[is_geom]]
+        seg_body[is_site] = self._site_body[objid[is_site]]
+        return seg_body
+
+    def _segment_and_depth(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One segmentation-mode pass, reading the id colours and the depth buffer together.
+        Decoding follows mujoco.Renderer.render (mujoco 3.3.0) for both buffers."""
+        import mujoco
+
+        r = self.renderer
+        scene, rect, ctx = r._scene, r._rect, r._mjr_context
+        flags = scene.flags.copy()
+        scene.flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = True
+        scene.flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = True
+        try:
+            if r._gl_context:
+                r._gl_context.make_current()
+            ids = np.empty((self.height, self.width, 3), np.uint8)
+            zbuf = np.empty((self.height, self.width), np.float32)
+            mujoco.mjr_render(rect, scene, ctx)
+            mujoco.mjr_readPixels(ids, zbuf, rect, ctx)
+        finally:
+            np.copyto(scene.flags, flags)
+        # depth: undo the reversed-Z OpenGL projection, in float64 as MuJoCo does
+        extent = self.model.stat.extent
+        znear = np.float32(self.model.vis.map.znear * extent)
+        zfar = np.float32(self.model.vis.map.zfar * extent)
+        c_coef = -(zfar + znear) / (zfar - znear)
+        d_coef = -(np.float32(2) * zfar * znear) / (zfar - znear)
+        c_coef = np.float32(-0.5) * c_coef - np.float32(0.5)
+        d_coef = np.float32(-0.5) * d_coef
+        depth = (d_coef / (zbuf.astype(np.float64) + c_coef)).astype(np.float32)
+        # ids: 24-bit colour = segid + 1 (0 = background) -> (object id, object type)
+        code = ids.astype(np.uint32)
+        segimage = code[..., 0] + code[..., 1] * (2**8) + code[..., 2] * (2**16)
+        ngeom = scene.ngeom
+        lut = np.full((ngeom + 1, 2), -1, np.int32)
+        geoms = [g for g in scene.geoms[:ngeom] if g.segid != -1]
+        if geoms:
+            segids = np.array([g.segid + 1 for g in geoms], np.int64)
+            lut[segids, 0] = [g.objid for g in geoms]
+            lut[segids, 1] = [g.objtype for g in geoms]
+        out = lut[np.minimum(segimage, ngeom)]
+        return np.flipud(out[..., 0]), np.flipud(out[..., 1]), np.flipud(depth)
 
     def proprio(self) -> np.ndarray:
         """Robot state only: hand xyz in the world (m) and gripper opening in [0, 1]."""
@@ -547,10 +608,13 @@ class RolloutWorkers:
 
     They are fresh interpreters, not forks, so they never inherit TensorFlow."""
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, one_core: bool = False):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         env = dict(os.environ)
+        if one_core:  # for benchmarks: llvmpipe renders on one thread, each worker pinned to one CPU
+            env["LP_NUM_THREADS"] = "1"
+            env["CURATION_SIM_PIN_CPU"] = "1"
         env.setdefault("MUJOCO_GL", "osmesa")
         env.setdefault("PYOPENGL_PLATFORM", "osmesa")
         root = str(pathlib.Path(__file__).resolve().parents[1])
@@ -562,8 +626,10 @@ class RolloutWorkers:
             )
             for _ in range(workers)
         ]
-        self.render_s = 0.0
+        self.render_s = 0.0  # wall / CPU seconds summed over the workers' episodes
         self.sim_s = 0.0
+        self.render_cpu_s = 0.0
+        self.sim_cpu_s = 0.0
 
     def num_bodies(self, tasks: Sequence[str]) -> dict[str, int]:
         """{task: number of MuJoCo bodies}, asked of the first worker."""
@@ -595,9 +661,11 @@ class RolloutWorkers:
                 if exc_type == "EpisodeError":
                     raise EpisodeError(f"{requests[k].task} seed={requests[k].seed}", message, stage="simulate")
                 raise RuntimeError(f"simulation of {requests[k].task} seed={requests[k].seed} failed: {exc_type}: {message}")
-            episode, render_s, sim_s = payload
+            episode, (render_s, sim_s, render_cpu_s, sim_cpu_s) = payload
             self.render_s += render_s
             self.sim_s += sim_s
+            self.render_cpu_s += render_cpu_s
+            self.sim_cpu_s += sim_cpu_s
             yield episode
 
     def close(self) -> None:
@@ -627,6 +695,9 @@ def _worker_main() -> int:
     """Serve rollout requests on stdin/stdout until stdin closes."""
     import warnings
 
+    if os.environ.get("CURATION_SIM_PIN_CPU") and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[os.getpid() % len(cpus)]})
     # Meta-World's policies warn on every action whose P-gain exceeds 1 (harmless, clipped).
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high", category=UserWarning)
     proto_in = sys.stdin.buffer
@@ -654,10 +725,11 @@ def _worker_main() -> int:
                 if scene is not None:
                     scene.close()
                 scene = MetaWorldScene(req.task, size=req.size, camera=req.camera)
-            r0, s0 = scene.render_s, scene.sim_s
+            before = (scene.render_s, scene.sim_s, scene.render_cpu_s, scene.sim_cpu_s)
             ep = rollout_episode(req.task, req.seed, req.size, req.max_steps, req.camera, req.episode_index,
                                  scene=scene, dataset=req.dataset, version=req.version, isolate=False)
-            _send(proto_out, ("ok", (ep, scene.render_s - r0, scene.sim_s - s0)))
+            after = (scene.render_s, scene.sim_s, scene.render_cpu_s, scene.sim_cpu_s)
+            _send(proto_out, ("ok", (ep, tuple(a - b for a, b in zip(after, before)))))
         except Exception as e:  # report to the parent, which names the episode
             _send(proto_out, ("error", (type(e).__name__, str(e))))
     if scene is not None:

@@ -194,7 +194,14 @@ out = {
     "tasks_with_policy": sorted(ENV_POLICY_MAP),
 }
 scene.reset(1)
-out["render_keys"] = sorted(scene.render())
+for _ in range(5):
+    scene.step(scene.expert_action())
+fast = scene.render()
+slow = scene.render(single_pass=False)
+out["render_keys"] = sorted(fast)
+out["single_pass_seg_equal"] = bool((fast["segmentation"] == slow["segmentation"]).all())
+out["single_pass_depth_equal"] = bool((fast["depth_m"] == slow["depth_m"]).all())
+out["rgb_equal"] = bool((fast["rgb"] == slow["rgb"]).all())
 try:
     import tensorflow
     out["tf"] = "imported"
@@ -214,6 +221,8 @@ def test_live_env_constants_and_tensorflow_guard():
     assert 1.0 / (out["frame_skip"] * out["timestep"]) == pytest.approx(METAWORLD_CONTROL_HZ)
     assert out["tasks_with_policy"] == sorted(TASK_INSTRUCTIONS)
     assert out["render_keys"] == ["depth_m", "rgb", "segmentation"]
+    # the one-pass segmentation + depth read equals mujoco.Renderer's separate passes
+    assert out["single_pass_seg_equal"] and out["single_pass_depth_equal"] and out["rgb_equal"]
     assert "tensorflow cannot be imported" in out["tf"]
 
 
