@@ -194,9 +194,9 @@ def cmd_stats(args) -> int:
                 st = d[arr]
                 for i in range(st["dim"]):
                     rows.append({"dataset": ds, "array": arr, "dim": i, "mean": st["mean"][i], "std": st["std"][i],
-                                 "min": st["min"][i], "max": st["max"][i], "q01": st["q01"][i], "q99": st["q99"][i]})
+                                 "min": st["min"][i], "q01": st["q01"][i], "q99": st["q99"][i], "max": st["max"][i]})
     c = s["counts"]
-    text = f"{args.dataset_dir}: {c['episodes']} episodes, {c['anchors']} anchors, {c['frames']} frames\n" + format_table(rows)
+    text = f"{args.dataset_dir}: {c['episodes']} episodes, {c['anchors']} anchors, {c['frames']} frames\n" + format_table(rows, floatfmt=".4g")
     emit(s, args.json, text)
     return 0
 

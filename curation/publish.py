@@ -122,6 +122,7 @@ def split_url_name(url_name: str) -> tuple[str, str]:
     url_name = url_name.rstrip("/")
     if "/" in url_name and not url_name.endswith(":/"):
         base, name = url_name.rsplit("/", 1)
+        base = base or "/"
         if base.endswith(":/"):  # "s3://name" has no registry part
             raise PublishError(f"{url_name!r}: expected URL/NAME, e.g. s3://bucket/datasets/NAME")
     else:
