@@ -169,8 +169,11 @@ def finalize_metaworld_sim(episode, raw: RawEpisode):
     body_pos, body_quat = body_pos[:, :num_bodies], body_quat[:, :num_bodies]
     if not (np.all(np.isfinite(body_pos)) and np.all(np.isfinite(body_quat))):
         raise EpisodeError(raw.where, "non-finite ground-truth body pose within the episode's bodies")
+    names = md.get("body_names", b"")
+    names = names.decode() if isinstance(names, bytes) else str(names)
     episode.ground_truth = SimGroundTruth(
         segmentation=seg, body_pos=body_pos, body_quat=body_quat, cam_to_world=cam_to_world, camera=cam,
+        body_names=tuple(names.split("\n")[:num_bodies]) if names else (),
     )
     if seg.shape != episode.frames[cam].shape[:3]:
         raise EpisodeError(raw.where, f"segmentation shape {seg.shape} != frames {episode.frames[cam].shape[:3]}")

@@ -545,7 +545,8 @@ def rollout_episode(
         extrinsics={PRIMARY_CAMERA: cam_to_world},
         success=bool(success_steps.any()),
         ground_truth=SimGroundTruth(
-            segmentation=seg, body_pos=body_pos, body_quat=body_quat, cam_to_world=cam_to_world, camera=PRIMARY_CAMERA
+            segmentation=seg, body_pos=body_pos, body_quat=body_quat, cam_to_world=cam_to_world,
+            camera=PRIMARY_CAMERA, body_names=scene.body_names,
         ),
     )
     # Extras the RLDS writer stores; not part of the Episode contract.

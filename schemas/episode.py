@@ -88,6 +88,7 @@ class SimGroundTruth:
     body_quat: np.ndarray
     cam_to_world: np.ndarray
     camera: str = "image"  # which camera of the episode this describes
+    body_names: tuple[str, ...] = ()  # MuJoCo body names by id ("hand", "obj", ...); () when unknown
 
 
 @dataclass

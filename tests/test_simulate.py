@@ -281,6 +281,7 @@ def test_dataset_matches_standalone_rollout(sim_dataset_dir):
     assert ep.intrinsics["image"].fx == pytest.approx(fresh.intrinsics["image"].fx)
     assert ep.control_hz == pytest.approx(METAWORLD_CONTROL_HZ)
     assert ep.language == fresh.language
+    assert ep.ground_truth.body_names == fresh.ground_truth.body_names and "hand" in ep.ground_truth.body_names
 
 
 def test_cli_simulate_json(tmp_path):
