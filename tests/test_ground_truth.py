@@ -239,3 +239,26 @@ def test_bad_input_names_the_episode(episodes):
     with pytest.raises(EpisodeError, match="no simulator ground truth") as e:
         true_tracks(ep, 0, grid_queries(SIZE, SIZE), 4)
     assert "metaworld_sim" in str(e.value)
+
+
+def test_ground_truth_on_an_episode_read_from_disk(sim_dataset_dir):
+    """The labelers' path: an episode read back through the RLDS reader (float32 poses,
+    depth 0 -> NaN) gives the same evidence: exact zero flow on static bodies and
+    moving points landing on their body."""
+    from curation.rlds import read_episodes
+
+    ep = next(iter(read_episodes(str(sim_dataset_dir), "train", 2, 3)))  # drawer-open, episode 0
+    assert ep.ground_truth is not None and ep.ground_truth.body_names
+    seg = ep.ground_truth.segmentation
+    yy, xx = np.mgrid[0:64:2, 0:64:2]
+    q = np.stack([xx.ravel() + 0.5, yy.ravel() + 0.5], 1)
+    m = true_motion(ep, 0, q, HORIZON)
+    body0 = _body_at(seg[0], q)
+    static = m["foreground"] & np.isin(body0, _static_bodies(ep))
+    assert static.sum() > 100
+    assert np.all(m["tracks_px"][static] == q[static][:, None, :])
+    moving = m["foreground"] & ~static
+    vis = m["visible"][:, 1:] & moving[:, None]
+    later = np.stack([_body_at(seg[j], m["tracks_px"][:, j]) for j in range(1, HORIZON)], 1)
+    assert vis.sum() > 200
+    assert (later == body0[:, None])[vis].mean() > 0.95
