@@ -104,7 +104,8 @@ def cmd_simulate(args) -> int:
         "",
         f"{result['episodes']} episodes, {result['steps']} steps, success {result['success_rate']:.2f}, "
         f"{wall_s:.1f} s -> {path}",
-    ])
+    ] + ([f"note: the scripted experts usually need 40-150 steps; --max-steps {args.max_steps} ends most "
+          "episodes before success (raise it for successful demonstrations)"] if args.max_steps < 100 else []))
     emit(result, args.json, text)
     return 0
 

@@ -182,6 +182,16 @@ def test_bad_arguments(tmp_path):
         rollout_episode("reach-v3", 0, max_steps=0)
 
 
+def test_worker_failure_names_the_episode():
+    """A failure inside a worker comes back as an error naming task and seed, and the
+    pool keeps serving later requests."""
+    with RolloutWorkers(1) as w:
+        with pytest.raises(RuntimeError, match=r"no-such-task-v3 seed=7 failed: ValueError: unknown Meta-World task"):
+            list(w.run([_Request("no-such-task-v3", 7, 32, 2, "third_person", 0)]))
+        ep = next(w.run([_Request("reach-v3", 7, 32, 2, "third_person", 0)]))
+        assert ep.num_steps == 2 and ep.frames["image"].shape == (2, 32, 32, 3)
+
+
 _LIVE_CHECKS = r"""
 import json, os, sys
 os.environ["MUJOCO_GL"] = "osmesa"
