@@ -47,6 +47,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("versions", help="list the published versions of URL/NAME")
     p.add_argument("url_name", help="URL/NAME (or NAME in the default registry)")
+    p.add_argument("--remove-unfinished", type=float, default=None, metavar="HOURS",
+                   help="delete files of crashed or lost publishes started more than HOURS ago")
     _add_storage_args(p)
     add_report_args(p)
     p.set_defaults(func=cmd_versions)
@@ -126,9 +128,12 @@ def _prepare(dataset_dir) -> None:
 
 
 def cmd_versions(args) -> int:
-    from curation.publish import PublishError, list_versions, unfinished_publishes
+    from curation.publish import PublishError, list_versions, remove_unfinished, unfinished_publishes
 
     try:
+        removed = []
+        if args.remove_unfinished is not None:
+            removed = remove_unfinished(args.url_name, args.remove_unfinished, _storage_options(args, args.url_name))
         versions = list_versions(args.url_name, _storage_options(args, args.url_name))
         unfinished = unfinished_publishes(args.url_name, _storage_options(args, args.url_name))
     except PublishError as exc:
@@ -139,9 +144,12 @@ def cmd_versions(args) -> int:
         for v in versions
     ]
     text = format_table(rows, floatfmt=".2f") if rows else f"{args.url_name}: no published versions"
+    if removed:
+        text += f"\nremoved {len(removed)} unfinished publish attempt(s)"
     if unfinished:
-        text += f"\n({len(unfinished)} unfinished publish attempt(s) left files that no version uses)"
-    emit({"url_name": args.url_name, "versions": [v.to_dict() for v in versions], "unfinished": unfinished}, args.json, text)
+        text += f"\n({len(unfinished)} unfinished publish attempt(s) left files that no version uses; --remove-unfinished HOURS deletes old ones)"
+    emit({"url_name": args.url_name, "versions": [v.to_dict() for v in versions], "unfinished": unfinished, "removed": removed},
+         args.json, text)
     return 0
 
 

@@ -269,13 +269,22 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
     """Create `path` with `data` unless it exists; FileExistsError if it does.
     Readers never see a partial file."""
     if _is_local(fs):
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # atomic, fails with FileExistsError if `path` exists
+        except FileExistsError:
+            raise
+        except OSError as exc:  # a filesystem without hard links: exclusive create, then write
+            log.warning("%s: hard links unsupported (%s); using O_EXCL create", path, exc)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         finally:
             os.unlink(tmp)
         return
@@ -524,6 +533,31 @@ def unfinished_publishes(url_name: str, storage_options: Optional[dict] = None) 
         if index is None or index.get("data_prefix") != posixpath.basename(prefix):
             out.append(_url(fs, prefix))
     return out
+
+
+def _publish_time(prefix_url: str) -> Optional[_dt.datetime]:
+    """Start time encoded in a `files-YYYYmmddTHHMMSSZ-xxxxxxxx` prefix."""
+    stamp = posixpath.basename(prefix_url.rstrip("/"))[len(FILES_PREFIX) :].split("-")[0]
+    try:
+        return _dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def remove_unfinished(url_name: str, older_than_hours: float = 24.0, storage_options: Optional[dict] = None) -> list[str]:
+    """Delete unreferenced upload prefixes started more than `older_than_hours`
+    ago (younger ones may belong to a publish still running). Returns their URLs."""
+    base_url, _ = split_url_name(url_name)
+    fs, _ = _fs(base_url, storage_options)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    removed = []
+    for url in unfinished_publishes(url_name, storage_options):
+        started = _publish_time(url)
+        if started is None or (now - started).total_seconds() < older_than_hours * 3600:
+            continue
+        _remove_quietly(fs, fs._strip_protocol(url))
+        removed.append(url)
+    return removed
 
 
 def _resolve_index(ref: str, storage_options: Optional[dict]) -> tuple[Any, str, dict, str]:

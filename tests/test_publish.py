@@ -91,6 +91,10 @@ def test_crash_before_index_leaves_no_visible_version(datasets, registry):
     pv = P.publish(v1, "synth", "0.2.0", progress=False)
     assert pv.created_now and P.verify("synth@0.2.0", progress=False).ok
     assert len(P.unfinished_publishes("synth")) == 1
+    assert P.remove_unfinished("synth", older_than_hours=1.0) == []  # too young: may still be running
+    removed = P.remove_unfinished("synth", older_than_hours=0.0)
+    assert len(removed) == 1 and P.unfinished_publishes("synth") == []
+    assert P.verify("synth@0.2.0", progress=False).ok  # the published version is untouched
 
 
 def test_verify_catches_flipped_byte_missing_and_extra_files(datasets, registry):
