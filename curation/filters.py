@@ -103,10 +103,22 @@ def bad_actions(ep: Episode, labels: EpisodeLabels | None, cfg: FilterConfig) ->
     return cfg.max_abs_action is not None and float(np.abs(a).max()) > cfg.max_abs_action
 
 
+MAX_FRAMES_EXAMINED = 64  # frame-based filters look at most at this many evenly spaced frames
+
+
+def _sample_steps(T: int) -> np.ndarray:
+    """At most MAX_FRAMES_EXAMINED evenly spaced steps, always the first and last:
+    bounded cost and memory for long, high-resolution episodes."""
+    if T <= MAX_FRAMES_EXAMINED:
+        return np.arange(T)
+    return np.unique(np.linspace(0, T - 1, MAX_FRAMES_EXAMINED).round().astype(int))
+
+
 def _flat_frame_share(frames: np.ndarray, blank_std: float) -> float:
-    # T H W 3 uint8 -> share of frames whose pixel std is below blank_std
-    f = frames.reshape(frames.shape[0], -1).astype(np.float32)
-    return float((f.std(axis=1) < blank_std).mean())
+    # T H W 3 uint8 -> share of (sampled) frames whose pixel std is below blank_std
+    steps = _sample_steps(frames.shape[0])
+    flat = [float(frames[t].std()) < blank_std for t in steps]  # one frame at a time: no T x H x W float copy
+    return float(np.mean(flat))
 
 
 def blank_camera(ep: Episode, labels: EpisodeLabels | None, cfg: FilterConfig) -> bool:
@@ -139,13 +151,13 @@ def motion_px(labels: EpisodeLabels, quantile: float = 0.95) -> float:
 
 
 def changed_pixel_share(frames: np.ndarray, pixel_delta: float) -> float:
-    """Largest share, over frames, of pixels differing from the first frame by
-    more than `pixel_delta` grey levels (any channel)."""
+    """Largest share, over (sampled) frames, of pixels differing from the first
+    frame by more than `pixel_delta` grey levels (any channel)."""
     if frames.shape[0] < 2:
         return 0.0
     first = frames[0].astype(np.int16)
     best = 0.0
-    for t in range(1, frames.shape[0]):  # frame by frame: no T x H x W x 3 int16 copy
+    for t in _sample_steps(frames.shape[0])[1:]:  # frame by frame: no T x H x W x 3 int16 copy
         diff = np.abs(frames[t].astype(np.int16) - first).max(axis=-1)
         best = max(best, float((diff > pixel_delta).mean()))
     return best

@@ -119,3 +119,13 @@ def test_disabled_filters_and_config_round_trip():
     with pytest.raises(ValueError, match="unknown filter option"):
         FilterConfig.from_dict({"min_step": 3})
     assert set(REASONS) == {"too_short", "static", "no_language", "low_visibility", "bad_actions", "blank_camera"}
+
+
+def test_long_episode_blank_and_static_checks_sample_frames():
+    ep = make_episode(0, T=300, moving=False)
+    assert apply_filters(ep, None, FilterConfig()) == ["static"]
+    ep.frames["image"][-1, 10:20, 10:20] = 255 - ep.frames["image"][-1, 10:20, 10:20]  # the last frame always counts
+    assert apply_filters(ep, None, FilterConfig()) == []
+    ep.frames["image"][:200] = 0  # two thirds of the frames flat
+    assert "blank_camera" in apply_filters(ep, None, FilterConfig(blank_frame_fraction=0.5))
+    assert "blank_camera" not in apply_filters(ep, None, FilterConfig(blank_frame_fraction=0.9))
