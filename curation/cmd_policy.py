@@ -27,6 +27,7 @@ def add_commands(sub) -> None:
     t.add_argument("--fusion", default=None, choices=["gated_sigmoid", "gated_tanh", "concat", "add", "none"])
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--num-workers", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 on a busy CPU)")
     t.add_argument("--dataset-name", default=None, help="source dataset whose statistics to use (multi-source data)")
     add_report_args(t)
     t.set_defaults(func=cmd_train)
@@ -38,6 +39,7 @@ def add_commands(sub) -> None:
     e.add_argument("--max-steps", type=int, default=150)
     e.add_argument("--camera", default=None, help="simulation camera (default: curation.simulate.DEFAULT_CAMERA)")
     e.add_argument("--eval-seed", type=int, default=None, help="base seed of the evaluation layouts (default 10000)")
+    e.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     e.add_argument("--strips", default=None, help="directory for rollout image strips (default <checkpoint>/eval)")
     add_report_args(e)
     e.set_defaults(func=cmd_eval)
@@ -55,6 +57,7 @@ def add_bench(bench_sub) -> None:
     b.add_argument("--config", default=None, help="YAML/JSON with a policy: section (default: the shipped defaults)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     add_report_args(b, bench="policy")
     b.set_defaults(func=cmd_bench_policy)
 
@@ -82,7 +85,8 @@ def cmd_train(args) -> int:
     if args.fusion:
         cfg = dataclasses.replace(cfg, fusion=args.fusion)
     tr = dict(tr, phase=args.phase)
-    for key, val in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size), ("num_workers", args.num_workers)):
+    for key, val in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size), ("num_workers", args.num_workers),
+                     ("torch_threads", args.threads)):
         if val is not None:
             tr[key] = val
     tc = TrainConfig(**tr)
@@ -100,6 +104,10 @@ def cmd_eval(args) -> int:
     from policy.evaluate import DEFAULT_EVAL_SEED, evaluate
     from policy.train import resolve_checkpoint
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     ckpt = resolve_checkpoint(args.checkpoint)
     strips = args.strips or str(Path(ckpt) / "eval")
     result = evaluate(str(ckpt), args.task, args.episodes, max_steps=args.max_steps, camera=args.camera,
@@ -128,6 +136,10 @@ def cmd_curves(args) -> int:
 def cmd_bench_policy(args) -> int:
     from policy.bench import bench_policy
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg, _, _ = _configs(args)
     result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps)
     path = write_bench_json("policy", result, args.out_json)

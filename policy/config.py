@@ -102,6 +102,7 @@ class TrainConfig:
     shuffle_buffer: int = 512
     log_every: int = 10
     checkpoint_every: int = 500
+    torch_threads: int = 0  # intra-op threads; 0 = torch's default. On a shared/oversubscribed CPU, 1 is often fastest
     train_vl_in_action_phase: bool = True  # LaMP freezes its VLM; our compact encoder is small and learns
 
     def __post_init__(self) -> None:

@@ -180,8 +180,9 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
         arch["num_inference_steps"] = cfg.num_inference_steps
         cfg = policy_config_from_dict(arch)
 
+    if tc.torch_threads:
+        torch.set_num_threads(tc.torch_threads)
     torch.manual_seed(tc.seed)
-    stream_probe = None
     if not isinstance(data, (str, Path)):
         ds = data
     else:
@@ -192,7 +193,6 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
         cfg = config_for_data(ds, cfg)
     stream = TripletStream(ds if not isinstance(data, (str, Path)) else str(data), cfg, seed=tc.seed,
                            shuffle_buffer=tc.shuffle_buffer, dataset_name=dataset_name)
-    del stream_probe
     policy = build_policy(stream, cfg)
     generator = torch.Generator().manual_seed(tc.seed + 1)
     start = 0

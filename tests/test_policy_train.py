@@ -10,6 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The CI/dev machine is small and shared: one intra-op thread is several times faster here."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 from policy.config import LaMPConfig, TrainConfig
 from policy.loader import TripletStream, collate, make_loader, relative_motion
 from policy.synthetic import SyntheticDataset
@@ -218,9 +227,16 @@ def test_cli_train_both_phases_and_eval_on_curated_data(curated_dir, tmp_path, c
     capsys.readouterr()
     recs = [json.loads(x) for x in open(a / "metrics.jsonl")]
     assert len(recs) == 3 and recs[0]["gate"] == pytest.approx(0.5, abs=0.01)
-    assert main(["policy", "eval", "--checkpoint", str(a), "--task", "drawer-open-v3", "--episodes", "1",
-                 "--max-steps", "12", "--strips", str(tmp_path / "strips"), "--json"]) == 0
-    ev = json.loads(capsys.readouterr().out)
+    # MuJoCo's OSMesa renderer cannot share a process with TensorFlow (imported above by `curate run`):
+    # evaluate in a fresh process, as a user would.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "policy", "eval", "--checkpoint", str(a),
+                           "--task", "drawer-open-v3", "--episodes", "1", "--max-steps", "12", "--threads", "1",
+                           "--strips", str(tmp_path / "strips"), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ev = json.loads(proc.stdout)
     row = ev["tasks"][0]
     assert row["episodes"] == 1 and row["successes"] in (0, 1) and 0 <= row["ci95_low"] <= row["ci95_high"] <= 1
     assert (tmp_path / "strips" / "drawer-open-v3.png").stat().st_size > 1000
