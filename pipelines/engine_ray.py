@@ -78,6 +78,8 @@ class RayEngine:
         self._started = False
         self._actors = []
         self.retried = 0
+        self._attempts = None  # _AttemptLog actor: one record per task attempt (retries after node loss)
+        self._keys: dict = {}
 
     def __enter__(self) -> "RayEngine":
         import ray
@@ -133,14 +135,18 @@ class RayEngine:
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         import ray
 
-        run = ray.remote(apply_or_fail).options(num_cpus=1, max_retries=self.eng.max_retries, retry_exceptions=False)
+        run = ray.remote(_attempt).options(num_cpus=1, max_retries=self.eng.max_retries, retry_exceptions=False)
         fn_ref = ray.put(fn)
         items = list(items)
+        attempts = self._attempt_log()
         window = 4 * self.parallelism()  # bounded in flight: the driver's memory does not grow with the job
         pending: dict = {}
         it = iter(items)
+        keys = itertools.count(len(self._keys))
         for item in itertools.islice(it, window):
-            pending[run.remote(fn_ref, item)] = item
+            key = next(keys)
+            self._keys[key] = item
+            pending[run.remote(fn_ref, item, key, attempts)] = item
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -153,10 +159,72 @@ class RayEngine:
                     result = Failure(f"{type(exc).__name__}: {exc}")
                 yield item, result
             for item in itertools.islice(it, len(done)):
-                pending[run.remote(fn_ref, item)] = item
+                key = next(keys)
+                self._keys[key] = item
+                pending[run.remote(fn_ref, item, key, attempts)] = item
+
+    def _attempt_log(self):
+        """The attempt log lives on the driver's node (pinned), so losing a worker node
+        never loses the record of the attempts that ran there."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if self._attempts is None:
+            here = ray.get_runtime_context().get_node_id()
+            self._attempts = ray.remote(_AttemptLog).options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        return self._attempts
+
+    def attempt_stats(self) -> dict:
+        """Task attempts of this run: total, retried units (more than one attempt: a
+        worker or node died under them) and where the attempts ran."""
+        import ray
+
+        if self._attempts is None:
+            return {"task_attempts": 0, "tasks": 0, "retried_tasks": 0, "retried": [], "attempts_by_node": {}}
+        records = ray.get(self._attempts.records.remote())
+        per_key: dict = {}
+        by_node: dict = {}
+        for key, node in records:
+            per_key.setdefault(key, []).append(node)
+            by_node[node] = by_node.get(node, 0) + 1
+        retried = [{"unit": _describe(self._keys.get(k)), "attempts": len(v), "nodes": v}
+                   for k, v in sorted(per_key.items()) if len(v) > 1]
+        return {"task_attempts": len(records), "tasks": len(per_key), "retried_tasks": len(retried),
+                "retried": retried, "attempts_by_node": by_node}
 
     def stats(self) -> dict:
         import ray
 
-        return {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")},
-                "nodes": len([n for n in ray.nodes() if n.get("Alive")]), "label_actors": len(self._actors)}
+        out = {"cluster_resources": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")},
+               "nodes": len([n for n in ray.nodes() if n.get("Alive")]), "label_actors": len(self._actors)}
+        try:
+            out["attempts"] = self.attempt_stats()
+            out["label_actor_nodes"] = ray.get([a.node.remote() for a in self._actors], timeout=60)
+        except Exception as exc:  # noqa: BLE001 - reporting must not fail a finished job
+            out["attempts_error"] = f"{type(exc).__name__}: {exc}"
+        return out
+
+
+class _AttemptLog:
+    def __init__(self):
+        self._records: list = []
+
+    def started(self, key: int, node_id: str) -> None:
+        self._records.append((key, node_id))
+
+    def records(self) -> list:
+        return list(self._records)
+
+
+def _attempt(fn, item, key: int, attempts):
+    """One attempt of a unit task: recorded (key, node) before the work, so an attempt
+    lost with its node still counts as tried."""
+    import ray
+
+    ray.get(attempts.started.remote(key, ray.get_runtime_context().get_node_id()))
+    return apply_or_fail(fn, item)
+
+
+def _describe(item) -> str:
+    return item.describe() if hasattr(item, "describe") else repr(item)
