@@ -1,0 +1,299 @@
+"""The label stage scored against simulator ground truth (labelers/ground_truth.py is the
+oracle), on the shared small simulated dataset (`sim_dataset_dir`: pick-place and
+drawer-open, 24 steps, 64 px), plus the bad-input cases of the issue on real episodes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from labelers import ground_truth as gt
+from labelers import metrics
+from labelers.episode_labeler import EpisodeLabeler, LabelConfig
+from labelers.flow import decode_motion_image, get_flow_backend
+from schemas.episode import EpisodeError
+from schemas.triplet import LATENT_PAD_TOKEN, anchor_steps
+
+
+@pytest.fixture(scope="module")
+def sim_episodes(sim_dataset_dir):
+    from curation.rlds import read_episodes
+
+    eps = list(read_episodes(str(sim_dataset_dir)))
+    assert len(eps) == 4 and all(e.ground_truth is not None for e in eps)
+    return eps
+
+
+@pytest.fixture(scope="module")
+def labeled(sim_episodes):
+    labeler = EpisodeLabeler(LabelConfig())
+    return [(ep, labeler(ep)) for ep in sim_episodes]
+
+
+def _truth(ep, labels):
+    """Ground truth on the labeler's own query points (its tracks at j = 0)."""
+    q = labels.tracks_px[0, :, 0]
+    per = [gt.true_motion(ep, int(a), q, labels.tracks_px.shape[2]) for a in labels.anchors]
+    return {k: np.stack([m[k] for m in per]) for k in per[0]}
+
+
+def test_labels_fill_the_contract(labeled):
+    for ep, lab in labeled:
+        T, H, W = ep.frames["image"].shape[:3]
+        N = len(anchor_steps(T, 4))
+        assert lab.anchors.tolist() == anchor_steps(T, 4).tolist()
+        assert lab.tracks_px.shape == (N, 400, 32, 2) and lab.tracks_px.dtype == np.float32
+        assert lab.visible.shape == (N, 400, 32) and lab.in_range.shape == (N, 32)
+        assert lab.points_cam_m.shape == (N, 400, 32, 3) and lab.depth_m.shape == (N, 400, 32)
+        assert lab.motion_image.shape == (N, H, W, 3) and lab.motion_image.dtype == np.uint8
+        assert lab.depth_kind == "metric" and not lab.intrinsics_estimated
+        np.testing.assert_allclose(lab.intrinsics, ep.intrinsics["image"].as_array())
+        assert lab.backends == {"depth": "dataset", "tracks": "lk", "flow": "dis"}
+        # in range <=> step exists; out of range: NaN tracks, nothing visible or valid
+        steps = lab.anchors[:, None] + np.arange(32)
+        assert (lab.in_range == (steps < T)).all()
+        out = ~lab.in_range[:, None, :].repeat(400, 1)
+        assert np.isnan(lab.tracks_px[out]).all() and not lab.visible[out].any() and not lab.valid_3d[out].any()
+        # valid_3d is exactly: visible with finite 3D; everything else NaN (masked, not dropped)
+        assert not (lab.valid_3d & ~lab.visible).any()
+        assert np.isfinite(lab.points_cam_m[lab.valid_3d]).all() and np.isnan(lab.points_cam_m[~lab.valid_3d]).all()
+        assert (lab.points_cam_m[lab.valid_3d][:, 2] > 0).all()
+        assert lab.flow_valid.tolist() == (lab.anchors + 1 < T).tolist()
+        np.testing.assert_array_equal(lab.uvd()[..., 2], lab.depth_m)
+
+
+def test_tracks_match_ground_truth(labeled):
+    preds, pvis, truth, tvis, mask, moving = [], [], [], [], [], []
+    for ep, lab in labeled:
+        t = _truth(ep, lab)
+        m = lab.in_range[:, None, :] & np.isfinite(t["tracks_px"][:, :, :1, 0])
+        m[..., 0] = False
+        with np.errstate(invalid="ignore"):
+            mov = np.nanmax(np.linalg.norm(t["tracks_px"] - t["tracks_px"][:, :, :1], axis=-1), -1) >= 1.0
+        preds.append(lab.tracks_px)
+        pvis.append(lab.visible)
+        truth.append(t["tracks_px"])
+        tvis.append(t["visible"])
+        mask.append(m)
+        moving.append(m & mov[..., None])
+    c = np.concatenate
+    allm = metrics.tapvid_metrics(c(preds), c(pvis), c(truth), c(tvis), (64, 64), eval_mask=c(mask))
+    movm = metrics.tapvid_metrics(c(preds), c(pvis), c(truth), c(tvis), (64, 64), eval_mask=c(moving))
+    print("tracks all", allm, "moving", movm)
+    assert allm["n_visible"] > 10_000 and movm["n_visible"] > 200
+    assert allm["delta_avg"] >= 0.80  # the issue's target (CPU default)
+    assert allm["oa"] >= 0.85 and allm["aj"] >= 0.65
+    assert movm["delta_avg"] >= 0.45  # measured 0.57: moving points are the hard part (textureless arm at 64 px)
+
+
+def test_static_points_stay_put(labeled):
+    # Points on bodies that do not move have exactly zero true displacement; LK must keep them.
+    errs = []
+    for ep, lab in labeled:
+        t = _truth(ep, lab)
+        with np.errstate(invalid="ignore"):
+            static = np.nanmax(np.linalg.norm(t["tracks_px"] - t["tracks_px"][:, :, :1], axis=-1), -1) == 0.0
+        sel = static[..., None] & t["visible"] & lab.visible
+        errs.append(np.linalg.norm(lab.tracks_px - t["tracks_px"], axis=-1)[sel])
+    e = np.concatenate(errs)
+    assert e.size > 5_000
+    # Measured (64 px): median 0.003 px, 90% within 0.5 px (the rest sit next to the moving arm,
+    # whose pixels enter LK's window).
+    assert np.median(e) < 0.05 and np.mean(e < 0.5) > 0.85
+
+
+def test_scene_flow_matches_ground_truth(labeled):
+    errs, covered, total = [], 0, 0
+    for ep, lab in labeled:
+        t = _truth(ep, lab)
+        both = lab.valid_3d & t["valid_3d"]
+        errs.append(metrics.scene_flow_errors_m(lab.points_cam_m, t["points_cam_m"], both))
+        covered += both[..., 1:].sum()
+        total += t["valid_3d"][..., 1:].sum()
+    e = np.concatenate(errs)
+    print("3D median mm", np.median(e) * 1000, "under 1 cm", (e < 0.01).mean(), "coverage", covered / total)
+    assert np.median(e) * 1000 < 10.0  # the issue's target with dataset depth
+    assert (e < 0.01).mean() > 0.8
+    assert covered / total > 0.8
+
+
+def test_motion_images_decode_to_true_flow(labeled):
+    errs = []
+    for ep, lab in labeled:
+        for n, a in enumerate(lab.anchors):
+            if not lab.flow_valid[n]:
+                continue
+            flow, valid = gt.true_optical_flow(ep, int(a), 1)
+            dec = decode_motion_image(lab.motion_image[n])
+            errs.append(np.linalg.norm(dec - flow, axis=-1)[valid])
+    e = np.concatenate(errs)
+    print("motion image EPE", e.mean(), "outliers", (e > 3).mean())
+    assert e.mean() < 1.0 and (e > 3).mean() < 0.02
+
+
+@pytest.mark.parametrize("backend", ["dis", "farneback"])
+def test_flow_backends_vs_true_flow(sim_episodes, backend):
+    ep = sim_episodes[0]
+    fr = ep.frames["image"]
+    be = get_flow_backend(backend)
+    errs = []
+    for t in (4, 12):
+        flow, valid = gt.true_optical_flow(ep, t, 1)
+        errs.append(np.linalg.norm(be(fr[t], fr[t + 1]) - flow, axis=-1)[valid])
+    e = np.concatenate(errs)
+    assert e.mean() < 1.0
+
+
+def test_lifting_true_tracks_reproduces_true_3d(sim_episodes):
+    # Depth sampling alone: true tracks lifted with dataset depth move like the true 3D points.
+    # (Absolute positions differ by up to half a pixel footprint, ~1 cm at 64 px, because the
+    # oracle takes the depth of the pixel containing the query, we interpolate at the query.)
+    from labelers.sceneflow import lift_tracks
+
+    ep = sim_episodes[1]
+    q = gt.grid_queries(64, 64, 20)
+    m = gt.true_motion(ep, 0, q, 16)
+    sf = lift_tracks(m["tracks_px"], m["visible"], ep.depth_m["image"][:16], ep.intrinsics["image"])
+    both = sf.valid_3d & m["valid_3d"]
+    assert both.sum() > 3000
+    np.testing.assert_array_equal(sf.valid_3d, m["visible"] & np.isfinite(sf.depth_m))
+    disp = metrics.scene_flow_errors_m(sf.points_cam_m, m["points_cam_m"], both)
+    assert np.median(disp) < 0.001 and np.mean(disp < 0.01) > 0.95
+    absolute = np.linalg.norm(sf.points_cam_m - m["points_cam_m"], axis=-1)[both]
+    assert np.median(absolute) < 0.01
+
+
+# ---------------------------------------------------------------- bad input on real episodes
+
+
+def _with(ep, **changes):
+    return dataclasses.replace(ep, **changes)
+
+
+def _sliced(ep, n):
+    return _with(
+        ep,
+        frames={k: v[:n] for k, v in ep.frames.items()},
+        actions=ep.actions[:n],
+        proprio=None if ep.proprio is None else ep.proprio[:n],
+        depth_m={k: v[:n] for k, v in ep.depth_m.items()},
+        ground_truth=None,
+    )
+
+
+def test_single_frame_episode(sim_episodes):
+    lab = EpisodeLabeler(LabelConfig())(_sliced(sim_episodes[0], 1))
+    assert lab.anchors.tolist() == [0]
+    assert lab.in_range[0].tolist() == [True] + [False] * 31
+    assert lab.visible[0, :, 0].all() and not lab.visible[0, :, 1:].any()
+    assert np.isnan(lab.tracks_px[0, :, 1:]).all()
+    assert lab.flow_valid.tolist() == [False]
+    assert lab.valid_3d[0, :, 0].mean() > 0.8  # the anchor frame itself still lifts
+
+
+def test_all_black_frames(sim_episodes):
+    ep = _sliced(sim_episodes[0], 9)
+    ep = _with(ep, frames={"image": np.zeros_like(ep.frames["image"])})
+    lab = EpisodeLabeler(LabelConfig())(ep)
+    assert not lab.visible.any()  # nothing can be seen on black frames, not even the query
+    assert not lab.flow_valid.any() and not lab.valid_3d.any()
+    # Partly black: only the black steps lose their labels.
+    ep2 = _sliced(sim_episodes[0], 9)
+    fr = ep2.frames["image"].copy()
+    fr[5:] = 0
+    lab2 = EpisodeLabeler(LabelConfig())(_with(ep2, frames={"image": fr}))
+    assert lab2.visible[0, :, 1:5].mean() > 0.8 and not lab2.visible[0, :, 5:].any()
+    assert lab2.flow_valid.tolist() == [True, False, False]
+
+
+def test_nan_and_negative_depth_are_masked(sim_episodes):
+    ep = _sliced(sim_episodes[0], 9)
+    d = ep.depth_m["image"].copy()
+    d[:, :32, :] = np.nan  # top half unknown
+    d[:, 32:, :16] = -1.0  # a negative stripe
+    lab = EpisodeLabeler(LabelConfig())(_with(ep, depth_m={"image": d}))
+    tr = lab.tracks_px
+    with np.errstate(invalid="ignore"):
+        top = tr[..., 1] < 31.0
+        left = (tr[..., 1] > 33.0) & (tr[..., 0] < 15.0)
+    assert not lab.valid_3d[top].any() and not lab.valid_3d[left].any()
+    assert np.isnan(lab.points_cam_m[top]).all() and np.isnan(lab.depth_m[left]).all()
+    ok = lab.valid_3d
+    assert ok.sum() > 1000 and (lab.depth_m[ok] > 0).all()  # never a zero or negative depth
+
+
+def test_no_depth_and_no_intrinsics(sim_episodes):
+    ep = _with(_sliced(sim_episodes[0], 9), depth_m={}, intrinsics={})
+    lab = EpisodeLabeler(LabelConfig(fov_deg=60.0))(ep)
+    assert lab.depth_kind == "missing"
+    assert lab.depth_m is None and lab.points_cam_m is None and lab.valid_3d is None
+    assert lab.intrinsics_estimated
+    np.testing.assert_allclose(lab.intrinsics, [32 / np.tan(np.deg2rad(30)), 32 / np.tan(np.deg2rad(30)), 32, 32], rtol=1e-5)
+    assert np.isnan(lab.uvd()[..., 2]).all()  # the (u, v, depth) form says unknown, not zero
+    assert lab.visible.any() and lab.flow_valid.any()  # 2D labels still made
+
+
+def test_mismatched_depth_names_episode(sim_episodes):
+    ep = _sliced(sim_episodes[0], 5)
+    bad = _with(ep, depth_m={"image": np.ones((5, 32, 32), np.float32)})
+    with pytest.raises(EpisodeError, match=r"metaworld_sim.*episode=\d+.*depth"):
+        EpisodeLabeler(LabelConfig())(bad)
+    with pytest.raises(EpisodeError, match="camera 'wrist' not in episode"):
+        EpisodeLabeler(LabelConfig(camera="wrist"))(ep)
+
+
+def test_label_config_round_trip_and_errors():
+    c = LabelConfig(tracker="lk", tracker_params={"mode": "hybrid"}, horizon=16, latent_checkpoint="/x.safetensors")
+    assert LabelConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="unknown label config"):
+        LabelConfig.from_dict({"horizn": 3})
+    with pytest.raises(ValueError, match="stride"):
+        LabelConfig(stride=0)
+    with pytest.raises(ValueError, match="unknown depth backend"):
+        EpisodeLabeler(LabelConfig(depth="lidar"))
+
+
+class _FakeLatent:
+    """Stands in for labelers.latent_action.LatentActionLabeler's call signature
+    (frames T H W 3, anchors N, gap) -> (tokens N L int16, valid N bool)."""
+
+    gap = 2
+
+    def __call__(self, frames, anchors, gap):
+        anchors = np.asarray(anchors)
+        tokens = np.tile(np.arange(4, dtype=np.int16), (len(anchors), 1)) + anchors[:, None].astype(np.int16)
+        return tokens, anchors + gap < frames.shape[0]
+
+
+def test_latent_tokens_only_when_configured(sim_episodes):
+    ep = _sliced(sim_episodes[0], 10)
+    plain = EpisodeLabeler(LabelConfig())(ep)
+    assert plain.latent_tokens is None and plain.latent_valid is None and "latent" not in plain.backends
+    lab = EpisodeLabeler(LabelConfig(), latent=_FakeLatent())(ep)
+    assert lab.latent_valid.tolist() == [True, True, False]  # anchors 0, 4, 8 with gap 2 over 10 steps
+    assert lab.latent_tokens[0].tolist() == [0, 1, 2, 3] and (lab.latent_tokens[2] == LATENT_PAD_TOKEN).all()
+
+
+def test_depth_anything_in_the_labeler(sim_episodes, tmp_path):
+    """The Depth Anything backend fitted to the episode's dataset depth: kind 'fitted' and
+    3D labels produced (a random tiny model: only the plumbing is checked, not accuracy)."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    torch.manual_seed(0)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=14,
+                            out_indices=[1, 2, 3, 4], apply_layernorm=True, reshape_hidden_states=False)
+    model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+        head_hidden_size=8))
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(30.0)
+    model.save_pretrained(tmp_path)
+    DPTImageProcessor().save_pretrained(tmp_path)
+    cfg = LabelConfig(depth="depth-anything", depth_params={"model": str(tmp_path), "input_size": 28})
+    lab = EpisodeLabeler(cfg)(_sliced(sim_episodes[0], 5))
+    assert lab.depth_kind == "fitted" and lab.backends["depth"] == "depth-anything"
+    assert lab.valid_3d is not None and lab.valid_3d[0, :, 0].any()
