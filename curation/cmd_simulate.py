@@ -123,6 +123,7 @@ def cmd_bench_simulate(args) -> int:
         with RolloutWorkers(max(1, args.workers), one_core=True) as pool:
             # Warm the workers (interpreter start, imports) outside the timed region.
             pool.num_bodies(list(per_task_n))
+            cpu_before = pool.worker_cpu_s()
             timings: dict = {}
             successes = []
             t0 = time.perf_counter()
@@ -135,6 +136,7 @@ def cmd_bench_simulate(args) -> int:
             wall_s = time.perf_counter() - t0
             render_s, sim_s = pool.render_s, pool.sim_s
             render_cpu_s, sim_cpu_s = pool.render_cpu_s, pool.sim_cpu_s
+            worker_cpu_s = pool.worker_cpu_s() - cpu_before
     except (ValueError, RuntimeError) as e:
         print(f"curate bench simulate: error: {e}", file=sys.stderr)
         return 2
@@ -142,7 +144,9 @@ def cmd_bench_simulate(args) -> int:
     work_s = render_s + sim_s
     cpu_s = render_cpu_s + sim_cpu_s
     frames = episodes * args.max_steps
-    per_min_cpu = episodes / cpu_s * 60.0 if cpu_s > 0 else float("nan")
+    # per core: all CPU the workers spent on these episodes (render, physics, policy, assembling
+    # and pickling episodes), measured by the OS
+    per_min_cpu = episodes / worker_cpu_s * 60.0 if worker_cpu_s > 0 else float("nan")
     result = {
         "episodes": episodes,
         "steps_per_episode": args.max_steps,
@@ -155,6 +159,7 @@ def cmd_bench_simulate(args) -> int:
         "steps_per_s": frames / wall_s,
         "render_s": render_s,
         "sim_and_policy_s": sim_s,
+        "worker_cpu_s": worker_cpu_s,
         "render_cpu_s": render_cpu_s,
         "sim_and_policy_cpu_s": sim_cpu_s,
         "render_share": render_cpu_s / cpu_s if cpu_s > 0 else float("nan"),
@@ -167,8 +172,9 @@ def cmd_bench_simulate(args) -> int:
         "meets_target_cpu": per_min_cpu >= 20.0,
         "note": "each worker renders single-threaded, pinned to one CPU. episodes_per_min = episodes / parent "
                 "wall time (includes pickling episodes back; inflated by other load on the machine); "
-                "episodes_per_min_per_core_cpu = episodes / worker CPU seconds (render + sim + policy), the "
-                "figure for one uncontended core. render = 2 passes a frame (RGB; segmentation + depth "
+                "episodes_per_min_per_core_cpu = episodes / total worker CPU seconds (render, physics, policy, "
+                "assembling and pickling episodes; from the OS), the figure for one uncontended core; "
+                "render_share = render CPU / (render + physics + policy) CPU. render = 2 passes a frame (RGB; segmentation + depth "
                 "together), shadows/reflections/multisampling off. Scripted experts need 40-150 steps, "
                 "so success within 50 steps is low.",
     }

@@ -632,6 +632,19 @@ class RolloutWorkers:
         self.render_cpu_s = 0.0
         self.sim_cpu_s = 0.0
 
+    def worker_cpu_s(self) -> float:
+        """Total CPU seconds (user + system) the worker processes have used so far."""
+        import psutil
+
+        total = 0.0
+        for p in self._procs:
+            try:
+                t = psutil.Process(p.pid).cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
     def num_bodies(self, tasks: Sequence[str]) -> dict[str, int]:
         """{task: number of MuJoCo bodies}, asked of the first worker."""
         _send(self._procs[0].stdin, _Probe(tuple(tasks)))
