@@ -76,6 +76,28 @@ def _flatten(d, prefix: str = "", out: Optional[dict] = None, limit: int = 80) -
     return out
 
 
+_BENCH_LABELS = ("flow", "tracks", "sceneflow", "depth")
+
+
+def _bench_accuracy_rows(accuracy: dict, used: set[str]) -> list[tuple[str, list[dict]]]:
+    """Rows of a `curate bench labels` result ({label: [{backend, task, metrics...}]}),
+    pooled over tasks (task "all"), marking the backends this dataset used."""
+    out = []
+    for label in _BENCH_LABELS:
+        entries = accuracy.get(label)
+        rows = [r for r in entries if isinstance(r, dict) and r.get("task", "all") == "all"] if isinstance(entries, list) else []
+        table = []
+        for r in rows:
+            backend = str(r.get("backend", ""))
+            first = backend.split(" ")[0]
+            is_used = first in used or any(u and backend.startswith(u) for u in used)
+            metrics = {k: v for k, v in r.items() if k not in ("backend", "task") and isinstance(v, (int, float))}
+            table.append({"backend": backend, "used": "yes" if is_used else "", **metrics})
+        if table:
+            out.append((label, table))
+    return out
+
+
 def _open_shard(dataset_dir: Path, shard: str):
     import zarr
 
@@ -385,10 +407,17 @@ def write_card(
     else:
         md.append("No label backends recorded in the manifest.")
     md += ["", "### Measured accuracy", ""]
-    flat = _flatten(accuracy) if accuracy else {}
+    bench_rows = _bench_accuracy_rows(accuracy, {b for _, b in backends}) if accuracy else []
+    # a plain {label: {metric: value}} dict; a bench result's other numbers (seconds, sizes) are not accuracy
+    flat = _flatten({k: v for k, v in accuracy.items() if not isinstance(v, list)}) if accuracy and not bench_rows else {}
+    if bench_rows:
+        md += [f"Against simulator ground truth, all tasks pooled (from {accuracy_from}); `used` marks the backends "
+               "this dataset was labelled with.", ""]
+        for label, rows_ in bench_rows:
+            md += [f"**{label}**", "", markdown_table(rows_, floatfmt=".4g"), ""]
     if flat:
         md += [f"From {accuracy_from}.", "", markdown_table([{"metric": k, "value": v} for k, v in flat.items()], floatfmt=".4g")]
-    else:
+    if not bench_rows and not flat:
         md.append("Not measured for this dataset (run `curate bench labels` to measure label accuracy on simulated ground truth).")
 
     md += ["", "## Statistics", "", f"Per dimension, per source dataset ({stats.get('quantile_method', '')}).", ""]

@@ -67,3 +67,25 @@ def test_pictures_are_real_pngs(card_dataset):
         assert img.shape[0] > 100 and img.shape[1] > 200
         assert img.std() > 10  # not a blank canvas
         assert f"(card/{p.split('/')[-1]})" in text
+
+
+def test_accuracy_from_a_bench_labels_result(card_dataset, tmp_path):
+    """The format `curate bench labels` writes: per label, rows per backend and task."""
+    import shutil
+
+    root, _, _ = card_dataset
+    ds = tmp_path / "copy"
+    shutil.copytree(root, ds)
+    bench = {
+        "bench": "labels",
+        "seconds": 123.0,
+        "tracks": [{"backend": "synthetic (grid)", "task": "all", "delta_avg": 0.8125, "aj": 0.61},
+                   {"backend": "synthetic (grid)", "task": "pick-place-v3", "delta_avg": 0.5, "aj": 0.4},
+                   {"backend": "cotracker3", "task": "all", "delta_avg": 0.9, "aj": 0.7}],
+        "depth": [{"backend": "dataset (metric)", "task": "all", "abs_rel": 0.0, "coverage": 1.0}],
+    }
+    write_card(ds, accuracy=bench)
+    text = (ds / "README.md").read_text()
+    assert "| synthetic (grid) | yes | 0.8125 | 0.61 |" in text  # pooled row, used by this dataset
+    assert "| cotracker3 |  | 0.9 | 0.7 |" in text  # measured but not used here
+    assert "seconds" not in text and "0.5 |" not in text.split("### Measured accuracy")[1].split("## Statistics")[0]  # per-task rows left out
