@@ -175,3 +175,16 @@ def test_trainer_reader_streams_a_published_version_from_s3(s3_endpoint, dataset
     first = triplets[0]
     assert first.episode_id == rows[0]["episode_id"] and first.anchor == 0
     assert first.images["image"].shape == (32, 32, 3)
+
+
+def test_stats_of_a_published_version_read_from_s3(s3_endpoint, datasets):
+    from curation.stats import compute_stats
+
+    a, _, _ = datasets
+    url = f"s3://{BUCKET}/stats"
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    pv = P.publish(a, "ds", "0.1.0", to_url=url, storage_options=opts, progress=False)
+    remote = compute_stats(pv.root, write=False, storage_options=opts, progress=False)
+    local = compute_stats(str(a), write=False, progress=False)
+    assert remote["counts"] == local["counts"]
+    assert remote["datasets"]["synth"]["actions"] == local["datasets"]["synth"]["actions"]
