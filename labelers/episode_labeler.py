@@ -192,8 +192,8 @@ class EpisodeLabeler:
             labels.motion_image, labels.flow_valid = motion, flow_valid
 
         if self.latent is not None:
-            gap = c.latent_gap if c.latent_gap is not None else getattr(self.latent, "gap", c.flow_gap)
-            tokens, ok = self.latent(frames, anchors, gap)
+            # latent_gap None: the labeler uses the gap its checkpoint was trained with.
+            tokens, ok = self.latent(frames, anchors, c.latent_gap)
             tokens = np.asarray(tokens, np.int16).copy()
             ok = np.asarray(ok, bool)
             tokens[~ok] = LATENT_PAD_TOKEN

@@ -257,11 +257,12 @@ def test_label_config_round_trip_and_errors():
 
 class _FakeLatent:
     """Stands in for labelers.latent_action.LatentActionLabeler's call signature
-    (frames T H W 3, anchors N, gap) -> (tokens N L int16, valid N bool)."""
+    (frames T H W 3, anchors N, gap=None: the trained gap) -> (tokens N L int16, valid N bool)."""
 
-    gap = 2
+    trained_gap = 2
 
-    def __call__(self, frames, anchors, gap):
+    def __call__(self, frames, anchors, gap=None):
+        gap = self.trained_gap if gap is None else gap
         anchors = np.asarray(anchors)
         tokens = np.tile(np.arange(4, dtype=np.int16), (len(anchors), 1)) + anchors[:, None].astype(np.int16)
         return tokens, anchors + gap < frames.shape[0]
@@ -272,8 +273,11 @@ def test_latent_tokens_only_when_configured(sim_episodes):
     plain = EpisodeLabeler(LabelConfig())(ep)
     assert plain.latent_tokens is None and plain.latent_valid is None and "latent" not in plain.backends
     lab = EpisodeLabeler(LabelConfig(), latent=_FakeLatent())(ep)
-    assert lab.latent_valid.tolist() == [True, True, False]  # anchors 0, 4, 8 with gap 2 over 10 steps
+    assert lab.latent_valid.tolist() == [True, True, False]  # anchors 0, 4, 8 with the trained gap 2 over 10 steps
     assert lab.latent_tokens[0].tolist() == [0, 1, 2, 3] and (lab.latent_tokens[2] == LATENT_PAD_TOKEN).all()
+    assert lab.backends["latent"] == "lam"
+    lab3 = EpisodeLabeler(LabelConfig(latent_gap=6), latent=_FakeLatent())(ep)
+    assert lab3.latent_valid.tolist() == [True, False, False]
 
 
 def test_depth_anything_in_the_labeler(sim_episodes, tmp_path):
