@@ -142,6 +142,11 @@ def test_cli_over_s3_with_endpoint_option(s3_endpoint, datasets, capsys):
     assert json.loads(capsys.readouterr().out)["ok"]
     assert curate(["versions", f"{url}/ds", "--endpoint-url", s3_endpoint, "--json"]) == 0
     assert [v["version"] for v in json.loads(capsys.readouterr().out)["versions"]] == ["0.1.0"]
+    # the endpoint from the standard AWS environment variable, no option at all
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+        assert curate(["diff", f"{url}/ds@0.1.0", f"{url}/ds@latest", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["unchanged"] == 3
 
 
 def test_exclusive_create_on_s3_never_overwrites(s3_endpoint):
