@@ -65,6 +65,7 @@ def add_bench(bench_sub) -> None:
     lb.add_argument("--ref", default=None, help="curated dataset (default: an in-memory synthetic dataset)")
     lb.add_argument("--triplets", type=int, default=256)
     lb.add_argument("--batch-size", type=int, default=16)
+    lb.add_argument("--config", default=None, help="YAML/JSON with a policy: section (K, T, image size of the samples)")
     add_report_args(lb, bench="loader")
     lb.set_defaults(func=cmd_bench_loader)
 
@@ -143,7 +144,7 @@ def cmd_bench_policy(args) -> int:
     cfg, _, _ = _configs(args)
     result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps)
     path = write_bench_json("policy", result, args.out_json)
-    text = format_table(result["rows"], ["measure", "batch", "seconds_median", "per_s", "trainable_params"], floatfmt=".4f")
+    text = format_table(result["rows"], ["measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
     emit(result, args.json, text + f"\nparameters: {result['parameters']:,}  torch threads: {result['torch_threads']}  -> {path}")
     return 0
 
@@ -157,7 +158,8 @@ def cmd_bench_loader(args) -> int:
 
         log.info("no --ref: benchmarking on an in-memory synthetic dataset (64 px)")
         ref = SyntheticDataset(num_shards=8, episodes_per_shard=4, anchors_per_episode=16, size=64, grid=20, horizon=32)
-    result = bench_loader(ref, num_triplets=args.triplets, batch_size=args.batch_size)
+    cfg, _, _ = _configs(args)
+    result = bench_loader(ref, cfg, num_triplets=args.triplets, batch_size=args.batch_size)
     if args.ref is None:
         result["dataset"] = "synthetic (in memory, 64 px, K=400, T=32)"
     path = write_bench_json("loader", result, args.out_json)
