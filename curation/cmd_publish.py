@@ -162,7 +162,8 @@ def cmd_diff(args) -> int:
         return _fail(args, str(exc))
     lines = [
         f"{d['a']} ({d['episodes_a']} episodes) -> {d['b']} ({d['episodes_b']} episodes)",
-        f"  added {len(d['added'])}, removed {len(d['removed'])}, changed {len(d['changed'])}, unchanged {d['unchanged']}",
+        f"  episodes: added {len(d['added'])}, removed {len(d['removed'])}, changed {len(d['changed'])}, unchanged {d['unchanged']}",
+        f"  dataset files changed: {', '.join(d['files_changed']) or 'none'}",
     ]
     if args.list:
         for key in ("added", "removed", "changed"):

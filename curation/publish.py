@@ -512,9 +512,10 @@ def list_versions(url_name: str, storage_options: Optional[dict] = None) -> list
         version_dir = posixpath.dirname(index_path)
         try:
             parse_semver(posixpath.basename(version_dir))
-        except PublishError:
+            index = _read_index(fs, version_dir)
+        except PublishError as exc:  # not a version directory, or a damaged index: list the rest
+            log.warning("skipping %s: %s", _url(fs, version_dir), exc)
             continue
-        index = _read_index(fs, version_dir)
         if index is not None:
             out.append(_version_from_index(base_url, fs, version_dir, index))
     return sorted(out, key=lambda v: parse_semver(v.version))
@@ -684,6 +685,7 @@ def diff(ref_a: str, ref_b: str, storage_options: Optional[dict] = None) -> dict
     added = sorted(set(b) - set(a))
     removed = sorted(set(a) - set(b))
     changed = sorted(e for e in set(a) & set(b) if a[e] != b[e])
+    fa, fb = _file_hashes(ref_a, storage_options), _file_hashes(ref_b, storage_options)
     return {
         "a": label_a,
         "b": label_b,
@@ -693,4 +695,12 @@ def diff(ref_a: str, ref_b: str, storage_options: Optional[dict] = None) -> dict
         "removed": removed,
         "changed": changed,
         "unchanged": len(set(a) & set(b)) - len(changed),
+        # dataset-level files (card, stats, config) that differ; shard files follow the episodes
+        "files_changed": sorted(f for f in set(fa) | set(fb) if fa.get(f) != fb.get(f) and not f.startswith("shards/")),
     }
+
+
+def _file_hashes(ref: str, storage_options: Optional[dict]) -> dict[str, str]:
+    if "@" not in ref and Path(ref, MANIFEST).is_file():
+        return {rel: f["sha256"] for rel, f in hash_dataset(ref, progress=False).items()}
+    return {rel: f["sha256"] for rel, f in read_index(ref, storage_options)["files"].items()}

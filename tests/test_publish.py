@@ -121,8 +121,9 @@ def test_diff_counts_added_removed_changed(datasets, registry):
     d = P.diff("synth@0.1.0", "synth@0.2.0")
     assert d["added"] == [ids[4]] and d["removed"] == [ids[0]] and d["changed"] == [ids[2]]
     assert d["unchanged"] == 2 and d["episodes_a"] == 4 and d["episodes_b"] == 4
+    assert "manifest.parquet" in d["files_changed"] and not any(f.startswith("shards/") for f in d["files_changed"])
     same = P.diff("synth@0.2.0", str(v2))  # a local dataset dir is a ref too
-    assert same["added"] == same["removed"] == same["changed"] == [] and same["unchanged"] == 4
+    assert same["added"] == same["removed"] == same["changed"] == same["files_changed"] == [] and same["unchanged"] == 4
 
 
 def test_refs_names_and_latest(datasets, registry):
@@ -185,8 +186,8 @@ def test_two_racing_local_publishers_exactly_one_wins(datasets, registry):
     assert P.unfinished_publishes("race") == []  # the loser cleaned up its upload
 
 
-def test_cli_publish_versions_diff_verify(datasets, registry, capsys):
-    v1, v2, ids = datasets
+def test_cli_publish_versions_diff_verify(datasets, registry, capsys, tmp_path):
+    v1, v2, ids = (shutil.copytree(datasets[0], tmp_path / "v1"), shutil.copytree(datasets[1], tmp_path / "v2"), datasets[2])
     assert curate(["publish", str(v1), "--name", "cli", "--version", "0.1.0", "--to", str(registry), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] and out["created_now"] and out["ref"] == f"{registry}/cli@0.1.0"
