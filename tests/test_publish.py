@@ -8,12 +8,11 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from curation import publish as P
 from curation.cli import main as curate
-from test_curation_helpers import make_episode, make_labels, small_dataset, write_dataset
+from test_curation_helpers import make_episode, make_labels, write_dataset
 
 
 @pytest.fixture(scope="module")
