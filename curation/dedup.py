@@ -15,7 +15,9 @@ Perceptual candidates come from multi-index hashing: the 192-bit hash is cut
 into `max_hamming + 1` bands; two hashes within `max_hamming` bits agree
 exactly on at least one band (pigeonhole), so bucketing on each band finds
 every pair within the distance (no misses) while comparing only episodes that
-share a band, with a vectorised popcount inside each bucket.
+share a band (numpy popcount, vectorised over all buckets). Random-looking
+hashes: 1e5 fingerprints take about 1.5 s here. Worst case: m episodes that all
+share a band (one scene filmed over and over) cost m^2 / 2 comparisons.
 
 Which episode of a group is kept is deterministic whatever the input order:
 episodes are visited in provenance-key order and one is dropped when it is a
