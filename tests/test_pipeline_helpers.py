@@ -56,7 +56,7 @@ def assert_same_dataset(a: Path, b: Path) -> None:
             np.testing.assert_array_equal(xa[name], xb[name], err_msg=f"{shard}/{name}")
     qa = pq.read_table(a / "quarantine.parquet").drop(["source_file", "error"]).to_pylist()
     qb = pq.read_table(b / "quarantine.parquet").drop(["source_file", "error"]).to_pylist()
-    assert sorted(qa, key=str) == sorted(qb, key=str)
+    assert sorted(qa, key=str) == sorted(qb, key=str), (qa, qb)
 
 
 def textured_frames(T: int, size: int = 32, seed: int = 0) -> np.ndarray:
