@@ -191,6 +191,9 @@ def run_labels(args) -> int:
     from labelers.tracks import grid_queries, track_anchors
     from schemas.triplet import anchor_steps
 
+    from labelers.episode_labeler import LabelConfig
+
+    label_defaults = LabelConfig()
     episodes = _load_episodes(args)
     flows = _flow_backends(args)
     trackers = _trackers(args)
@@ -253,7 +256,7 @@ def run_labels(args) -> int:
             pool.add(("tracks", name + " [moving]", task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis,
                      mask=eval_mask & moving_2d[..., None])
             if depth is not None:
-                sf = lift_tracks(tracks, vis, depth, intr, frame_index=frame_index)
+                sf = lift_tracks(tracks, vis, depth, intr, frame_index=frame_index, max_depth_jump_rel=label_defaults.max_depth_jump_rel)
                 both = sf.valid_3d & gt_pts_valid
                 err = metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both)
                 pool.add(("sceneflow", f"{name} + dataset depth", task), err=err,

@@ -51,6 +51,7 @@ class LabelConfig:
     flow_gap: int = DEFAULT_FLOW_GAP
     fov_deg: float = 55.0  # assumed vertical field of view when the episode has no intrinsics
     edge_rel: float = 0.05  # depth sampling: relative jump treated as an occlusion edge
+    max_depth_jump_rel: float = 0.2  # mask a 3D track from a relative depth jump this large on (0 = off)
     outlier_removal: bool = False  # open3d statistical outlier removal on each anchor's 3D points
     camera: str = ""  # "" = the episode's primary camera
     latent_checkpoint: Optional[str] = None  # LAM checkpoint; None = no latent action tokens
@@ -164,7 +165,8 @@ class EpisodeLabeler:
         )
         if depth_res.depth_m is not None:
             frame_index = np.where(in_range, steps, -1)[:, None, :]  # N 1 T
-            sf = lift_tracks(tracks, visible, depth_res.depth_m, intr, frame_index=frame_index, edge_rel=c.edge_rel)
+            sf = lift_tracks(tracks, visible, depth_res.depth_m, intr, frame_index=frame_index, edge_rel=c.edge_rel,
+                             max_depth_jump_rel=c.max_depth_jump_rel)
             valid = sf.valid_3d
             points = sf.points_cam_m
             depth_track = sf.depth_m

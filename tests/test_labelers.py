@@ -472,3 +472,14 @@ def test_real_cotracker_tracks_translation():
     inner = (q[:, 0] > 10) & (q[:, 0] < 54) & (q[:, 1] > 10) & (q[:, 1] < 54)
     assert np.median(np.linalg.norm(tracks[inner] - truth[inner], axis=-1)) < 1.0
     assert vis[inner].mean() > 0.9
+
+
+def test_depth_jump_masks_the_rest_of_a_slipped_track():
+    from labelers.sceneflow import depth_jump_mask
+
+    d = np.array([[1.0, 1.01, 1.02, 1.6, 1.61, 1.62],  # slips onto the background at step 3
+                  [1.0, np.nan, 1.05, 1.1, 1.15, 1.2]])  # smooth, with a gap
+    v = np.isfinite(d)
+    out = depth_jump_mask(d, v, 0.2)
+    assert out[0].tolist() == [True, True, True, False, False, False]
+    assert out[1].tolist() == v[1].tolist()
