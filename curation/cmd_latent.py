@@ -21,6 +21,7 @@ from curation.report import add_report_args, emit, format_table, markdown_table,
 log = logging.getLogger(__name__)
 
 BENCH_TASK = "pick-place-v3"
+DEFAULT_WORKDIR = ".cache/latent-bench"
 BRIDGE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "openx" / "bridge_dataset" / "1.0.0"
 
 
@@ -48,6 +49,8 @@ def _source_args(p, required: bool = True) -> None:
     p.add_argument("--split", default="train", help="split to read (default train)")
     p.add_argument("--episodes", default=None, metavar="A:B", help="episode range of the split (default all)")
     p.add_argument("--camera", default=None, help="camera to use (default: the dataset's primary camera)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: on a shared machine more threads spin and run slower)")
 
 
 def add_commands(sub) -> None:
@@ -104,7 +107,7 @@ def add_bench(sub) -> None:
         "Bridge episodes against an untrained model of the same architecture.",
     )
     p.add_argument("--checkpoint", default=None, help="score this model on the simulated data instead of training one")
-    p.add_argument("--workdir", default="bench-results/latent-work", help="simulated data and runs (reused when present)")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="simulated data and runs (reused when present)")
     p.add_argument("--task", default=BENCH_TASK, help=f"Meta-World task (default {BENCH_TASK})")
     p.add_argument("--train-episodes", type=int, default=30, help="simulated training episodes (default 30)")
     p.add_argument("--heldout-episodes", type=int, default=16, help="simulated held-out episodes, other seeds (default 16)")
@@ -116,6 +119,7 @@ def add_bench(sub) -> None:
     p.add_argument("--bridge", default=str(BRIDGE_DIR), help="Bridge dataset directory ('' to skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="simulation subprocesses (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     add_report_args(p, bench="latent")
     p.set_defaults(func=cmd_bench_latent)
 
@@ -159,6 +163,12 @@ def _load_model(checkpoint: str):
     return model.eval(), extra
 
 
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+
+
 def _fail(cmd: str, e: Exception, code: int = 1) -> int:
     print(f"curate latent {cmd}: error: {e}", file=sys.stderr)
     return code
@@ -168,6 +178,7 @@ def _fail(cmd: str, e: Exception, code: int = 1) -> int:
 
 
 def cmd_train(args) -> int:
+    _set_threads(args.threads)
     from labelers.lam.config import get_config
     from labelers.lam.train import TrainSettings, train_lam
 
@@ -198,6 +209,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_label(args) -> int:
+    _set_threads(args.threads)
     import numpy as np
 
     from labelers.latent_action import LatentActionLabeler
@@ -246,6 +258,7 @@ def cmd_label(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    _set_threads(args.threads)
     from labelers.lam.evaluate import evaluate
 
     try:
@@ -293,6 +306,7 @@ def _simulated(workdir: Path, name: str, task: str, episodes: int, max_steps: in
 
 
 def cmd_bench_latent(args) -> int:
+    _set_threads(args.threads)
     import torch
 
     from labelers.lam.config import get_config

@@ -1,6 +1,7 @@
 """Configuration of the latent action model (LAM): one dataclass, two presets.
 
-`small`: 64 px frames, 8 px patches, width 128 -- trains on a laptop CPU in minutes.
+`small`: 64 px frames, 8 px patches, width 96, 2 + 1 encoder and 2 decoder blocks (0.7M
+parameters) -- trains on one CPU core in minutes.
 `paper`: LAPA's latent action quantisation model -- 256 px frames, 32 px patches,
 width 1024, 16 heads, 8 spatial + 8 temporal encoder blocks, 8 decoder blocks,
 4 tokens from a codebook of 8 codes of dimension 32 (about 330M parameters).
@@ -17,15 +18,16 @@ from dataclasses import dataclass
 class LAMConfig:
     image_size: int = 64  # frames are resized to image_size x image_size
     patch_size: int = 8
-    width: int = 128  # transformer width D
+    width: int = 96  # transformer width D
     heads: int = 4
     enc_spatial_depth: int = 2  # blocks attending within a frame
-    enc_temporal_depth: int = 2  # blocks attending across frames t, t+gap at one patch (causal)
-    dec_depth: int = 3  # decoder blocks: self-attention over patches of t + cross-attention to tokens
+    enc_temporal_depth: int = 1  # blocks attending across frames t, t+gap at one patch (causal)
+    dec_depth: int = 2  # decoder blocks: self-attention over patches of t + cross-attention to tokens
     mlp_ratio: float = 4.0
     num_tokens: int = 4  # L: tokens per latent action
     codebook_size: int = 8  # V: codes shared by all L positions
     code_dim: int = 32  # dimension of a code vector
+    encoder_pixel_diff: bool = True  # encoder also sees frame - frame t as 3 extra channels
     predict_residual: bool = True  # decoder predicts frame t+gap - frame t (head zero-initialised)
     discard_threshold: float = 0.1  # codes used fewer times than this per batch are replaced
 

@@ -100,35 +100,36 @@ def store_from_episodes(episodes: Iterable[Episode], size: int, camera: str | No
 
 
 def moving_squares(
-    num_episodes: int, steps: int = 24, size: int = 32, square: int = 6, max_speed: int = 2, seed: int = 0
+    num_episodes: int, steps: int = 24, size: int = 32, square: int = 6, max_speed: int = 2,
+    num_squares: int = 3, seed: int = 0,
 ) -> list[Episode]:
-    """Episodes of one coloured square moving over a fixed random-texture background.
+    """Episodes of coloured squares over a fixed random-texture background, all pushed by
+    the same action: the action at step t is the displacement (dx, dy) in pixels from frame t
+    to t + 1, drawn uniformly from {-max_speed..max_speed}^2 and held for 2-5 steps.
 
-    The action at step t is the square's displacement (dx, dy) in pixels from frame t to
-    t + 1, drawn uniformly from {-max_speed..max_speed}^2 and held for 2-5 steps; the square
-    is clamped to stay inside the image (the recorded action is the displacement that
-    actually happened, so frames and actions always agree)."""
+    Several squares sharing one action make the motion, not any square's position, the
+    cheapest thing for a bottleneck to describe. The squares wrap around the image edges
+    (torus), so every recorded action is exactly the displacement that happened."""
     rng = np.random.default_rng(seed)
     background = (rng.random((size, size, 3)) * 60 + 40).astype(np.uint8)
+    colours = np.array([[230, 60, 40], [40, 200, 70], [60, 90, 240], [240, 220, 50]], np.uint8)
     episodes = []
     for e in range(num_episodes):
-        colour = np.array([230, 60, 40], np.uint8)
-        pos = rng.integers(0, size - square, size=2)
+        pos = rng.integers(0, size, size=(num_squares, 2))
         frames = np.zeros((steps, size, size, 3), np.uint8)
         actions = np.zeros((steps, 2), np.float32)
         vel, hold = np.zeros(2, np.int64), 0
         for t in range(steps):
             img = background.copy()
-            img[pos[1]:pos[1] + square, pos[0]:pos[0] + square] = colour
+            for k, (x, y) in enumerate(pos):
+                rows, cols = (np.arange(square) + y) % size, (np.arange(square) + x) % size
+                img[np.ix_(rows, cols)] = colours[k % len(colours)]
             frames[t] = img
             if hold == 0:
                 vel, hold = rng.integers(-max_speed, max_speed + 1, size=2), int(rng.integers(2, 6))
             hold -= 1
-            new = np.clip(pos + vel, 0, size - square)
-            actions[t] = new - pos
-            pos = new
+            actions[t] = vel
+            pos = (pos + vel) % size
         prov = Provenance("moving_squares", "0.0.0", "train", e, file=f"seed={seed}")
-        episodes.append(
-            Episode(prov, "move the square", {"image": frames}, actions, "square_delta_px", 10.0, "image")
-        )
+        episodes.append(Episode(prov, "move the squares", {"image": frames}, actions, "square_delta_px", 10.0, "image"))
     return episodes

@@ -9,7 +9,9 @@
                                                      │                       │         │
                                          linear → NSVQ → L tokens ───────────┴──→ head → frame t+gap
 
-The encoder sees both frames; the quantiser sees only the DIFFERENCE of their features, so
+The encoder sees both frames (and, with `encoder_pixel_diff`, the pixel difference
+frame t+gap - frame t as three extra input channels: on a CPU budget this makes moving
+regions visible from the first step instead of after many); the quantiser sees only the DIFFERENCE of their features, so
 the tokens have to describe what changed. The decoder gets frame t through the encoder's patch
 embedding with the gradient stopped (LAPA: this keeps the encoder from smuggling frame content
 into the tokens) and must reconstruct frame t+gap from it and the tokens. Loss: MSE in [0, 1]
@@ -68,7 +70,7 @@ class Block(nn.Module):
 
 
 def patchify(img: torch.Tensor, p: int) -> torch.Tensor:
-    """B 3 H W -> B P (p*p*3), patches in row-major order."""
+    """B C H W -> B P (p*p*C), patches in row-major order."""
     B, C, H, W = img.shape
     x = img.view(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)  # B h w p p C
     return x.reshape(B, (H // p) * (W // p), p * p * C)
@@ -89,7 +91,8 @@ class LatentActionModel(nn.Module):
         super().__init__()
         self.config = c = config
         D, P, p = c.width, c.num_patches, c.patch_size
-        self.patch_embed = nn.Linear(p * p * 3, D)
+        self.in_channels = 6 if c.encoder_pixel_diff else 3
+        self.patch_embed = nn.Linear(p * p * self.in_channels, D)
         self.enc_pos = nn.Parameter(torch.randn(1, P, D) * 0.02)
         self.enc_time = nn.Parameter(torch.randn(2, D) * 0.02)  # frame t, frame t+gap
         self.spatial = nn.ModuleList(Block(D, c.heads, c.mlp_ratio) for _ in range(c.enc_spatial_depth))
@@ -115,6 +118,8 @@ class LatentActionModel(nn.Module):
         c = self.config
         B = frame_t.shape[0]
         x = torch.stack([frame_t, frame_tg], 1) * 2.0 - 1.0  # B 2 3 H W in [-1, 1]
+        if c.encoder_pixel_diff:  # channels 3-5: frame - frame t (zero for frame t itself)
+            x = torch.cat([x, x - x[:, :1]], 2)  # B 2 6 H W
         x = self.patch_embed(patchify(x.flatten(0, 1), c.patch_size))  # 2B P D
         x = x.view(B, 2, c.num_patches, c.width) + self.enc_pos[:, None] + self.enc_time[None, :, None]
         h = x.flatten(0, 1)  # 2B P D
@@ -131,8 +136,11 @@ class LatentActionModel(nn.Module):
     def decode(self, frame_t: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """frame t (B 3 H W in [0, 1]) + quantised codes (B L c) -> frame t+gap estimate."""
         c = self.config
+        x = frame_t * 2.0 - 1.0
+        if c.encoder_pixel_diff:
+            x = torch.cat([x, torch.zeros_like(x)], 1)  # frame t's difference to itself
         with torch.no_grad():  # stop-gradient on the decoder's view of frame t
-            h = self.patch_embed(patchify(frame_t * 2.0 - 1.0, c.patch_size))  # B P D
+            h = self.patch_embed(patchify(x, c.patch_size))  # B P D
         h = h.detach() + self.dec_pos
         tokens = self.from_code(codes) + self.token_pos  # B L D
         for blk in self.decoder:
