@@ -28,6 +28,7 @@ BENCH_MODULES: list[str] = [
     "curation.cmd_bench_labels",
     "curation.cmd_latent",
     "curation.cmd_inspect",
+    "curation.cmd_bench_cluster",
 ]
 
 
