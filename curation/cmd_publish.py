@@ -94,7 +94,10 @@ def cmd_publish(args) -> int:
     to = args.to
     try:
         if not args.no_prepare:
-            _prepare(Path(args.dataset_dir))
+            try:
+                _prepare(Path(args.dataset_dir))
+            except (OSError, ValueError) as exc:  # e.g. a read-only dataset: publish it as it is
+                log.warning("%s: could not write stats/card before publishing (%s)", args.dataset_dir, exc)
         v = publish(args.dataset_dir, args.name, args.version, to_url=to, storage_options=_storage_options(args, to or ""))
     except PublishError as exc:
         return _fail(args, str(exc))
