@@ -301,3 +301,45 @@ def test_depth_anything_in_the_labeler(sim_episodes, tmp_path):
     lab = EpisodeLabeler(cfg)(_sliced(sim_episodes[0], 5))
     assert lab.depth_kind == "fitted" and lab.backends["depth"] == "depth-anything"
     assert lab.valid_3d is not None and lab.valid_3d[0, :, 0].any()
+
+
+# ---------------------------------------------------------------- the bench commands
+
+
+def test_bench_labels_on_the_simulated_dataset(sim_dataset_dir, tmp_path, capsys):
+    import json
+
+    from curation.cli import main
+
+    out = tmp_path / "labels.json"
+    rc = main(["bench", "labels", "--source", str(sim_dataset_dir), "--stride", "12", "--horizon", "8",
+               "--out-json", str(out), "--json"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out)["bench"] == "labels"
+    assert res["tasks"] == ["pick-place-v3", "drawer-open-v3"] and res["episodes"] == 4
+    rows = {(r["backend"], r["task"]): r for r in res["flow"]}
+    assert rows[("dis (medium)", "all")]["epe_px"] < 1.0
+    # The motion-image round trip costs almost nothing on top of the flow itself.
+    assert rows[("dis (medium) via motion image", "all")]["epe_px"] < rows[("dis (medium)", "all")]["epe_px"] + 0.02
+    tracks = {(r["backend"], r["task"]): r for r in res["tracks"]}
+    assert tracks[("lk (default: chain)", "all")]["delta_avg"] >= 0.8
+    sf = {(r["backend"], r["task"]): r for r in res["sceneflow"]}
+    assert sf[("true tracks + dataset depth", "all")]["median_epe3d_mm"] < 1.0
+    depth = {r["backend"]: r for r in res["depth"] if r["task"] == "all"}
+    assert depth["dataset (metric)"]["abs_rel"] == 0.0  # the dataset depth is the simulator's
+    assert all(t["met"] for t in res["targets"].values()), res["targets"]
+
+
+def test_bench_labelers_speed_rows(sim_dataset_dir, tmp_path):
+    import json
+
+    from curation.cli import main
+
+    out = tmp_path / "labelers.json"
+    assert main(["bench", "labelers", "--source", str(sim_dataset_dir), "--repeats", "1", "--out-json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    labelers = {(r["labeler"], r["backend"]) for r in res["rows"]}
+    assert ("episode", "EpisodeLabeler (default config)") in labelers and ("flow", "dis medium") in labelers
+    assert all(r["per_s"] > 0 for r in res["rows"])
+    assert res["episode"][0]["size_px"] == 64 and res["dis_ratio_ours_over_bare"]["64"] > 0
