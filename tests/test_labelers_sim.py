@@ -343,3 +343,22 @@ def test_bench_labelers_speed_rows(sim_dataset_dir, tmp_path):
     assert ("episode", "EpisodeLabeler (default config)") in labelers and ("flow", "dis medium") in labelers
     assert all(r["per_s"] > 0 for r in res["rows"])
     assert res["episode"][0]["size_px"] == 64 and res["dis_ratio_ours_over_bare"]["64"] > 0
+
+
+def test_real_bridge_episode_without_depth_or_intrinsics(bridge_dir):
+    from curation.rlds import read_episodes
+
+    ep = next(iter(read_episodes(str(bridge_dir), stop=1)))
+    lab = EpisodeLabeler(LabelConfig())(ep)
+    T, H, W = ep.frames[ep.primary_camera].shape[:3]
+    assert lab.depth_kind == "missing" and lab.points_cam_m is None and lab.valid_3d is None
+    assert lab.intrinsics_estimated
+    fy = (H / 2) / np.tan(np.deg2rad(55.0) / 2)
+    np.testing.assert_allclose(lab.intrinsics, [fy, fy, W / 2, H / 2], rtol=1e-5)
+    assert lab.tracks_px.shape == (len(anchor_steps(T, 4)), 400, 32, 2)
+    assert lab.visible[:, :, 1:][lab.in_range[:, None, 1:].repeat(400, 1)].mean() > 0.8
+    assert lab.flow_valid.all()
+    # Bridge's image_3 is blank (all zeros): asking to label it is an error that says so.
+    assert "image_3" in ep.blank_cameras
+    with pytest.raises(EpisodeError, match=r"bridge_dataset.*episode=0.*'image_3' is blank"):
+        EpisodeLabeler(LabelConfig(camera="image_3"))(ep)
