@@ -446,6 +446,45 @@ def test_cotracker_adapter_with_injected_predictor():
     np.testing.assert_allclose(tr[0, 0], [8.5, 19.5])
 
 
+class FakeOnlineCoTracker:
+    """The documented online protocol: a first call with is_first_step=True and the queries,
+    then windows video[:, i : i + 2 * step]; each call returns the tracks of every frame
+    seen so far (B T' N 2). Points move by (+1, 0) px per frame."""
+
+    step = 4
+
+    def __init__(self):
+        self.windows = []
+
+    def __call__(self, video_chunk, is_first_step=False, queries=None, **kwargs):
+        import torch
+
+        if is_first_step:
+            self.queries = queries.clone()
+            self.seen = 0
+            return None, None
+        self.windows.append(tuple(video_chunk.shape))
+        self.seen = video_chunk.shape[1] if len(self.windows) == 1 else self.seen + self.step
+        seen = self.seen  # may run past the clip's end, like the real model; the adapter crops
+        t = torch.arange(seen, dtype=torch.float32)[None, :, None]
+        x = self.queries[:, None, :, 1] + t
+        y = self.queries[:, None, :, 2].expand(-1, seen, -1)
+        return torch.stack([x, y], -1), torch.ones(1, seen, self.queries.shape[1], dtype=torch.bool)
+
+
+def test_cotracker_online_protocol():
+    from labelers.cotracker import CoTrackerTracker
+
+    fake = FakeOnlineCoTracker()
+    tracker = CoTrackerTracker(predictor=fake, variant="online")
+    frames = np.full((14, 32, 32, 3), 100, np.uint8)
+    tracks, vis = tracker(frames, np.array([[5.5, 6.5]], np.float32))
+    # windows of 2 * step frames every step frames: starts 0, 4, 8 (the last one shorter)
+    assert [w[1] for w in fake.windows] == [8, 8, 6]
+    assert tracks.shape == (1, 14, 2) and vis[0].all()
+    np.testing.assert_allclose(tracks[0, :, 0], 5.5 + np.arange(14))
+
+
 def test_cotracker_needs_repo_and_checkpoint():
     from labelers.cotracker import CoTrackerTracker
 
