@@ -170,7 +170,7 @@ def stage_throughput(summary: dict) -> list[dict]:
     for stage, sec in summary.get("stage_seconds", {}).items():
         if stage in ("plan", "finalize", "fingerprint_pass"):
             continue
-        out.append({"stage": stage, "seconds": sec, "frames_per_s": frames / sec if sec > 0 else None})
+        out.append({"stage": stage, "seconds": sec, "frames_per_s": frames / sec if sec >= 0.01 else None})
     return out
 
 
@@ -182,8 +182,11 @@ def bench_cluster(source, workdir: Path, shard_episodes: int = 3) -> dict:
     result: dict = {"source": str(source), "shard_episodes": shard_episodes, "runs": []}
     local = run_local(source, workdir / "local", shard_episodes)
     result["runs"].append(_row("local (1 process)", local))
+    result["stage_throughput_local"] = stage_throughput(local)
     t0 = time.perf_counter()
-    with LocalCluster(workers=2) as cluster:
+    cluster = LocalCluster(workers=2)
+    try:
+        cluster.start()
         result["cluster_start_s"] = time.perf_counter() - t0
         result["nodes"] = {k: n.node_id for k, n in cluster.nodes.items()}
         clean = run_cluster_job(cluster, source, workdir / "ray", shard_episodes, label_resource=GPU_STANDIN)
@@ -197,8 +200,12 @@ def bench_cluster(source, workdir: Path, shard_episodes: int = 3) -> dict:
         result["attempts_killed_run"] = killed["engine"].get("attempts")
         result["label_actor_nodes"] = killed["engine"].get("label_actor_nodes")
         result["stage_throughput_clean"] = stage_throughput(clean)
-    t1 = time.perf_counter()
-    result["cluster_stop_s"] = time.perf_counter() - t1
+        result["stage_throughput_killed"] = stage_throughput(killed)
+    finally:
+        t1 = time.perf_counter()
+        cluster.stop()
+        result["cluster_stop_s"] = time.perf_counter() - t1
+        result["processes_left"] = cluster.alive_processes()
     return result
 
 
@@ -209,6 +216,14 @@ def _row(name: str, s: dict) -> dict:
             "episodes_per_s": s["episodes_per_s"], "frames_per_s": s["frames_per_s"],
             "task_attempts": att.get("task_attempts"), "retried_tasks": att.get("retried_tasks"),
             "complete": s["complete"]}
+
+
+def _stage_rows(result: dict) -> list[dict]:
+    rows: dict = {}
+    for run in ("local", "clean", "killed"):
+        for r in result.get(f"stage_throughput_{run}", []):
+            rows.setdefault(r["stage"], {"stage": r["stage"]})[f"{run}_frames_per_s"] = r["frames_per_s"]
+    return list(rows.values())
 
 
 def add_bench(bench_sub) -> None:
@@ -246,6 +261,7 @@ def cmd_bench_cluster(args) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     path = write_bench_json("cluster", result, args.out_json)
     ck, cc = result["compare_killed"], result["compare_clean"]
+    att = result.get("attempts_killed_run") or {}
     text = "\n".join([
         format_table(result["runs"], floatfmt=".2f"),
         "",
@@ -255,8 +271,12 @@ def cmd_bench_cluster(args) -> int:
         f"killed run manifest {ck['manifest_rows_equal']} arrays {ck['arrays_equal']} "
         f"ids unique {ck['episode_ids_unique']}",
         "",
-        "per-stage throughput (clean cluster run, frames / summed stage seconds):",
-        format_table(result["stage_throughput_clean"], floatfmt=".1f"),
+        f"killed run: {att.get('task_attempts')} task attempts for {att.get('tasks')} tasks; retried: "
+        + "; ".join(f"{r['unit'].split(' (')[0]} x{r['attempts']}" for r in att.get("retried", [])),
+        f"cluster stop {result['cluster_stop_s']:.1f}s, processes left {result['processes_left']}",
+        "",
+        "per-stage throughput (frames / summed stage seconds of all workers):",
+        format_table(_stage_rows(result), floatfmt=".1f"),
         f"-> {path}",
     ])
     emit(result, args.json, text)
