@@ -272,3 +272,27 @@ def depth_to_point_cloud(depth_m: np.ndarray, intrinsics: CameraIntrinsics, rgb:
     pts = unproject(xy, d, intrinsics)
     cols = None if rgb is None else np.asarray(rgb)[::stride, ::stride]
     return point_cloud(pts, cols)
+
+
+def trajectories_line_set(points_cam_m: np.ndarray, valid: np.ndarray):
+    """An open3d LineSet of 3D tracks (K x T x 3, valid K x T): one segment per pair of
+    consecutive valid steps, coloured from blue (anchor) to red (end of horizon). Show it
+    with the anchor's `depth_to_point_cloud` in open3d.visualization.draw_geometries."""
+    import open3d as o3d
+
+    p = np.asarray(points_cam_m, np.float64)
+    v = np.asarray(valid, bool) & np.isfinite(p).all(-1)
+    K, T = v.shape
+    seg = v[:, :-1] & v[:, 1:]  # K T-1
+    k, j = np.nonzero(seg)
+    pts = p.reshape(-1, 3)
+    start = k * T + j
+    used = np.unique(np.concatenate([start, start + 1]))
+    remap = np.full(K * T, -1, np.int64)
+    remap[used] = np.arange(used.size)
+    lines = np.stack([remap[start], remap[start + 1]], 1)
+    frac = (j / max(T - 2, 1))[:, None]
+    colors = (1 - frac) * np.array([0.0, 0.2, 1.0]) + frac * np.array([1.0, 0.1, 0.0])
+    ls = o3d.geometry.LineSet(o3d.utility.Vector3dVector(pts[used]), o3d.utility.Vector2iVector(lines.astype(np.int32)))
+    ls.colors = o3d.utility.Vector3dVector(colors)
+    return ls

@@ -522,3 +522,20 @@ def test_depth_jump_masks_the_rest_of_a_slipped_track():
     out = depth_jump_mask(d, v, 0.2)
     assert out[0].tolist() == [True, True, True, False, False, False]
     assert out[1].tolist() == v[1].tolist()
+
+
+def test_open3d_visualisation_helpers():
+    from labelers.sceneflow import depth_to_point_cloud, trajectories_line_set
+
+    pts = np.zeros((2, 4, 3))
+    pts[:, :, 2] = 1.0
+    pts[0, :, 0] = [0.0, 0.1, 0.2, 0.3]
+    valid = np.array([[True, True, False, True], [True, True, True, True]])
+    ls = trajectories_line_set(pts, valid)
+    assert len(ls.lines) == 1 + 3  # point 0: one segment (steps 0-1); point 1: three
+    np.testing.assert_allclose(np.asarray(ls.points)[np.asarray(ls.lines)[0]], pts[0, :2])
+    K = CameraIntrinsics(50.0, 50.0, 16.0, 16.0, 32, 32)
+    d = np.full((32, 32), 2.0, np.float32)
+    d[0, 0] = np.nan
+    pcd = depth_to_point_cloud(d, K, rgb=np.zeros((32, 32, 3), np.uint8))
+    assert len(pcd.points) == 32 * 32 - 1 and np.allclose(np.asarray(pcd.points)[:, 2], 2.0)
