@@ -235,13 +235,16 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
             dropped: dict = {}
             if cfg.curation.dedup is not None and pending:
                 dropped, t_dedup = _dedup_pass(engine, cfg, units, job_dir, progress)
+            t_units0 = time.perf_counter()
             if pending:
                 stage = ProcessUnit(cfg, str(out_dir), dropped, labeler=engine.labeler(cfg))
+                t_units0 = time.perf_counter()
                 with _Progress(out_dir, pending, progress):
                     for task, res in engine.map_unordered(stage, pending):
                         if isinstance(res, Failure):
                             failures[task.group] = res.error
                             log.error("%s failed, shard not committed: %s", task.describe(), res.error.strip().splitlines()[-1])
+            t_units = time.perf_counter() - t_units0
             engine_stats = engine.stats()
         t_run = time.perf_counter() - t_run0
         t = time.perf_counter()
@@ -261,6 +264,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         runner=cfg.engine.runner, workers=cfg.engine.workers, wall_s=wall, processing_s=t_run,
         episodes_processed_this_run=eps_done, frames_written_this_run=frames_done,
         episodes_per_s=eps_done / t_run if t_run > 0 else 0.0, frames_per_s=frames_done / t_run if t_run > 0 else 0.0,
+        units_s=t_units, units_frames_per_s=frames_done / t_units if t_units > 0 else 0.0,
         stage_seconds={k: round(v, 4) for k, v in stage_s.items()},
         units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
         attempts=_attempt_count(run_records, pending),
