@@ -68,6 +68,10 @@ def format_summary(s: dict) -> str:
         f"quarantined {c['quarantined']}  unaccounted {c['unaccounted']}",
         f"units {c['units']} (resumed {c['units_resumed']}, failed {c['units_failed']})",
     ]
+    att = (s.get("engine") or {}).get("attempts") or {}
+    if att.get("task_attempts"):
+        lines.append(f"task attempts {att['task_attempts']} for {att['tasks']} tasks; retried after a lost worker/node: "
+                     + (", ".join(f"{r['unit'].split(' (')[0]} x{r['attempts']}" for r in att["retried"]) or "none"))
     if c["filtered_by_reason"]:
         lines.append("filtered by reason: " + ", ".join(f"{k} {v}" for k, v in c["filtered_by_reason"].items()))
     if c["quarantined_by_reason"]:
