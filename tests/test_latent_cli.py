@@ -1,0 +1,55 @@
+"""`curate latent train / label` through the project's RLDS reader on the shared Bridge episodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from curation.cli import main
+
+
+def _run(capsys, argv):
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_train_resume_label_on_bridge(bridge_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["latent", "train", "--source", str(bridge_dir), "--episodes", "0:4", "--out", str(run),
+            "--batch", "4", "--gap", "1", "--checkpoint-every", "1", "--json"]
+    rc, out, err = _run(capsys, base + ["--steps", "2"])
+    assert rc == 0, err
+    first = json.loads(out)
+    assert (first["steps"], first["resumed_from"], first["episodes"], first["pairs"]) == (2, 0, 4, 36)  # 4 x (10 - 1)
+    rc, out, err = _run(capsys, base + ["--steps", "3"])
+    assert rc == 0, err
+    second = json.loads(out)
+    assert (second["resumed_from"], second["steps"], second["steps_run"]) == (2, 3, 1)
+    assert (run / "model.safetensors").is_file()
+
+    rc, out, err = _run(capsys, ["latent", "label", "--checkpoint", str(run), "--source", str(bridge_dir),
+                                 "--episodes", "0:2", "--json"])
+    assert rc == 0, err
+    lab = json.loads(out)
+    assert lab["gap"] == 1 and lab["pad_token"] == -1 and len(lab["episodes"]) == 2
+    for ep in lab["episodes"]:
+        assert ep["steps"] == 10 and ep["anchors"] == list(range(10))
+        assert ep["valid"] == [True] * 9 + [False]  # the last step has no frame t + 1
+        assert ep["tokens"][-1] == [-1, -1, -1, -1]
+        assert all(0 <= v < 8 for tok in ep["tokens"][:-1] for v in tok)
+    assert 1 <= lab["summary"]["codes_used"] <= 8
+
+    # a rerun with another gap is refused with a message naming the checkpoint and the setting
+    rc, out, err = _run(capsys, base[:-1] + ["--steps", "4", "--gap", "2"])
+    assert rc == 2 and "gap" in err and "step-00000003" in err
+
+
+def test_bad_inputs_are_clear_errors(bridge_dir, tmp_path, capsys):
+    rc, _, err = _run(capsys, ["latent", "train", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert rc == 2 and "nope" in err
+    rc, _, err = _run(capsys, ["latent", "train", "--source", str(bridge_dir), "--episodes", "5", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "--episodes" in err
+    rc, _, err = _run(capsys, ["latent", "label", "--checkpoint", str(tmp_path / "missing"), "--source", str(bridge_dir)])
+    assert rc == 2 and "missing" in err
