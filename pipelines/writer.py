@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import struct
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ import numpy as np
 
 from schemas.dataset import CONTRACT_VERSION, SHARD_ARRAYS, SHARDS_DIR, ArraySpec
 
+# Shard files are keyed "0.0.0.0" inside the array directory (zarr v3 "v2" chunk key
+# encoding): one directory per array instead of one per dimension, which is most of
+# the cost of writing small arrays on a real filesystem.
+CHUNK_KEY_ENCODING = {"name": "v2", "separator": "."}
 COMMIT_RECORD = "zarr.json"  # the commit record is its "commit" attribute
 SHARD_PREFIX = "shard-"
 TMP_PREFIX = ".tmp-"
@@ -103,28 +108,75 @@ def _chunk_len(n: int, frames_per_chunk: int) -> int:
     return max(1, min(n, frames_per_chunk))
 
 
+def _layout(data: np.ndarray, frames_per_chunk: int) -> tuple[tuple, tuple]:
+    n = data.shape[0]
+    c0 = _chunk_len(n, frames_per_chunk)
+    return (c0,) + data.shape[1:], (-(-max(n, 1) // c0) * c0,) + data.shape[1:]  # one shard file per array
+
+
 def _write_array(group, name: str, data: np.ndarray, frames_per_chunk: int, compression: str) -> None:
+    """Through zarr (compressed arrays; the reference the fast path is tested against)."""
     import zarr
     from zarr.codecs import ZstdCodec
 
     spec = spec_by_name(name)
-    n = data.shape[0]
-    c0 = _chunk_len(n, frames_per_chunk)
-    chunks = (c0,) + data.shape[1:]
-    shards = (-(-max(n, 1) // c0) * c0,) + data.shape[1:]  # one shard file per array
+    chunks, shards = _layout(data, frames_per_chunk)
     compressors = ZstdCodec(level=1) if compression == "zstd" else None
     arr = group.create_array(
         name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-        compressors=compressors, fill_value=_fill(data.dtype),
+        compressors=compressors, fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
         attributes={"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok},
     )
-    if n == 0:
+    if data.shape[0] == 0:
         return
     if compressors is None and data.dtype.byteorder in ("=", "<", "|"):
-        _write_raw_shard(Path(arr.store_path.store.root) / arr.store_path.path, data, c0, shards[0])
+        _write_raw_shard(Path(arr.store_path.store.root) / arr.store_path.path, data, chunks[0], shards[0])
     else:
         with zarr.config.set({"array.write_empty_chunks": True}):
             arr[...] = data
+
+
+_META_TEMPLATES: dict[tuple, str] = {}
+_GROUP_JSON = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+
+
+def _array_metadata(name: str, data: np.ndarray, frames_per_chunk: int) -> dict:
+    """zarr.json of an uncompressed sharded array: made by zarr itself once per
+    (name, dtype, trailing shape) and patched for the length, so zarr's event loop
+    is entered once per process instead of once per array."""
+    import zarr
+
+    chunks, shards = _layout(data, frames_per_chunk)
+    key = (name, data.dtype.str, data.shape[1:])
+    if key not in _META_TEMPLATES:
+        spec = spec_by_name(name)
+        with tempfile.TemporaryDirectory() as d:
+            g = zarr.open_group(d, mode="w", zarr_format=3)
+            g.create_array("a", shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards, compressors=None,
+                           fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
+                           attributes={"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok})
+            _META_TEMPLATES[key] = (Path(d) / "a" / "zarr.json").read_text()
+    meta = json.loads(_META_TEMPLATES[key])
+    meta["shape"] = list(data.shape)
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = list(shards)
+    meta["codecs"][0]["configuration"]["chunk_shape"] = list(chunks)
+    return meta
+
+
+def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk: int) -> None:
+    """An uncompressed array without zarr's machinery: its zarr.json and one raw shard file."""
+    parts = name.split("/")
+    for i in range(1, len(parts)):  # implicit parent groups (frames/, depth_m/)
+        gj = root.joinpath(*parts[:i]) / "zarr.json"
+        if not gj.exists():
+            gj.parent.mkdir(parents=True, exist_ok=True)
+            gj.write_text(json.dumps(_GROUP_JSON, indent=2))
+    adir = root / name
+    os.makedirs(adir, exist_ok=True)
+    (adir / "zarr.json").write_text(json.dumps(_array_metadata(name, data, frames_per_chunk)))
+    if data.shape[0]:
+        chunks, shards = _layout(data, frames_per_chunk)
+        _write_raw_shard(adir, data, chunks[0], shards[0])
 
 
 def _fill(dtype: np.dtype):
@@ -150,8 +202,7 @@ def _write_raw_shard(array_dir: Path, data: np.ndarray, c0: int, shard_len: int)
     index[:, 1] = chunk_nbytes
     index_bytes = index.tobytes()
     crc = struct.pack("<I", google_crc32c.value(index_bytes))
-    key = array_dir / "c" / "/".join("0" for _ in data.shape)
-    key.parent.mkdir(parents=True, exist_ok=True)
+    key = array_dir / ".".join("0" for _ in data.shape)  # the one shard, "v2" key encoding
     with open(key, "wb") as f:
         f.write(memoryview(data).cast("B"))
         if pad:
@@ -174,11 +225,9 @@ def split_by_signature(payloads: list[EpisodePayload]) -> list[list[EpisodePaylo
 
 def write_shard_group(
     tmp_dir: Path, name: str, payloads: list[EpisodePayload], frames_per_chunk: int, compression: str
-):
-    """Write one shard group (episodes sharing a signature) into tmp_dir; return the
-    finished manifest rows (shard, offsets and checksum filled in)."""
-    import zarr
-
+) -> tuple[dict, list[dict]]:
+    """Write one shard group (episodes sharing a signature) into tmp_dir; return its
+    root attributes and the finished manifest rows (shard, offsets, checksum)."""
     rows = []
     frame_start = anchor_start = 0
     for p in payloads:
@@ -190,20 +239,33 @@ def write_shard_group(
         rows.append(row)
         frame_start += p.num_frames
         anchor_start += p.num_anchors
-    group = zarr.open_group(str(tmp_dir), mode="w", zarr_format=3)
-    group.attrs.update({"contract_version": CONTRACT_VERSION, "shard": name,
-                        "episodes": [r["episode_id"] for r in rows]})
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True)
+    attrs = {"contract_version": CONTRACT_VERSION, "shard": name, "episodes": [r["episode_id"] for r in rows]}
+    write_group_json(tmp_dir, attrs)
+    group = None
     for arr_name in sorted(payloads[0].arrays if payloads else ()):
         data = np.concatenate([p.arrays[arr_name] for p in payloads], axis=0) if len(payloads) > 1 \
             else payloads[0].arrays[arr_name]
-        _write_array(group, arr_name, data, frames_per_chunk, compression)
-    return group, rows
+        if compression == "none" and data.dtype.byteorder in ("=", "<", "|"):
+            _write_array_fast(tmp_dir, arr_name, data, frames_per_chunk)
+        else:
+            if group is None:
+                import zarr
+
+                group = zarr.open_group(str(tmp_dir), mode="a", zarr_format=3)
+            _write_array(group, arr_name, data, frames_per_chunk, compression)
+    return attrs, rows
 
 
-def _set_commit(group, record: dict) -> None:
+def write_group_json(group_dir: Path, attrs: dict) -> None:
+    """The group's zarr.json (atomically replaced); NaN in attributes becomes null."""
     from curation.report import to_json
 
-    group.attrs["commit"] = json.loads(to_json(record))  # NaN -> null: strict JSON
+    doc = {"attributes": json.loads(to_json(attrs)), "zarr_format": 3, "node_type": "group"}
+    tmp = group_dir / f"{TMP_PREFIX}zarr.json"
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, group_dir / "zarr.json")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -242,14 +304,14 @@ def commit_unit(
             name = shard_name(group_index, sub)
             tmp = shards_dir / f"{TMP_PREFIX}{name}-{attempt}"
             tmp_dirs.append((tmp, shards_dir / name))
-            zgroup, rows = write_shard_group(tmp, name, members, frames_per_chunk, compression)
+            attrs, rows = write_shard_group(tmp, name, members, frames_per_chunk, compression)
             all_rows.extend(rows)
             if sub:
                 sub_names.append(name)
-                _set_commit(zgroup, {"shard": name, "primary": shard_name(group_index), "episodes": rows,
-                                     "attempt": attempt})
+                write_group_json(tmp, {**attrs, "commit": {"shard": name, "primary": shard_name(group_index),
+                                                           "episodes": rows, "attempt": attempt}})
             else:
-                primary_group = zgroup
+                primary_attrs = attrs
         write_seconds = time.perf_counter() - t0
         record = dict(record)
         record.setdefault("timings", {})
@@ -259,7 +321,7 @@ def commit_unit(
             episodes=all_rows, sub_shards=sub_names, frames=int(sum(r["frame_count"] for r in all_rows)),
             attempt=attempt, host=socket.gethostname(), pid=os.getpid(), committed_at=time.time(),
         )
-        _set_commit(primary_group, record)
+        write_group_json(tmp_dirs[0][0], {**primary_attrs, "commit": record})
         record = read_commit(tmp_dirs[0][0])  # exactly what a reader of the committed shard sees
         # Sub-shards first, the primary last: the primary's rename is the unit's commit.
         for tmp, final in tmp_dirs[1:] + tmp_dirs[:1]:
