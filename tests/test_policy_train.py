@@ -249,3 +249,17 @@ def test_wilson_interval():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson_interval(50, 50) == pytest.approx((0.9287, 1.0), abs=1e-4)
+
+
+def test_curves_png(tmp_path):
+    from policy.train import plot_curves, read_metrics
+
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s, "loss": scale / s}) + "\n" for s in range(1, 20)))
+    assert read_metrics(tmp_path / "a")[2] == {"step": 3, "loss": pytest.approx(1 / 3)}
+    png = plot_curves({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "c.png")
+    from PIL import Image
+
+    assert Image.open(png).size == (840, 480)
