@@ -59,8 +59,11 @@ class DISFlow:
     """OpenCV DIS optical flow. `preset`: "ultrafast", "fast" or "medium".
 
     The default ("medium") was chosen by `curate bench labels` on 128 px
-    Meta-World: it is the most accurate of the three and still several
-    hundred frames per second per core at that size. Optional overrides of the
+    Meta-World (3 tasks, 6 episodes, gap 1): EPE 0.058 px on all
+    non-occluded pixels and 0.455 px on moving ones, against 0.086 / 0.546
+    ("fast") and 0.106 / 0.500 ("ultrafast"); it costs about 1.4 ms per
+    frame pair at 128 px and 5.8 ms at 256 px on one core (`curate bench
+    labelers`), small beside tracking. Optional overrides of the
     preset's parameters: patch_size, patch_stride, finest_scale,
     gradient_descent_iterations, variational_refinement_iterations.
     """

@@ -204,6 +204,13 @@ def test_scale_shift_fit_recovers_known_values():
     assert fit is not None
     np.testing.assert_allclose(fit, (a, b), rtol=1e-9)
     np.testing.assert_allclose(disparity_to_depth(pred, *fit), depth, rtol=1e-5)
+    # 10% gross outliers (flying pixels) in the anchors: the robust refit still recovers (a, b).
+    noisy = depth.copy()
+    bad = rng.random(depth.shape) < 0.1
+    noisy[bad] = rng.uniform(0.05, 20.0, bad.sum())
+    np.testing.assert_allclose(fit_scale_shift_disparity(pred, noisy), (a, b), rtol=1e-6)
+    plain = fit_scale_shift_disparity(pred, noisy, robust_iters=0)
+    assert abs(plain[0] - a) > 1e-3  # without the refit the outliers pull the fit away
     assert fit_scale_shift_disparity(np.ones((8, 8)), np.ones((8, 8))) is None  # degenerate
     assert fit_scale_shift_disparity(pred, np.full_like(pred, np.nan)) is None  # no anchors
 
