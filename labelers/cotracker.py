@@ -41,17 +41,23 @@ class CoTrackerTracker:
         variant: str = "offline",
         source: str = "local",
         device: str = "cpu",
+        online_checkpoint: Optional[str] = None,
         online_above_frames: int = 0,
         predictor=None,
     ):
-        """variant: "offline" or "online"; online_above_frames > 0 switches to the online
-        model for clips longer than that (long episodes run out of memory offline)."""
+        """variant: "offline" or "online" (`checkpoint` is that variant's weights, e.g.
+        scaled_offline.pth / scaled_online.pth). With `online_checkpoint` and
+        online_above_frames > 0, clips longer than that run through the online model
+        (the offline model holds the whole clip in memory and runs out on long episodes)."""
         if variant not in ("offline", "online"):
             raise ValueError(f"CoTracker variant must be 'offline' or 'online', got {variant!r}")
+        if online_above_frames > 0 and variant == "offline" and online_checkpoint is None and predictor is None:
+            raise ValueError("online_above_frames needs online_checkpoint (the online model's weights)")
         self.variant = variant
         self.device = device
         self.online_above_frames = int(online_above_frames)
         self._repo, self._checkpoint, self._source = repo, checkpoint, source
+        self._online_checkpoint = online_checkpoint if variant == "offline" else checkpoint
         self._predictors: dict[str, object] = {}
         if predictor is not None:
             self._predictors[variant] = predictor
@@ -68,8 +74,11 @@ class CoTrackerTracker:
         if self._repo is None or self._checkpoint is None:
             raise ValueError(f"CoTracker {variant} model requested but no repo/checkpoint configured")
         entry = "cotracker3_offline" if variant == "offline" else "cotracker3_online"
+        ckpt = self._checkpoint if variant == self.variant else self._online_checkpoint
+        if ckpt is None:
+            raise ValueError(f"CoTracker {variant} model requested but no checkpoint for it is configured")
         pred = torch.hub.load(self._repo, entry, source=self._source, pretrained=False)
-        state = torch.load(self._checkpoint, map_location="cpu")
+        state = torch.load(ckpt, map_location="cpu")
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
         pred.model.load_state_dict(state)

@@ -499,6 +499,8 @@ def test_cotracker_needs_repo_and_checkpoint():
         get_tracker("cotracker", repo="/nowhere")
     with pytest.raises(ValueError, match="variant"):
         CoTrackerTracker(predictor=FakeCoTracker(), variant="fast")
+    with pytest.raises(ValueError, match="online_checkpoint"):
+        CoTrackerTracker(repo="/nowhere", checkpoint="/x.pth", online_above_frames=100)
 
 
 @pytest.mark.cotracker
