@@ -80,22 +80,35 @@ class DISFlow:
         gradient_descent_iterations: int | None = None,
         variational_refinement_iterations: int | None = None,
     ):
-        import cv2
-
         if preset not in self._PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(self._PRESETS)}")
         self.preset = preset
-        self._dis = cv2.DISOpticalFlow.create(self._PRESETS[preset])
-        if patch_size is not None:
-            self._dis.setPatchSize(int(patch_size))
-        if patch_stride is not None:
-            self._dis.setPatchStride(int(patch_stride))
-        if finest_scale is not None:
-            self._dis.setFinestScale(int(finest_scale))
-        if gradient_descent_iterations is not None:
-            self._dis.setGradientDescentIterations(int(gradient_descent_iterations))
-        if variational_refinement_iterations is not None:
-            self._dis.setVariationalRefinementIterations(int(variational_refinement_iterations))
+        self.overrides = {
+            "PatchSize": patch_size,
+            "PatchStride": patch_stride,
+            "FinestScale": finest_scale,
+            "GradientDescentIterations": gradient_descent_iterations,
+            "VariationalRefinementIterations": variational_refinement_iterations,
+        }
+        self._build()
+
+    def _build(self) -> None:
+        import cv2
+
+        self._dis = cv2.DISOpticalFlow.create(self._PRESETS[self.preset])
+        for name, value in self.overrides.items():
+            if value is not None:
+                getattr(self._dis, f"set{name}")(int(value))
+
+    # OpenCV objects do not pickle; runners (Beam, Ray) ship labelers between processes.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_dis", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._build()
 
     def flow_gray(self, gray0: np.ndarray, gray1: np.ndarray) -> np.ndarray:
         """The same flow from H x W uint8 grey frames (skips the colour conversion)."""

@@ -548,3 +548,17 @@ def test_open3d_visualisation_helpers():
     d[0, 0] = np.nan
     pcd = depth_to_point_cloud(d, K, rgb=np.zeros((32, 32, 3), np.uint8))
     assert len(pcd.points) == 32 * 32 - 1 and np.allclose(np.asarray(pcd.points)[:, 2], 2.0)
+
+
+def test_labeler_pickles_for_runners():
+    """Beam and Ray ship the label stage between processes: it must pickle (OpenCV's DIS object
+    does not, the backend rebuilds it) and label identically afterwards."""
+    import pickle
+
+    from labelers.episode_labeler import EpisodeLabeler, LabelConfig
+
+    labeler = EpisodeLabeler(LabelConfig(flow_params={"preset": "fast", "patch_size": 6}))
+    clone = pickle.loads(pickle.dumps(labeler))
+    assert clone.flow.preset == "fast" and clone.flow._dis.getPatchSize() == 6
+    clip = translated_clip([(0.0, 0.0), (1.0, 0.5)])
+    np.testing.assert_array_equal(clone.flow(clip[0], clip[1]), labeler.flow(clip[0], clip[1]))
