@@ -230,7 +230,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
     bar = tqdm(total=tc.steps, initial=start, desc=f"train {tc.phase}", unit="step", disable=not progress, dynamic_ncols=True)
     t0, last_t, last_step, loss_val = time.perf_counter(), time.perf_counter(), start, float("nan")
-    sps = float("nan")
+    sps, interval_losses = float("nan"), []
     with open(metrics_path, "a") as mf:
         for step in range(start, end):
             batch = next(batches)
@@ -243,17 +243,21 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
             loss_val = float(loss.detach())
+            interval_losses.append(loss_val)
             bar.update(1)
             done = step + 1
             if done % tc.log_every == 0 or done == end:
                 now = time.perf_counter()
                 sps = (done - last_step) / max(now - last_t, 1e-9)
                 last_t, last_step = now, done
-                rec = {"step": done, "phase": tc.phase, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm),
+                # loss: mean over the steps since the last record (single-batch losses are noisy)
+                rec = {"step": done, "phase": tc.phase, "loss": sum(interval_losses) / len(interval_losses),
+                       "loss_last": loss_val, "lr": lr, "grad_norm": float(grad_norm),
                        "steps_per_s": sps, "samples_per_s": sps * tc.batch_size, "wall_s": now - t0, **logs}
+                interval_losses = []
                 mf.write(json.dumps(rec) + "\n")
                 mf.flush()
-                bar.set_postfix(loss=f"{loss_val:.4f}", sps=f"{sps:.2f}")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{sps:.2f}")
             if done % tc.checkpoint_every == 0 and done != end:
                 save_checkpoint(out, policy, tc, done, stream.version, optimizer, generator)
     bar.close()
