@@ -63,7 +63,7 @@ def add_bench(bench_sub) -> None:
 
     lb = bench_sub.add_parser("loader", help="triplets/s of the training loader with 0/1/2 workers vs memory")
     lb.add_argument("--ref", default=None, help="curated dataset (default: an in-memory synthetic dataset)")
-    lb.add_argument("--triplets", type=int, default=256)
+    lb.add_argument("--triplets", type=int, default=512)
     lb.add_argument("--batch-size", type=int, default=16)
     lb.add_argument("--config", default=None, help="YAML/JSON with a policy: section (K, T, image size of the samples)")
     add_report_args(lb, bench="loader")
