@@ -83,6 +83,7 @@ def _common_args(p, default_episodes: int = 1) -> None:
 def _load_episodes(args, size: int | None = None) -> list:
     """Episodes with ground truth: read --source, or simulate into a temp dir and read back."""
     from curation.rlds import read_episodes
+    from schemas.episode import EpisodeError
 
     source = args.source
     tmp = None
@@ -94,9 +95,13 @@ def _load_episodes(args, size: int | None = None) -> list:
         print(f"simulating {len(args.tasks)} task(s) x {args.episodes} episode(s), {size} px, {args.steps} steps ...", file=sys.stderr)
         source = simulate_dataset(Path(tmp.name), tasks=list(args.tasks), episodes_per_task=args.episodes, size=size,
                                   max_steps=args.steps, seed=args.seed, progress=True)
-    episodes = list(read_episodes(str(source)))
-    if tmp is not None:
-        tmp.cleanup()
+    try:
+        episodes = list(read_episodes(str(source)))
+    except EpisodeError as e:
+        raise SystemExit(f"cannot read {source}: {e}") from None
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
     if not episodes:
         raise SystemExit(f"no episodes in {source}")
     missing = [e.provenance.describe() for e in episodes if e.ground_truth is None]
@@ -190,6 +195,7 @@ def run_labels(args) -> int:
     from labelers.flow import decode_motion_image, encode_motion_image, to_gray
     from labelers.sceneflow import intrinsics_or_estimate, lift_tracks
     from labelers.tracks import grid_queries, track_anchors
+    from schemas.episode import EpisodeError
     from schemas.triplet import anchor_steps
 
     from labelers.episode_labeler import LabelConfig
@@ -203,87 +209,96 @@ def run_labels(args) -> int:
         depth_backends["depth-anything"] = get_depth_backend("depth-anything", model=args.depth_model)
     pool = _Pool()
     tasks: list[str] = []
+    skipped: list[str] = []
     rng = np.random.default_rng(args.seed)
     t_start = time.time()
     for ep in tqdm(episodes, desc="bench labels", unit="episode", file=sys.stderr):
-        task = _task_of(ep)
-        if task not in tasks:
-            tasks.append(task)
-        cam = ep.primary_camera
-        frames = ep.frames[cam]
-        n, H, W = frames.shape[:3]
-        intr = intrinsics_or_estimate(ep.intrinsics.get(cam), H, W)
-        anchors = anchor_steps(n, args.stride)
-        anchors = anchors[anchors + args.gap < n]  # every evaluated anchor has a flow target
-        grays = [to_gray(f) for f in frames]
-        # -- optical flow
-        for a in anchors:
-            true_flow, valid = gt.true_optical_flow(ep, int(a), args.gap)
-            with np.errstate(invalid="ignore"):
-                moving = np.linalg.norm(true_flow, axis=-1) >= MOVING_FLOW_PX
-            for name, be in flows.items():
-                pred = be.flow_gray(grays[a], grays[a + args.gap])
-                err_map = np.linalg.norm(pred - true_flow, axis=-1)
-                pool.add(("flow", name, task), err=err_map[valid])
-                pool.add(("flow", name + " [moving]", task), err=err_map[valid & moving])
-                if name == "dis (medium)":
-                    dec = decode_motion_image(encode_motion_image(pred))
-                    pool.add(("flow", name + " via motion image", task), err=np.linalg.norm(dec - true_flow, axis=-1)[valid])
-        # -- tracks and 3D
-        queries = grid_queries(H, W, args.grid)
-        truth = [gt.true_tracks(ep, int(a), queries, args.horizon) for a in anchors]
-        gt_tracks = np.stack([t[0] for t in truth])  # N K T 2
-        gt_vis = np.stack([t[1] for t in truth])  # N K T
-        gt_range = np.stack([t[2] for t in truth])  # N T
-        sf_truth = [gt.true_scene_flow(ep, int(a), queries, args.horizon) for a in anchors]
-        gt_pts = np.stack([s[0] for s in sf_truth])  # N K T 3
-        gt_pts_valid = np.stack([s[1] for s in sf_truth])  # N K T
-        # Evaluated: in-range steps after the query frame, of queries whose true motion is known
-        # (a query on the background has no body to follow, like an unannotated TAP-Vid point).
-        eval_mask = np.broadcast_to(gt_range[:, None, :], gt_vis.shape).copy()
-        eval_mask &= np.isfinite(gt_tracks[:, :, :1, 0])
-        eval_mask[..., 0] = False
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: queries on the background
-            moving_2d = np.nanmax(np.linalg.norm(gt_tracks - gt_tracks[:, :, :1], axis=-1), axis=-1) >= MOVING_TRACK_PX  # N K
-            disp_3d = np.linalg.norm(gt_pts - gt_pts[:, :, :1], axis=-1)
-            moving_3d = np.nanmax(np.where(gt_pts_valid, disp_3d, np.nan), axis=-1) >= MOVING_3D_M  # N K
-        steps = anchors[:, None] + np.arange(args.horizon)[None, :]
-        frame_index = np.where(steps < n, steps, -1)[:, None, :]
-        depth = ep.depth_m.get(cam)
-        for name, tr in trackers.items():
-            tracks, vis = track_anchors(tr, frames, anchors, queries, args.horizon)
-            to256 = np.array([256.0 / W, 256.0 / H], np.float32)  # TAP-Vid scale, so that sizes can be pooled
-            pool.add(("tracks", name, task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis, mask=eval_mask)
-            pool.add(("tracks", name + " [moving]", task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis,
-                     mask=eval_mask & moving_2d[..., None])
+        try:
+            task = _task_of(ep)
+            if task not in tasks:
+                tasks.append(task)
+            cam = ep.primary_camera
+            frames = ep.frames[cam]
+            n, H, W = frames.shape[:3]
+            intr = intrinsics_or_estimate(ep.intrinsics.get(cam), H, W)
+            anchors = anchor_steps(n, args.stride)
+            anchors = anchors[anchors + args.gap < n]  # every evaluated anchor has a flow target
+            grays = [to_gray(f) for f in frames]
+            # -- optical flow
+            for a in anchors:
+                true_flow, valid = gt.true_optical_flow(ep, int(a), args.gap)
+                with np.errstate(invalid="ignore"):
+                    moving = np.linalg.norm(true_flow, axis=-1) >= MOVING_FLOW_PX
+                for name, be in flows.items():
+                    pred = be.flow_gray(grays[a], grays[a + args.gap])
+                    err_map = np.linalg.norm(pred - true_flow, axis=-1)
+                    pool.add(("flow", name, task), err=err_map[valid])
+                    pool.add(("flow", name + " [moving]", task), err=err_map[valid & moving])
+                    if name == "dis (medium)":
+                        dec = decode_motion_image(encode_motion_image(pred))
+                        pool.add(("flow", name + " via motion image", task), err=np.linalg.norm(dec - true_flow, axis=-1)[valid])
+            # -- tracks and 3D
+            queries = grid_queries(H, W, args.grid)
+            truth = [gt.true_tracks(ep, int(a), queries, args.horizon) for a in anchors]
+            gt_tracks = np.stack([t[0] for t in truth])  # N K T 2
+            gt_vis = np.stack([t[1] for t in truth])  # N K T
+            gt_range = np.stack([t[2] for t in truth])  # N T
+            sf_truth = [gt.true_scene_flow(ep, int(a), queries, args.horizon) for a in anchors]
+            gt_pts = np.stack([s[0] for s in sf_truth])  # N K T 3
+            gt_pts_valid = np.stack([s[1] for s in sf_truth])  # N K T
+            # Evaluated: in-range steps after the query frame, of queries whose true motion is known
+            # (a query on the background has no body to follow, like an unannotated TAP-Vid point).
+            eval_mask = np.broadcast_to(gt_range[:, None, :], gt_vis.shape).copy()
+            eval_mask &= np.isfinite(gt_tracks[:, :, :1, 0])
+            eval_mask[..., 0] = False
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: queries on the background
+                moving_2d = np.nanmax(np.linalg.norm(gt_tracks - gt_tracks[:, :, :1], axis=-1), axis=-1) >= MOVING_TRACK_PX  # N K
+                disp_3d = np.linalg.norm(gt_pts - gt_pts[:, :, :1], axis=-1)
+                moving_3d = np.nanmax(np.where(gt_pts_valid, disp_3d, np.nan), axis=-1) >= MOVING_3D_M  # N K
+            steps = anchors[:, None] + np.arange(args.horizon)[None, :]
+            frame_index = np.where(steps < n, steps, -1)[:, None, :]
+            depth = ep.depth_m.get(cam)
+            for name, tr in trackers.items():
+                tracks, vis = track_anchors(tr, frames, anchors, queries, args.horizon)
+                to256 = np.array([256.0 / W, 256.0 / H], np.float32)  # TAP-Vid scale, so that sizes can be pooled
+                pool.add(("tracks", name, task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis, mask=eval_mask)
+                pool.add(("tracks", name + " [moving]", task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis,
+                         mask=eval_mask & moving_2d[..., None])
+                if depth is not None:
+                    sf = lift_tracks(tracks, vis, depth, intr, frame_index=frame_index, max_depth_jump_rel=label_defaults.max_depth_jump_rel)
+                    both = sf.valid_3d & gt_pts_valid
+                    err = metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both)
+                    pool.add(("sceneflow", f"{name} + dataset depth", task), err=err,
+                             covered=np.array([both[..., 1:].sum()]), total=np.array([gt_pts_valid[..., 1:].sum()]))
+                    both_m = both & moving_3d[..., None]
+                    pool.add(("sceneflow", f"{name} + dataset depth [moving]", task),
+                             err=metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both_m),
+                             covered=np.array([both_m[..., 1:].sum()]), total=np.array([(gt_pts_valid & moving_3d[..., None])[..., 1:].sum()]))
             if depth is not None:
-                sf = lift_tracks(tracks, vis, depth, intr, frame_index=frame_index, max_depth_jump_rel=label_defaults.max_depth_jump_rel)
+                # Depth sampling alone: true tracks lifted with dataset depth.
+                sf = lift_tracks(gt_tracks, gt_vis, depth, intr, frame_index=frame_index)
                 both = sf.valid_3d & gt_pts_valid
-                err = metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both)
-                pool.add(("sceneflow", f"{name} + dataset depth", task), err=err,
+                pool.add(("sceneflow", "true tracks + dataset depth", task), err=metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both),
                          covered=np.array([both[..., 1:].sum()]), total=np.array([gt_pts_valid[..., 1:].sum()]))
-                both_m = both & moving_3d[..., None]
-                pool.add(("sceneflow", f"{name} + dataset depth [moving]", task),
-                         err=metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both_m),
-                         covered=np.array([both_m[..., 1:].sum()]), total=np.array([(gt_pts_valid & moving_3d[..., None])[..., 1:].sum()]))
-        if depth is not None:
-            # Depth sampling alone: true tracks lifted with dataset depth.
-            sf = lift_tracks(gt_tracks, gt_vis, depth, intr, frame_index=frame_index)
-            both = sf.valid_3d & gt_pts_valid
-            pool.add(("sceneflow", "true tracks + dataset depth", task), err=metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both),
-                     covered=np.array([both[..., 1:].sum()]), total=np.array([gt_pts_valid[..., 1:].sum()]))
-        # -- depth (the simulator's depth is the truth; the dataset backend must reproduce it)
-        if depth is not None:
-            for name, be in depth_backends.items():
-                anchors_depth = depth
-                if name == "depth-anything":
-                    anchors_depth = np.where(rng.random(depth.shape) < args.sparse_share, depth, np.nan).astype(np.float32)
-                res = be(frames, anchors_depth)
-                m = metrics.depth_metrics(res.depth_m, depth) if res.depth_m is not None else {"abs_rel": float("nan"), "delta_1.25": float("nan"), "coverage": 0.0}
-                pool.add(("depth", f"{name} ({res.kind})", task), abs_rel=np.array([m["abs_rel"]]), d125=np.array([m["delta_1.25"]]),
-                         coverage=np.array([m["coverage"]]))
-    result = _summarise_labels(pool, tasks, args, len(episodes), time.time() - t_start)
+            # -- depth (the simulator's depth is the truth; the dataset backend must reproduce it)
+            if depth is not None:
+                for name, be in depth_backends.items():
+                    anchors_depth = depth
+                    if name == "depth-anything":
+                        anchors_depth = np.where(rng.random(depth.shape) < args.sparse_share, depth, np.nan).astype(np.float32)
+                    res = be(frames, anchors_depth)
+                    m = metrics.depth_metrics(res.depth_m, depth) if res.depth_m is not None else {"abs_rel": float("nan"), "delta_1.25": float("nan"), "coverage": 0.0}
+                    pool.add(("depth", f"{name} ({res.kind})", task), abs_rel=np.array([m["abs_rel"]]), d125=np.array([m["delta_1.25"]]),
+                             coverage=np.array([m["coverage"]]))
+        except EpisodeError as e:  # one bad episode is reported, not fatal
+            log.warning("bench labels: skipped %s", e)
+            skipped.append(str(e))
+
+    if len(skipped) == len(episodes):
+        raise SystemExit(f"bench labels: every episode failed; first: {skipped[0]}")
+    result = _summarise_labels(pool, tasks, args, len(episodes) - len(skipped), time.time() - t_start)
+    result["skipped"] = skipped
     path = write_bench_json("labels", result, args.out_json)
     emit(result, args.json, _labels_text(result) + f"\n\nwrote {path}")
     return 0
