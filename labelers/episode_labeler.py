@@ -52,7 +52,7 @@ class LabelConfig:
     fov_deg: float = 55.0  # assumed vertical field of view when the episode has no intrinsics
     edge_rel: float = 0.05  # depth sampling: relative jump treated as an occlusion edge
     max_depth_jump_rel: float = 0.2  # mask a 3D track from a relative depth jump this large on (0 = off)
-    outlier_removal: bool = False  # open3d statistical outlier removal on each anchor's 3D points
+    outlier_removal: bool = False  # open3d statistical outlier removal (16 neighbours, 3 std) on each anchor's 3D points
     camera: str = ""  # "" = the episode's primary camera
     latent_checkpoint: Optional[str] = None  # LAM checkpoint; None = no latent action tokens
     latent_gap: Optional[int] = None  # None = the checkpoint's own gap
@@ -172,7 +172,7 @@ class EpisodeLabeler:
             depth_track = sf.depth_m
             if c.outlier_removal:
                 for n in range(N):
-                    bad = ~statistical_inliers(points[n, :, 0]) & valid[n, :, 0]
+                    bad = ~statistical_inliers(points[n, :, 0], std_ratio=3.0) & valid[n, :, 0]
                     valid[n, bad] = False
                 points[~valid] = np.nan
                 depth_track[~valid] = np.nan

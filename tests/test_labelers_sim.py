@@ -362,3 +362,19 @@ def test_real_bridge_episode_without_depth_or_intrinsics(bridge_dir):
     assert "image_3" in ep.blank_cameras
     with pytest.raises(EpisodeError, match=r"bridge_dataset.*episode=0.*'image_3' is blank"):
         EpisodeLabeler(LabelConfig(camera="image_3"))(ep)
+
+
+def test_outlier_removal_masks_a_depth_spike(sim_episodes):
+    ep = _sliced(sim_episodes[1], 5)
+    d = ep.depth_m["image"].copy()
+    d[0, 31:36, 31:36] *= 3.0  # a spike under query (33.6, 33.6) on the anchor frame
+    ep = _with(ep, depth_m={"image": d})
+    k = 10 * 20 + 10
+    plain = EpisodeLabeler(LabelConfig())(ep)
+    clean = EpisodeLabeler(LabelConfig(outlier_removal=True))(ep)
+    assert plain.valid_3d[0, k, 0] and plain.depth_m[0, k, 0] > 2.0
+    assert not clean.valid_3d[0, k].any() and np.isnan(clean.points_cam_m[0, k]).all()
+    # Only a few other anchor points go with it.
+    lost = plain.valid_3d[:, :, 0] & ~clean.valid_3d[:, :, 0]
+    assert lost.sum() <= 0.05 * plain.valid_3d[:, :, 0].sum()
+    assert not (clean.valid_3d & ~plain.valid_3d).any()
