@@ -23,7 +23,7 @@ from labelers.flow import (
     get_flow_backend,
     motion_image_error_bound,
 )
-from labelers.sceneflow import estimate_intrinsics, lift_tracks, sample_depth, statistical_inliers, unproject
+from labelers.sceneflow import estimate_intrinsics, lift_tracks, sample_depth, statistical_inliers
 from labelers.tracks import LKTracker, check_frames, get_tracker, grid_queries
 from schemas.episode import CameraIntrinsics
 
