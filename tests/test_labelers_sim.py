@@ -378,3 +378,23 @@ def test_outlier_removal_masks_a_depth_spike(sim_episodes):
     lost = plain.valid_3d[:, :, 0] & ~clean.valid_3d[:, :, 0]
     assert lost.sum() <= 0.05 * plain.valid_3d[:, :, 0].sum()
     assert not (clean.valid_3d & ~plain.valid_3d).any()
+
+
+def test_latent_tokens_from_a_real_checkpoint(sim_episodes, tmp_path):
+    """LabelConfig.latent_checkpoint loads H4's LatentActionLabeler through its checkpoint
+    path (a small random model saved as safetensors) and fills the token fields."""
+    import torch
+
+    from labelers.lam.checkpoint import save_weights
+    from labelers.lam.config import get_config
+    from labelers.lam.model import LatentActionModel
+
+    torch.manual_seed(0)
+    cfg = get_config("small", image_size=32, patch_size=8, width=32, heads=2, enc_spatial_depth=1, dec_depth=1)
+    path = save_weights(LatentActionModel(cfg), cfg, tmp_path / "lam.safetensors", extra={"gap": 3})
+    ep = _sliced(sim_episodes[0], 10)
+    lab = EpisodeLabeler(LabelConfig(latent_checkpoint=str(path)))(ep)
+    assert lab.latent_tokens.shape == (3, cfg.num_tokens) and lab.latent_tokens.dtype == np.int16
+    assert lab.latent_valid.tolist() == [True, True, False]  # anchors 0, 4, 8; trained gap 3; 10 steps
+    assert ((lab.latent_tokens[:2] >= 0) & (lab.latent_tokens[:2] < cfg.codebook_size)).all()
+    assert (lab.latent_tokens[2] == LATENT_PAD_TOKEN).all()
