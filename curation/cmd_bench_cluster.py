@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # (the same settings as the pipeline tests, so their local run is a valid reference).
 FAST_LABELS = ["labels.grid=6", "labels.horizon=6", "labels.stride=4"]
 VICTIM = "node_b"
+BUSY_BEFORE_KILL_S = 1.5
 
 
 def curate_cmd() -> list[str]:
@@ -62,16 +63,17 @@ def run_local(source, out, shard_episodes: int = 3, timeout_s: float = 600) -> d
     return s
 
 
-def _busy_on(cluster, name: str) -> bool:
-    """Whether a worker process of node `name` is executing a unit task right now
-    (Ray sets a busy worker's process title to ray::<function>)."""
+def _busy_workers(cluster, name: str) -> set[int]:
+    """Worker processes of node `name` executing a unit task right now (Ray sets a
+    busy worker's process title to ray::<function>, an idle one's to ray::IDLE)."""
+    busy = set()
     for p in cluster._node_processes(name):
         try:
             if any("ray::_attempt" in part for part in p.cmdline()):
-                return True
+                busy.add(p.pid)
         except Exception:  # noqa: BLE001 - process vanished
             continue
-    return False
+    return busy
 
 
 def _first_commit(out: Path) -> bool:
@@ -99,11 +101,17 @@ def run_cluster_job(cluster, source, out, shard_episodes: int = 3, kill: Optiona
     reader = threading.Thread(target=lambda: outputs.update(zip(("out", "err"), proc.communicate())), daemon=True)
     reader.start()
     killed: dict = {}
+    busy_since: dict[int, float] = {}
     try:
         while proc.poll() is None and kill and not killed:
             if time.perf_counter() - t0 > timeout_s:
                 break
-            if _first_commit(Path(out)) and _busy_on(cluster, kill):
+            now = time.perf_counter()
+            busy = _busy_workers(cluster, kill) if _first_commit(Path(out)) else set()
+            busy_since = {pid: busy_since.get(pid, now) for pid in busy}
+            # the same worker busy for a while: its unit is well under way (and its
+            # attempt recorded), so killing the node now loses real work
+            if any(now - t >= BUSY_BEFORE_KILL_S for t in busy_since.values()):
                 killed = {"node": kill, "raylet_pid": cluster.kill_node(kill),
                           "at_s": round(time.perf_counter() - t0, 2)}
                 break
