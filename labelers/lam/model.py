@@ -7,7 +7,7 @@
                                                      │                       │    patches, cross-
                                L learned queries ── attention pool  B L D    │    attn to tokens)
                                                      │                       │         │
-                                         linear → NSVQ → L tokens ───────────┴──→ head → frame t+gap
+                                 per-token linear → NSVQ → L tokens ───────────┴──→ head → frame t+gap
 
 The encoder sees both frames (and, with `encoder_pixel_diff`, the pixel difference
 frame t+gap - frame t as three extra input channels: on a CPU budget this makes moving
@@ -98,10 +98,15 @@ class LatentActionModel(nn.Module):
         self.spatial = nn.ModuleList(Block(D, c.heads, c.mlp_ratio) for _ in range(c.enc_spatial_depth))
         self.temporal = nn.ModuleList(Block(D, c.heads, c.mlp_ratio) for _ in range(c.enc_temporal_depth))
         self.enc_norm = nn.LayerNorm(D)
-        self.pool_queries = nn.Parameter(torch.randn(1, c.num_tokens, D) * 0.02)
+        # Distinct queries (unit-scale, not 0.02) and one projection per token position: with
+        # near-equal queries every position pools the same vector and the L tokens collapse
+        # into copies of one token (seen on Meta-World: 19 distinct sequences out of 8^4).
+        self.pool_queries = nn.Parameter(torch.randn(1, c.num_tokens, D))
         self.pool = Attention(D, c.heads)
         self.pool_norm = nn.LayerNorm(D)
-        self.to_code = nn.Linear(D, c.code_dim)
+        self.token_norm = nn.LayerNorm(D)
+        self.to_code_w = nn.Parameter(torch.randn(c.num_tokens, D, c.code_dim) / D ** 0.5)
+        self.to_code_b = nn.Parameter(torch.zeros(c.num_tokens, c.code_dim))
         self.vq = NSVQ(c.code_dim, c.codebook_size, c.discard_threshold)
         self.from_code = nn.Linear(c.code_dim, D)
         self.token_pos = nn.Parameter(torch.randn(1, c.num_tokens, D) * 0.02)
@@ -131,7 +136,7 @@ class LatentActionModel(nn.Module):
         h = self.enc_norm(h).view(B, c.num_patches, 2, c.width)
         diff = h[:, :, 1] - h[:, :, 0]  # B P D
         pooled = self.pool(self.pool_queries.expand(B, -1, -1), self.pool_norm(diff))  # B L D
-        return self.to_code(pooled)  # B L c
+        return torch.einsum("bld,ldc->blc", self.token_norm(pooled), self.to_code_w) + self.to_code_b  # B L c
 
     def decode(self, frame_t: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """frame t (B 3 H W in [0, 1]) + quantised codes (B L c) -> frame t+gap estimate."""

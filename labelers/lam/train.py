@@ -113,7 +113,10 @@ def train_lam(
         saved_config, _, _ = ckpt.load_weights(latest)
         if saved_config != config:
             raise ResumeMismatch(f"{latest}: trained with config {saved_config.to_json()}, asked for {config.to_json()}; use a new --out")
-        start, saved = ckpt.load_training_state(latest, model, optimizer, sampler)
+        try:
+            start, saved = ckpt.load_training_state(latest, model, optimizer, sampler)
+        except (RuntimeError, KeyError) as e:  # written by another version of the model code
+            raise ResumeMismatch(f"{latest}: cannot resume, the checkpoint does not fit this model ({str(e).splitlines()[0]}); use a new --out") from e
         wanted = asdict(settings)
         diff = {k: (saved.get(k), wanted[k]) for k in _MUST_MATCH if saved.get(k) != wanted[k]}
         if diff:
