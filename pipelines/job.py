@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipelines.config import JobConfig
 from pipelines.engine_local import Failure
-from pipelines.stages import FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row
+from pipelines.stages import ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row
 from pipelines.writer import (
     COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
 )
@@ -214,6 +214,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     with dataset_lock(out_dir) as job_dir:
         _job_state(job_dir, cfg, out_dir, overwrite)
         removed = clean_stale(out_dir)
+        shutil.rmtree(out_dir / ATTEMPTS_DIR, ignore_errors=True)
         if removed:
             log.info("removed %d leftovers of killed attempts: %s", len(removed), removed[:5])
         t = time.perf_counter()
@@ -267,13 +268,19 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         units_s=t_units, units_frames_per_s=frames_done / t_units if t_units > 0 else 0.0,
         stage_seconds={k: round(v, 4) for k, v in stage_s.items()},
         units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
-        attempts=_attempt_count(run_records, pending),
+        attempts=_attempt_count(out_dir, pending),
     )
     return summary
 
 
-def _attempt_count(run_records: list[dict], pending: list[UnitTask]) -> dict:
-    return {"units_this_run": len(pending), "committed_this_run": len(run_records)}
+def _attempt_count(out_dir: Path, pending: list[UnitTask]) -> dict:
+    """Units started this run, attempts made at them, and how many were redone."""
+    d = out_dir / ATTEMPTS_DIR
+    names = [p.name for p in d.iterdir()] if d.is_dir() else []
+    per_unit = Counter(n.split(".")[0] for n in names)
+    return {"units": len(pending), "attempts": len(names),
+            "retried_units": sorted(int(k.split("-")[1]) for k, v in per_unit.items() if v > 1),
+            "retries": sum(v - 1 for v in per_unit.values())}
 
 
 def finalize(cfg: JobConfig, out_dir: Path, src, units: list[UnitTask], failures: dict[int, str], resumed: int = 0) -> dict:

@@ -223,6 +223,20 @@ def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarra
     }
 
 
+ATTEMPTS_DIR = ".job/attempts"
+
+
+def mark_attempt(out_dir: str, group: int) -> None:
+    """One empty file per attempt at a unit: the job counts them to report retried
+    work (a Ray task redone after its worker or node died, a Beam bundle retried)."""
+    import os
+    import uuid
+
+    d = os.path.join(out_dir, ATTEMPTS_DIR)
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, f"unit-{group:05d}.{os.getpid()}.{uuid.uuid4().hex[:8]}"), "w").close()
+
+
 class ProcessUnit:
     """UnitTask -> the unit's commit record (shard written and committed).
 
@@ -247,6 +261,7 @@ class ProcessUnit:
     def __call__(self, task: UnitTask) -> dict:
         from curation.filters import apply_filters
 
+        mark_attempt(self.out_dir, task.group)
         timings: dict[str, float] = defaultdict(float)
         payloads: list[EpisodePayload] = []
         quarantine: list[dict] = []

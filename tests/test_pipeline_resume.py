@@ -47,6 +47,7 @@ def test_sigkill_then_resume_equals_uninterrupted(bridge_dir, tmp_path):
     s = json.loads(res.stdout)
     assert s["complete"] and s["counts"]["units_resumed"] == len(done_before) and s["stale_removed"] >= 1
     assert s["episodes_processed_this_run"] == 25 - 3 * len(done_before)
+    assert s["attempts"]["units"] == s["attempts"]["attempts"] == 9 - len(done_before) and s["attempts"]["retries"] == 0
     # Committed shards were not rewritten.
     assert mtimes == {n: (out / "shards" / n / "zarr.json").stat().st_mtime_ns for n in done_before}
     assert not any(p.name.startswith(".tmp") for p in (out / "shards").iterdir())
