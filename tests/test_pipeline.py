@@ -123,3 +123,39 @@ def test_cli_run_json(bridge_dir, tmp_path, capsys):
     assert c["written"] + c["filtered"] + c["duplicates"] + c["quarantined"] == 3
     assert c["frames_written"] == 10 * c["written"] and s["extras"]["card"] == "off"
     assert main(["run", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+
+
+def _payload(i: int, size: int):
+    from pipelines.writer import EpisodePayload
+
+    F, N, K, T = 6, 2, 3, 4
+    inr = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    tracks = np.full((N, K, T, 2), np.nan, np.float32)
+    tracks[np.broadcast_to(inr[:, None, :], (N, K, T))] = float(i)
+    arrays = {"frames/cam": np.full((F, size, size, 3), i, np.uint8), "actions": np.full((F, 2), i, np.float32),
+              "anchor_step": np.array([0, 4], np.int32), "tracks_px": tracks,
+              "visible": np.zeros((N, K, T), bool), "in_range": inr}
+    return EpisodePayload(arrays, {"episode_id": f"ep{i}", "episode_index": i})
+
+
+def test_unit_with_two_image_sizes_commits_as_primary_plus_sub_shard(tmp_path):
+    from curation.validate import check_episode_arrays
+    from pipelines.writer import clean_stale, commit_unit, committed_groups, iter_manifest_rows, read_commit
+
+    payloads = [_payload(0, 8), _payload(1, 16), _payload(2, 8)]
+    assert all(check_episode_arrays(p.arrays) == [] for p in payloads)
+    rec = commit_unit(tmp_path, 3, payloads, {"quarantine": [], "filtered": [], "timings": {}})
+    assert rec["shard"] == "shard-00003" and rec["sub_shards"] == ["shard-00003-01"] and rec["frames"] == 18
+    rows = iter_manifest_rows(committed_groups(tmp_path).values())
+    assert [(r["episode_id"], r["shard"], r["frame_start"]) for r in rows] == [
+        ("ep0", "shard-00003", 0), ("ep2", "shard-00003", 6), ("ep1", "shard-00003-01", 0)]
+    g = zarr.open_group(str(tmp_path / "shards" / "shard-00003-01"), mode="r")
+    assert g["frames/cam"].shape == (6, 16, 16, 3) and (g["frames/cam"][...] == 1).all()
+    # Committing the same unit again (a retried task) returns the committed record.
+    assert commit_unit(tmp_path, 3, payloads, {"quarantine": [], "filtered": [], "timings": {}})["attempt"] == rec["attempt"]
+    # A sub-shard whose primary never committed is a leftover.
+    import shutil
+
+    shutil.rmtree(tmp_path / "shards" / "shard-00003")
+    assert read_commit(tmp_path / "shards" / "shard-00003-01") is not None
+    assert clean_stale(tmp_path) == ["shard-00003-01"] and committed_groups(tmp_path) == {}
