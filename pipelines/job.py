@@ -259,6 +259,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     stage_s["fingerprint_pass"] = t_dedup
     stage_s["finalize"] = t_final
     frames_done = sum(r.get("frames", 0) for r in run_records)
+    frames_read = sum(r.get("counts", {}).get("frames_read", 0) for r in run_records)
     eps_done = sum(r["unit"]["stop"] - r["unit"]["start"] for r in run_records)
     wall = time.perf_counter() - t_start
     summary.update(
@@ -266,6 +267,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         episodes_processed_this_run=eps_done, frames_written_this_run=frames_done,
         episodes_per_s=eps_done / t_run if t_run > 0 else 0.0, frames_per_s=frames_done / t_run if t_run > 0 else 0.0,
         units_s=t_units, units_frames_per_s=frames_done / t_units if t_units > 0 else 0.0,
+        frames_read_this_run=frames_read, units_read_frames_per_s=frames_read / t_units if t_units > 0 else 0.0,
         stage_seconds={k: round(v, 4) for k, v in stage_s.items()},
         units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
         attempts=_attempt_count(out_dir, pending),
