@@ -221,3 +221,27 @@ def test_trained_tokens_beat_random_on_the_action_probe(trained_tiny):
     assert r_trained >= r_random + 0.3, (r_trained, r_random)
     assert trained["usage"] >= 0.75  # codebook usage target on small data
     assert trained["psnr_recon_moving"] > trained["psnr_copy_moving"]  # it predicts the motion, not a copy
+
+
+def test_action_probe_scores_informative_tokens_high_and_random_tokens_near_zero():
+    from labelers.lam.evaluate import action_probe, codebook_stats, r2_per_dim
+
+    rng = np.random.default_rng(0)
+    episodes = np.repeat(np.arange(20), 30)
+    tokens = rng.integers(0, 8, size=(600, 4))
+    # target = additive function of tokens 0 and 1 (+ small noise); token 2, 3 irrelevant
+    effect = rng.normal(size=(4, 8, 2))
+    y = effect[0, tokens[:, 0]] + effect[1, tokens[:, 1]] + 0.05 * rng.normal(size=(600, 2))
+    good = action_probe(tokens, y, episodes, 8, kind="linear")
+    assert good["r2"] > 0.95 and good["fit_pairs"] == good["score_pairs"] == 300
+    noise = action_probe(rng.integers(0, 8, size=(600, 4)), y, episodes, 8, kind="linear")
+    assert -0.1 < noise["r2"] < 0.05
+    assert action_probe(tokens, y, episodes, 8, kind="mlp")["r2"] > 0.8
+    # R^2 by hand: perfect = 1, predicting the mean = 0, constant columns are skipped
+    yy = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
+    assert np.allclose(r2_per_dim(yy, yy)[0], 1.0) and np.isnan(r2_per_dim(yy, yy)[1])
+    assert np.isclose(r2_per_dim(yy, np.full_like(yy, 2.0))[0], 0.0)
+    stats = codebook_stats(np.array([[0, 1], [0, 1], [2, 3]]), 8)
+    assert stats["usage"] == 0.5 and stats["distinct_sequences"] == 2
+    p = np.array([2, 2, 1, 1]) / 6
+    assert np.isclose(stats["perplexity"], np.exp(-(p * np.log(p)).sum()))

@@ -6,7 +6,8 @@
   the PSNR of simply copying frame t (the floor every model starts from). Both pooled over
   all pixels, and over "moving" pixels only (|frame t+gap - frame t| > 8/255 in any channel),
   because most pixels of a robot video are static and dominate the pooled figure.
-- action probe: ridge regression (or a small MLP) from the tokens, one-hot per position
+- action probe: ridge regression (strength by episode-grouped CV on the fitting half) or a
+  small MLP, from the tokens, one-hot per position
   (L x V features), to the true action, fitted on one half of the evaluation episodes and
   scored (R^2, averaged over action dimensions that vary) on the other half.
 """
@@ -130,22 +131,56 @@ def fit_predict(x_train, y_train, x_test, kind: str = "linear", seed: int = 0, r
     return pred * sd + mu
 
 
+RIDGE_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def select_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid=RIDGE_GRID, folds: int = 4) -> float:
+    """Ridge strength by episode-grouped cross-validation inside the fitting half (mean R^2
+    over varying dims); the scoring half is never looked at."""
+    ids = list(dict.fromkeys(groups.tolist()))
+    k = min(folds, len(ids))
+    if k < 2:
+        return 1.0
+    fold_of = {e: i % k for i, e in enumerate(ids)}
+    f = np.array([fold_of[e] for e in groups.tolist()])
+    best, best_score = grid[0], -np.inf
+    for alpha in grid:
+        scores = []
+        for i in range(k):
+            tr, te = f != i, f == i
+            r2 = r2_per_dim(y[te], fit_predict(x[tr], y[tr], x[te], kind="linear", ridge=alpha))
+            if np.isfinite(r2).any():
+                scores.append(np.nanmean(r2))
+        score = float(np.mean(scores)) if scores else -np.inf
+        if score > best_score:
+            best, best_score = alpha, score
+    return best
+
+
 def action_probe(tokens: np.ndarray, targets: np.ndarray, episodes: np.ndarray, codebook_size: int,
                  kind: str = "linear", seed: int = 0) -> dict:
-    """Fit on the first half of the episodes (by order of appearance), score on the second."""
+    """Fit on the first half of the episodes (by order of appearance), score on the second.
+    The linear probe's ridge strength is chosen by grouped CV on the first half."""
     ids = list(dict.fromkeys(episodes.tolist()))
     if len(ids) < 2:
         raise ValueError("the action probe needs at least 2 episodes (one to fit, one to score)")
     fit_eps = set(ids[: len(ids) // 2])
     fit = np.array([e in fit_eps for e in episodes.tolist()])
     x = one_hot(tokens, codebook_size)
-    pred = fit_predict(x[fit], targets[fit], x[~fit], kind=kind, seed=seed)
+    extra = {}
+    if kind == "linear":
+        alpha = select_ridge(x[fit], targets[fit], episodes[fit])
+        pred = fit_predict(x[fit], targets[fit], x[~fit], kind="linear", ridge=alpha)
+        extra["ridge"] = alpha
+    else:
+        pred = fit_predict(x[fit], targets[fit], x[~fit], kind=kind, seed=seed)
     r2 = r2_per_dim(targets[~fit], pred)
     return {
         "r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan"),
         "r2_per_dim": [None if not np.isfinite(v) else float(v) for v in r2],
         "fit_pairs": int(fit.sum()),
         "score_pairs": int((~fit).sum()),
+        **extra,
     }
 
 
