@@ -249,7 +249,8 @@ def cmd_label(args) -> int:
               "codebook_size": labeler.codebook_size, "pad_token": -1, "summary": stats, "episodes": rows}
     lines = []
     for r in rows:
-        seq = " ".join("".join(str(v) for v in tok) if ok else "-" for tok, ok in zip(r["tokens"], r["valid"]))
+        sep = "" if labeler.codebook_size <= 10 else "."  # one digit per token while codes fit in one
+        seq = " ".join(sep.join(str(v) for v in tok) if ok else "-" for tok, ok in zip(r["tokens"], r["valid"]))
         lines.append(f"{r['episode']}  ({r['steps']} steps, {sum(r['valid'])} labelled)\n  {seq}")
     lines.append(f"codes used {stats['codes_used']}/{labeler.codebook_size}, perplexity {stats['perplexity']:.2f}, "
                  f"{stats['distinct_sequences']} distinct token sequences; gap {gap}; '-' = no frame t+gap (token -1)")
