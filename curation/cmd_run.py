@@ -32,6 +32,8 @@ def add_commands(sub) -> None:
                    help="Beam pipeline option passed through (repeatable), e.g. --beam-option=--runner=DataflowRunner")
     p.add_argument("--overwrite", action="store_true", help="discard a dataset made with a different config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective job config as YAML (a starting point for --config) and exit")
     add_report_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -49,6 +51,11 @@ def cmd_run(args) -> int:
                "engine.runner": args.runner, "engine.workers": args.workers, "engine.address": args.address,
                "engine.beam_options": args.beam_options},
         )
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(cfg.effective().to_dict(), sort_keys=False), end="")
+            return 0
         summary = run_job(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     except (JobError, EpisodeError, ValueError, FileNotFoundError) as exc:
         print(f"curate run: error: {exc}", file=sys.stderr)

@@ -132,6 +132,22 @@ class JobConfig:
         d.pop("engine")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+    def effective(self) -> "JobConfig":
+        """A copy with the label, filter and dedup parts expanded to every field
+        (defaults filled in by their owners' dataclasses), so the config written into
+        the dataset is complete and equal settings always hash the same."""
+        d = self.to_dict()
+        d["labels"] = self.label_config().to_dict()
+        if d["curation"]["filters"] is not None:
+            from curation.filters import FilterConfig
+
+            d["curation"]["filters"] = FilterConfig.from_dict(d["curation"]["filters"]).to_dict()
+        if d["curation"]["dedup"] is not None:
+            from curation.dedup import DedupConfig
+
+            d["curation"]["dedup"] = DedupConfig.from_dict(d["curation"]["dedup"]).to_dict()
+        return JobConfig.from_dict(d)
+
     # ---- typed views of the parts owned by other modules ---------------------------
     def label_config(self):
         from labelers.episode_labeler import LabelConfig

@@ -211,6 +211,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     if cfg.curation.filters is not None and not hooks["filters"]:
         log.warning("curation.filters not available: filters are off")
         cfg.curation.filters = None
+    cfg = cfg.effective()
     with dataset_lock(out_dir) as job_dir:
         _job_state(job_dir, cfg, out_dir, overwrite)
         removed = clean_stale(out_dir)

@@ -159,3 +159,15 @@ def test_unit_with_two_image_sizes_commits_as_primary_plus_sub_shard(tmp_path):
     shutil.rmtree(tmp_path / "shards" / "shard-00003")
     assert read_commit(tmp_path / "shards" / "shard-00003-01") is not None
     assert clean_stale(tmp_path) == ["shard-00003-01"] and committed_groups(tmp_path) == {}
+
+
+def test_print_config_round_trips_to_the_same_dataset_hash(tmp_path, capsys):
+    from curation.cli import main
+
+    assert main(["run", "/data/x", "--out", str(tmp_path / "o"), "--print-config", "--set", "labels.stride=8"]) == 0
+    (tmp_path / "job.yaml").write_text(capsys.readouterr().out)
+    loaded = JobConfig.load(tmp_path / "job.yaml")
+    assert loaded.labels["stride"] == 8 and loaded.labels["tracker"] == "lk" and "min_steps" in loaded.curation.filters
+    same = JobConfig.load(None, ["labels.stride=8", "source.path=/data/x"]).effective()
+    assert loaded.content_hash() == same.content_hash()
+    assert not (tmp_path / "o").exists()
