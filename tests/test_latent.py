@@ -89,11 +89,15 @@ def test_replace_unused_replaces_only_dead_codes_with_candidates():
 
 def test_dead_codes_replaced_at_scheduled_steps_in_training(tmp_path):
     seen = {}
-    train_lam(squares(6, 0), tmp_path, TINY, TrainSettings(steps=25, batch=8, gap=1, warmup=5, checkpoint_every=100),
+    # 64 codes but 8 x 4 = 32 token draws per batch: some codes are certainly dead at step 10
+    config = LAMConfig(**{**TINY.__dict__, "codebook_size": 64})
+    train_lam(squares(6, 0), tmp_path, config, TrainSettings(steps=25, batch=8, gap=1, warmup=5, checkpoint_every=100),
               progress=False, on_step=lambda step, info: seen.__setitem__(step, info))
     assert sorted(seen) == list(range(1, 26))
     assert [s for s, info in seen.items() if "replaced" in info] == [10, 20]
-    assert len(seen[10]["replaced"]) >= 1  # at init most codes are far from the latents: dead
+    assert len(seen[10]["replaced"]) >= 1
+    used_before = {c for step in range(1, 11) for c in seen[step]["codes"]}
+    assert not used_before & set(seen[10]["replaced"])  # only codes unused since the start went
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [10, 20]
 
