@@ -104,11 +104,17 @@ class _Progress:
         return self
 
     def _watch(self):
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(1.0):
             self.poll()
 
     def poll(self):
+        try:  # one directory listing per poll; commit records are read only for new shards
+            present = set(os.listdir(self.out_dir / SHARDS_DIR))
+        except FileNotFoundError:
+            return
         for g in sorted(self.pending - self.done):
+            if shard_name(g) not in present:
+                continue
             rec = read_commit(self.out_dir / SHARDS_DIR / shard_name(g))
             if rec is None:
                 continue

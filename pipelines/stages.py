@@ -13,6 +13,7 @@ record. A unit is the work of one worker and becomes one shard.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -81,7 +82,7 @@ def plan_units(cfg: JobConfig) -> tuple[Any, list[UnitTask]]:
         if start >= stop:
             continue
         if (start, stop) != (u.start, u.stop):
-            u = type(u)(**{**vars(u), "start": start, "stop": stop}) if hasattr(u, "__dict__") else u._replace(start=start, stop=stop)
+            u = dataclasses.replace(u, start=start, stop=stop)
         tasks.append(UnitTask(len(tasks), u.split, start, stop, str(getattr(u, "file", "")), u))
     return src, tasks
 
