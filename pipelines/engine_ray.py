@@ -94,7 +94,7 @@ class RayEngine:
             if self.eng.address:
                 ray.init(address=self.eng.address, **kw)
             else:
-                ray.init(num_cpus=self.eng.workers, num_gpus=0, **kw)
+                ray.init(num_cpus=self.eng.workers, **kw)  # GPUs autodetected for labeler actors
             self._started = True
         return self
 
