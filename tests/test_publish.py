@@ -100,7 +100,7 @@ def test_verify_catches_flipped_byte_missing_and_extra_files(datasets, registry)
     v1, _, _ = datasets
     pv = P.publish(v1, "synth", "0.3.0", progress=False)
     root = Path(pv.root)
-    victim = sorted(p for p in root.rglob("*") if p.is_file() and "/c/" in p.as_posix())[0]  # a Zarr shard file
+    victim = sorted(p for p in root.rglob("*") if p.is_file() and "/shards/" in p.as_posix() and p.name != "zarr.json")[0]  # a Zarr shard file
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01
     victim.write_bytes(bytes(data))
@@ -146,7 +146,7 @@ def test_invalid_dataset_is_refused(datasets, tmp_path, registry):
     v1, _, _ = datasets
     broken = tmp_path / "broken"
     shutil.copytree(v1, broken)
-    shard_file = sorted(p for p in (broken / "shards").rglob("*") if p.is_file() and "/actions/c/" in p.as_posix())[0]
+    shard_file = sorted(p for p in (broken / "shards").rglob("*") if p.is_file() and p.parent.name == "actions" and p.name != "zarr.json")[0]
     raw = bytearray(shard_file.read_bytes())
     raw[0] ^= 0xFF  # an action value changes: the manifest checksum no longer matches
     shard_file.write_bytes(bytes(raw))
