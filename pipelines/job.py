@@ -207,7 +207,10 @@ def _hooks_available() -> dict:
 
 
 def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
-    out_dir = Path(out_dir).resolve()
+    if "://" in str(out_dir) and not str(out_dir).startswith("file://"):
+        raise JobError(f"--out {out_dir}: a dataset is written to a local or shared POSIX filesystem (shards are "
+                       "committed by atomic rename); copy it to object storage with `curate publish`")
+    out_dir = Path(str(out_dir).removeprefix("file://")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     hooks = _hooks_available()
