@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
     out = args.out or str(Path("runs") / f"{args.phase}-{cfg.fusion}-s{tc.seed}")
     result = train(args.data, out, cfg, tc, init=args.init, dataset_name=args.dataset_name)
     result["out"] = out
-    text = format_table([{k: v for k, v in result.items() if k not in ("checkpoint",)}]) + f"\ncheckpoint: {result['checkpoint']}"
+    text = format_table([{k: v for k, v in result.items() if k not in ("checkpoint", "state_sha1", "rank", "world_size")}]) + f"\ncheckpoint: {result['checkpoint']}"
     emit(result, args.json, text)
     return 0
 

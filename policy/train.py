@@ -10,7 +10,12 @@ metrics as JSON lines (OUT/metrics.jsonl), checkpoints OUT/checkpoints/step-NNNN
   state.json             configs, dataset version, step, RNG states (torch global, flow-matching generator)
 OUT/checkpoints/LAST names the newest. Training again into the same OUT resumes from it; the
 data stream is rebuilt for the same seed and the batches already seen are skipped, so a resumed
-run equals an uninterrupted one (tested).
+run equals an uninterrupted one (tested, single process).
+
+Distributed: under torchrun (torch.distributed initialised) the model is wrapped in
+DistributedDataParallel, each rank streams its own share of the shards (policy.loader) with its own
+flow-matching noise, and rank 0 alone writes metrics and checkpoints. A resumed multi-rank run restores
+rank 0's noise generator on every rank, so it is not bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +33,7 @@ from typing import Any, Optional
 import torch
 
 from policy.config import LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
-from policy.loader import TripletStream, make_loader
+from policy.loader import TripletStream, dist_rank_world, make_loader
 from policy.modeling_lamp import LaMPPolicy
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,17 @@ def save_checkpoint(out: Path, policy: LaMPPolicy, tc: TrainConfig, step: int, d
     (d / "state.json").write_text(json.dumps(extra, indent=2) + "\n")
     (Path(out) / CKPT_DIR / LAST).write_text(d.name + "\n")
     return d
+
+
+def state_digest(policy: torch.nn.Module) -> str:
+    """sha1 of every tensor of the model's state (replicas and reruns compare by it)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(policy.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def last_checkpoint(out: Path) -> Optional[Path]:
@@ -194,7 +211,8 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     stream = TripletStream(ds if not isinstance(data, (str, Path)) else str(data), cfg, seed=tc.seed,
                            shuffle_buffer=tc.shuffle_buffer, dataset_name=dataset_name)
     policy = build_policy(stream, cfg)
-    generator = torch.Generator().manual_seed(tc.seed + 1)
+    rank, world = dist_rank_world()
+    generator = torch.Generator().manual_seed(tc.seed + 1 + 1000 * rank)  # distinct flow-matching noise per rank
     start = 0
     if resume is not None:
         from safetensors.torch import load_file
@@ -221,6 +239,12 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     if resume is not None:
         _load_optimizer(optimizer, policy, resume)
 
+    model = policy
+    if world > 1:  # torch.distributed initialised by the launcher (torchrun): average gradients over ranks
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(policy)
+    is_main = rank == 0
     loader = make_loader(stream, tc.batch_size, tc.num_workers, seed=tc.seed)
     batches = iter(loader)
     for _ in range(start):  # skip what the interrupted run already consumed
@@ -228,16 +252,17 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
 
     metrics_path = out / "metrics.jsonl"
     end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
-    bar = tqdm(total=tc.steps, initial=start, desc=f"train {tc.phase}", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start, desc=f"train {tc.phase}", unit="step", disable=not (progress and is_main),
+               dynamic_ncols=True)
     t0, last_t, last_step, loss_val = time.perf_counter(), time.perf_counter(), start, float("nan")
     sps, interval_losses = float("nan"), []
-    with open(metrics_path, "a") as mf:
+    with open(metrics_path if is_main else os.devnull, "a") as mf:
         for step in range(start, end):
             batch = next(batches)
             lr = lr_at(step, tc)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss, logs = policy(batch, generator=generator)
+            loss, logs = model(batch, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
@@ -258,12 +283,16 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
                 mf.write(json.dumps(rec) + "\n")
                 mf.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{sps:.2f}")
-            if done % tc.checkpoint_every == 0 and done != end:
+            if done % tc.checkpoint_every == 0 and done != end and is_main:
                 save_checkpoint(out, policy, tc, done, stream.version, optimizer, generator)
     bar.close()
-    ckpt = save_checkpoint(out, policy, tc, end, stream.version, optimizer, generator)
+    ckpt = Path(out) / CKPT_DIR / f"step-{end:07d}"
+    if is_main:
+        ckpt = save_checkpoint(out, policy, tc, end, stream.version, optimizer, generator)
+    if world > 1:
+        torch.distributed.barrier()
     elapsed = time.perf_counter() - t0
-    return {"phase": tc.phase, "steps": end, "final_loss": loss_val, "wall_s": elapsed,
+    return {"phase": tc.phase, "steps": end, "rank": rank, "world_size": world, "state_sha1": state_digest(policy), "final_loss": loss_val, "wall_s": elapsed,
             "steps_per_s": (end - start) / max(elapsed, 1e-9), "checkpoint": str(ckpt),
             "dataset_version": stream.version, "fusion": cfg.fusion, "parameters": policy.num_parameters(),
             "trainable_parameters": sum(p.numel() for p in params)}
