@@ -92,6 +92,12 @@ def cmd_train(args) -> int:
             tr[key] = val
     tc = TrainConfig(**tr)
     out = args.out or str(Path("runs") / f"{args.phase}-{cfg.fusion}-s{tc.seed}")
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
+        dist.init_process_group("gloo")
     result = train(args.data, out, cfg, tc, init=args.init, dataset_name=args.dataset_name)
     result["out"] = out
     text = format_table([{k: v for k, v in result.items() if k not in ("checkpoint", "state_sha1", "rank", "world_size")}]) + f"\ncheckpoint: {result['checkpoint']}"
