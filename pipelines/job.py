@@ -258,6 +258,12 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
             t_units = time.perf_counter() - t_units0
             engine_stats = engine.stats()
         t_run = time.perf_counter() - t_run0
+        # Attempts lost with a killed worker or node leave their uncommitted tmp shards behind;
+        # the engine is shut down now, so nothing can still be writing them.
+        late = clean_stale(out_dir)
+        if late:
+            log.info("removed %d tmp shards of attempts lost during this run", len(late))
+        removed = removed + late
         t = time.perf_counter()
         summary = finalize(cfg, out_dir, src, units, failures, resumed=len(units) - len(pending))
         t_final = time.perf_counter() - t
