@@ -296,7 +296,8 @@ class RLDSSource:
                 record = next(it)
             except StopIteration:
                 err = EpisodeError(where, f"tfrecord ended after {i} episodes, dataset_info says "
-                                          f"{self._file_length(path)} (truncated file)")
+                                          f"{self._file_length(path)} (truncated file)",
+                                  provenance=self._provenance(file_start + i, path))
                 if on_error == "raise":
                     raise err from None
                 yield err
@@ -304,7 +305,8 @@ class RLDSSource:
             except (tf.errors.DataLossError, tf.errors.OpError) as e:
                 msg = _first_line(e)
                 err = EpisodeError(where, f"truncated or corrupt tfrecord, episodes {file_start + i}.."
-                                          f"{file_start + b - 1} of this file unreadable ({msg})")
+                                          f"{file_start + b - 1} of this file unreadable ({msg})",
+                                  provenance=self._provenance(file_start + i, path))
                 if on_error == "raise":
                     raise err from None
                 yield err
@@ -314,14 +316,18 @@ class RLDSSource:
             except EpisodeError as e:
                 if on_error == "raise":
                     raise
+                e.provenance = e.provenance or self._provenance(file_start + i, path)
                 yield e
             i += 1
 
     def _file_length(self, path: str) -> int:
         return next((f.num_episodes for f in self._files if f.path == path), -1)
 
+    def _provenance(self, index: int, path: str) -> Provenance:
+        return Provenance(self.name, self.version, self.split, index, path, self.source_url)
+
     def _where(self, index: int, path: str) -> str:
-        return Provenance(self.name, self.version, self.split, index, path, self.source_url).describe()
+        return self._provenance(index, path).describe()
 
     def _episode(self, record, index: int, path: str, parse) -> Episode:
         import tensorflow as tf

@@ -150,8 +150,12 @@ class Episode:
 class EpisodeError(ValueError):
     """A bad episode: the message names the file, episode and reason."""
 
-    def __init__(self, where: str, reason: str, stage: str = "read"):
+    def __init__(self, where: str, reason: str, stage: str = "read", provenance: Optional[Provenance] = None):
         super().__init__(f"{where}: {reason}")
         self.where = where
         self.reason = reason
         self.stage = stage
+        self.provenance = provenance  # set by readers for errors that belong to one episode
+
+    def __reduce__(self):  # keep every field across process boundaries (Beam, Ray)
+        return (EpisodeError, (self.where, self.reason, self.stage, self.provenance))

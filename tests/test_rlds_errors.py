@@ -51,6 +51,7 @@ def test_truncated_tfrecord_reports_file_and_goes_on(tmp_path):
     (err,) = bad
     msg = str(err)
     assert first.name in msg and "episode=2" in msg and "truncated or corrupt tfrecord" in msg
+    assert err.provenance.episode_index == 2 and err.provenance.file == str(first)
     with pytest.raises(EpisodeError, match="episode=2"):
         list(read_episodes(str(path)))
 
@@ -100,6 +101,10 @@ def test_nan_actions(tmp_path):
     assert [e.provenance.episode_index for e in good] == [0, 2]
     assert "episode=1" in str(bad[0]) and "non-finite action (NaN/inf) at step 3 dim 1" in str(bad[0])
     assert bad[0].where.startswith(f"{NAME}/0.1.0 split=train episode=1 (")
+    assert (bad[0].provenance.dataset, bad[0].provenance.episode_index) == (NAME, 1)
+    import pickle
+    again = pickle.loads(pickle.dumps(bad[0]))  # errors cross process boundaries in Beam and Ray
+    assert (again.reason, again.provenance, str(again)) == (bad[0].reason, bad[0].provenance, str(bad[0]))
 
 
 def test_empty_episode(tmp_path):
