@@ -61,6 +61,7 @@ class EngineConfig:
     max_retries: int = 3  # Ray task retries when a worker or node dies
     beam_options: list = field(default_factory=list)  # passed through to Beam PipelineOptions
     runtime_env: Optional[dict] = None  # Ray runtime_env for clusters (working_dir, pip, env_vars)
+    threads_per_worker: int = 1  # CPU threads a worker's libraries may use (OpenCV, torch, image decoding)
 
 
 @dataclass

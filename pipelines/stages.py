@@ -61,13 +61,26 @@ _SOURCES: dict[tuple, Any] = {}
 _LABELERS: dict[str, Any] = {}
 
 
-def open_source(path: str, split: str):
-    key = (path, split)
+def open_source(path: str, split: str, decode_threads: int | None = None):
+    key = (path, split, decode_threads)
     if key not in _SOURCES:
         from curation.rlds import RLDSSource
 
-        _SOURCES[key] = RLDSSource(path, split)
+        _SOURCES[key] = RLDSSource(path, split, decode_threads=decode_threads)
     return _SOURCES[key]
+
+
+def limit_threads(n: int) -> None:
+    """Keep a worker to its share of the machine: one engine worker per core scales only
+    if OpenCV's and torch's own thread pools don't each spread over every core."""
+    import cv2
+    import torch
+
+    n = max(1, int(n))
+    if cv2.getNumThreads() != n:
+        cv2.setNumThreads(n)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def plan_units(cfg: JobConfig) -> tuple[Any, list[UnitTask]]:
@@ -139,7 +152,8 @@ class FingerprintUnit:
         dcfg = DedupConfig.from_dict(self.cfg.curation.dedup)
         t0 = time.perf_counter()
         fps = {}
-        src = open_source(self.cfg.source.path, self.cfg.source.split)
+        limit_threads(self.cfg.engine.threads_per_worker)
+        src = open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker)
         try:
             for item in src.read_unit(task.unit, on_error="yield"):
                 if isinstance(item, Episode):
@@ -271,7 +285,8 @@ class ProcessUnit:
         counts = {"read": 0, "frames_read": 0}
         fcfg = self._filter_config()
         labeler = self.labeler or local_labeler(self.cfg)
-        src = open_source(self.cfg.source.path, self.cfg.source.split)
+        limit_threads(self.cfg.engine.threads_per_worker)
+        src = open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker)
 
         def run_episode(ep: Episode) -> None:
             prov = ep.provenance
