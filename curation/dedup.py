@@ -49,6 +49,11 @@ class DedupConfig:
     max_hamming: int = 10  # total bits over the hashed frames (3 x 64 by default)
     start_frames: int = 2  # frames hashed exactly for the "same start" test
     perceptual_same_language: bool = False  # also require equal language for perceptual pairs
+    # Perceptual pairs must also have (nearly) the same action trajectory: copies of one recording
+    # share their actions, while distinct demos of one task in a look-alike scene (simulation,
+    # a fixed lab set-up) do not. Relative L2 distance of the segment-mean action signatures;
+    # None switches the check off.
+    max_action_distance: float | None = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +76,7 @@ class Fingerprint:
     start_hash: str  # sha256 hex of the first frames + their shape
     phashes: tuple[int, ...]  # 64-bit perceptual hashes, first / middle / last frame
     num_steps: int
+    actions: bytes = b""  # float16 ACTION_SEGMENTS x A segment means of the actions (A from len)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,34 @@ def _phash(frame: np.ndarray) -> int:
     return int(sum(1 << i for i, bit in enumerate(h.hash.flatten()) if bit))
 
 
+ACTION_SEGMENTS = 8
+
+
+def action_signature(actions: np.ndarray) -> bytes:
+    """The action trajectory in ACTION_SEGMENTS segment means per dimension (float16 bytes):
+    small, and comparable between episodes of different lengths."""
+    a = np.nan_to_num(np.asarray(actions, dtype=np.float64))
+    if a.ndim != 2 or a.shape[0] == 0:
+        return b""
+    segments = np.array_split(np.arange(a.shape[0]), ACTION_SEGMENTS)
+    sig = np.stack([a[idx].mean(axis=0) if idx.size else a[-1] for idx in segments])  # S A
+    return sig.astype(np.float16).tobytes()
+
+
+def action_distance(a: bytes, b: bytes) -> float:
+    """Distance of two action signatures: per action dimension the L2 difference relative to the
+    larger of the two, RMS over dimensions (so a constant gripper channel cannot mask motion);
+    inf when their dimensions differ, 0 when either is missing (no evidence against a duplicate)."""
+    if not a or not b:
+        return 0.0
+    if len(a) != len(b):
+        return float("inf")
+    x = np.frombuffer(a, np.float16).astype(np.float64).reshape(ACTION_SEGMENTS, -1)  # S A
+    y = np.frombuffer(b, np.float16).astype(np.float64).reshape(ACTION_SEGMENTS, -1)
+    scale = np.maximum(np.maximum(np.linalg.norm(x, axis=0), np.linalg.norm(y, axis=0)), 1e-6)  # A
+    return float(np.sqrt(np.mean((np.linalg.norm(x - y, axis=0) / scale) ** 2)))
+
+
 def fingerprint(episode: Episode, cfg: DedupConfig | None = None) -> Fingerprint:
     """Fingerprint of an episode's primary camera and language (cheap: 3 phashes + one sha256)."""
     cfg = cfg or DedupConfig()
@@ -118,6 +152,7 @@ def fingerprint(episode: Episode, cfg: DedupConfig | None = None) -> Fingerprint
         start_hash=digest.hexdigest(),
         phashes=tuple(_phash(frames[t]) for t in picks),
         num_steps=int(T),
+        actions=action_signature(episode.actions),
     )
 
 
@@ -172,6 +207,9 @@ def find_duplicates(fingerprints: dict[str, Fingerprint], cfg: DedupConfig | Non
     if cfg.perceptual:
         for (i, j), d in _perceptual_candidates(fps, cfg.max_hamming).items():
             if cfg.perceptual_same_language and fps[i].language != fps[j].language:
+                continue
+            if cfg.max_action_distance is not None and \
+                    action_distance(fps[i].actions, fps[j].actions) > cfg.max_action_distance:
                 continue
             perceptual[j].append((d, i))
     first_kept: dict[tuple[str, str], int] = {}  # exact group -> its first kept episode (O(n), not O(m^2))

@@ -65,6 +65,22 @@ def test_perceptual_duplicate_under_pixel_noise():
     assert find_duplicates({a.episode_id: fa, b.episode_id: fb}, DedupConfig(enabled=False)) == []
 
 
+def test_look_alike_scene_with_other_actions_is_not_a_duplicate():
+    """Distinct demos of one task in a look-alike scene (simulation, a fixed lab set-up) share
+    perceptual hashes but not their action trajectories: they are kept."""
+    a = make_episode(5)
+    other = np.random.default_rng(99).normal(0, 0.1, size=a.actions.shape).astype(np.float32)
+    b = dataclasses.replace(_copy(a, noise=2, seed=1), actions=other)
+    assert find_duplicates(_fps([a, b])) == []
+    assert [p.kind for p in find_duplicates(_fps([a, b]), DedupConfig(max_action_distance=None))] == ["perceptual"]
+    # a copy whose actions went through a lossy round trip is still a duplicate
+    c = dataclasses.replace(_copy(a, noise=2, seed=2), actions=a.actions.astype(np.float16).astype(np.float32))
+    assert [p.kind for p in find_duplicates(_fps([a, c]))] == ["perceptual"]
+    # other action dimension: never the same recording
+    d = dataclasses.replace(_copy(a, noise=2, seed=3), actions=a.actions[:, :4].copy())
+    assert find_duplicates(_fps([a, d])) == []
+
+
 def test_distinct_episodes_are_not_duplicates():
     eps = [make_episode(i, T=12, language="same task for all") for i in range(12)]
     assert find_duplicates(_fps(eps)) == []
