@@ -25,6 +25,13 @@ from schemas.triplet import DEFAULT_CHUNK, Triplet
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
 
 
+
+def array_names(group) -> list[str]:
+    """Paths of every array in a Zarr group, nested ones as `frames/image`, sorted."""
+    import zarr
+
+    return sorted(name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
+
 class CuratedDataset:
     """A curated dataset on any fsspec filesystem (see open_dataset)."""
 
@@ -88,21 +95,8 @@ class CuratedDataset:
 
     def read_shard(self, shard: str) -> dict[str, np.ndarray]:
         """Every array of a shard, read in bulk: {name: array over the shard's frames/anchors}."""
-        import zarr
-
         group = self._group(shard)
-        out: dict[str, np.ndarray] = {}
-
-        def visit(g, prefix=""):
-            for key in sorted(g.keys()):
-                node = g[key]
-                if isinstance(node, zarr.Group):
-                    visit(node, f"{prefix}{key}/")
-                else:
-                    out[f"{prefix}{key}"] = node[...]
-
-        visit(group)
-        return out
+        return {name: group[name][...] for name in array_names(group)}
 
     def episode_arrays(self, episode_id: str, data: Optional[dict] = None) -> dict[str, np.ndarray]:
         """One episode's arrays (frame arrays F x ..., anchor arrays N x ...)."""

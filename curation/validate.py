@@ -275,17 +275,9 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
     except Exception as exc:  # noqa: BLE001
         out.append(Violation("unreadable", where, f"cannot open Zarr group: {exc}"))
         return
-    names = []
+    from curation.dataset_reader import array_names
 
-    def visit(g, prefix=""):
-        for key in sorted(g.keys()):
-            node = g[key]
-            if isinstance(node, zarr.Group):
-                visit(node, f"{prefix}{key}/")
-            else:
-                names.append(f"{prefix}{key}")
-
-    visit(group)
+    names = array_names(group)
     data: dict[str, np.ndarray] = {}
     for name in names:
         try:
