@@ -288,6 +288,16 @@ class ProcessUnit:
         limit_threads(self.cfg.engine.threads_per_worker)
         src = open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker)
 
+        def dropped_by_filters(ep: Episode, labels, when: str) -> bool:
+            """Apply the filters (cheap ones before labeling, all after); record the reasons."""
+            if fcfg is None:
+                return False
+            t = time.perf_counter()
+            reasons = apply_filters(ep, labels, fcfg)
+            timings["filter"] += time.perf_counter() - t
+            filtered.extend(filtered_row(ep.provenance, r, when) for r in reasons)
+            return bool(reasons)
+
         def run_episode(ep: Episode) -> None:
             prov = ep.provenance
             dup = self.duplicates.get(ep.episode_id)
@@ -299,27 +309,17 @@ class ProcessUnit:
                 t = time.perf_counter()
                 ep.check()
                 timings["check"] += time.perf_counter() - t
-                if fcfg is not None:
-                    stage = "filter"
-                    t = time.perf_counter()
-                    reasons = apply_filters(ep, None, fcfg)
-                    timings["filter"] += time.perf_counter() - t
-                    if reasons:
-                        filtered.extend(filtered_row(prov, r, "before labeling") for r in reasons)
-                        return
+                stage = "filter"
+                if dropped_by_filters(ep, None, "before labeling"):
+                    return
                 stage = "label"
                 t = time.perf_counter()
                 _set_seeds(self.cfg.seed, ep.episode_id)
                 labels = labeler(ep)
                 timings["label"] += time.perf_counter() - t
-                if fcfg is not None:
-                    stage = "filter"
-                    t = time.perf_counter()
-                    reasons = apply_filters(ep, labels, fcfg)
-                    timings["filter"] += time.perf_counter() - t
-                    if reasons:
-                        filtered.extend(filtered_row(prov, r, "after labeling") for r in reasons)
-                        return
+                stage = "filter"
+                if dropped_by_filters(ep, labels, "after labeling"):
+                    return
                 stage = "contract"
                 t = time.perf_counter()
                 arrays = episode_arrays(ep, labels)
