@@ -306,6 +306,20 @@ def _simulated(workdir: Path, name: str, task: str, episodes: int, max_steps: in
     return Path(path)
 
 
+def _run_dir(workdir: Path, what: str, config, settings) -> Path:
+    """Bench run directory, named by the model config and the settings a resume must match,
+    so a changed preset or learning rate never resumes an old run (raising --steps does)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from labelers.lam.train import _MUST_MATCH
+
+    key = json.dumps({"model": json.loads(config.to_json()),
+                      "train": {k: v for k, v in asdict(settings).items() if k in _MUST_MATCH}}, sort_keys=True)
+    return workdir / f"run-{what}-gap{settings.gap}-seed{settings.seed}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
 def cmd_bench_latent(args) -> int:
     _set_threads(args.threads)
     import torch
@@ -337,9 +351,10 @@ def cmd_bench_latent(args) -> int:
             t = time.perf_counter()
             gap = args.gap
             settings = TrainSettings(steps=args.steps, gap=gap, seed=args.seed, checkpoint_every=250)
-            train_info = train_lam(store, workdir / f"run-sim-gap{gap}-seed{args.seed}", config, settings)
+            run = _run_dir(workdir, "sim", config, settings)
+            train_info = train_lam(store, run, config, settings)
             timings["train_sim_s"] = time.perf_counter() - t
-            model, _ = _load_model(str(workdir / f"run-sim-gap{gap}-seed{args.seed}"))
+            model, _ = _load_model(str(run))
         held_store, _, _ = _load_store(str(held), "train", None, config.image_size, None, "sim held-out")
         torch.manual_seed(args.seed + 12345)
         random_model = LatentActionModel(config).eval()
@@ -355,7 +370,7 @@ def cmd_bench_latent(args) -> int:
             bstore_held, _, _ = _load_store(args.bridge, "train", "13:", config.image_size, None, "bridge held-out")
             t = time.perf_counter()
             bsettings = TrainSettings(steps=args.bridge_steps, gap=args.bridge_gap, seed=args.seed, checkpoint_every=250)
-            brun = workdir / f"run-bridge-gap{args.bridge_gap}-seed{args.seed}"
+            brun = _run_dir(workdir, "bridge", config, bsettings)
             details["bridge/train"] = train_lam(bstore_train, brun, config, bsettings)
             timings["train_bridge_s"] = time.perf_counter() - t
             bmodel, _ = _load_model(str(brun))

@@ -249,3 +249,23 @@ def test_action_probe_scores_informative_tokens_high_and_random_tokens_near_zero
     assert stats["usage"] == 0.5 and stats["distinct_sequences"] == 2
     p = np.array([2, 2, 1, 1]) / 6
     assert np.isclose(stats["perplexity"], np.exp(-(p * np.log(p)).sum()))
+
+
+def test_flatten_pooling_and_unit_latents_and_old_configs_load_as_attention():
+    cfg = get_config("small", pool="flatten", normalize_latents=True)
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg)
+    x_t, x_tg = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    out = model.train()(x_t, x_tg)
+    assert out["latents"].shape == (2, 4, cfg.code_dim) and out["indices"].shape == (2, 4)
+    assert torch.allclose(out["latents"].norm(dim=-1), torch.ones(2, 4), atol=1e-5)
+    out["latents"][..., 0].sum().backward()  # (the zero-initialised residual head passes no gradient at step 0)
+    assert float(model.pool_reduce.weight.grad.abs().sum()) > 0
+    # a config written before `pool` existed is the attention model it was trained as
+    old = json.loads(get_config("small").to_json())
+    for key in ("pool", "pool_dim", "normalize_latents"):
+        old.pop(key)
+    assert LAMConfig.from_json(json.dumps(old)).pool == "attention"
+    assert not LAMConfig.from_json(json.dumps(old)).normalize_latents
+    with pytest.raises(ValueError):
+        get_config("small", pool="mean")

@@ -30,6 +30,15 @@ class LAMConfig:
     encoder_pixel_diff: bool = True  # encoder also sees frame - frame t as 3 extra channels
     predict_residual: bool = True  # decoder predicts frame t+gap - frame t (head zero-initialised)
     discard_threshold: float = 0.1  # codes used fewer times than this per batch are replaced
+    # How the feature-difference map (B P D) becomes L latents: "attention" (L learned queries
+    # attend over the patches, one projection per token) or "flatten" (each patch's difference
+    # is reduced to `pool_dim` numbers, the P x pool_dim map is flattened and one linear layer
+    # per token reads it: position-aware, suits a fixed camera).
+    pool: str = "attention"
+    pool_dim: int = 8
+    # Scale every latent to unit length before NSVQ (nearest code by direction). Without it the
+    # latents spread far beyond the codebook and each token position used 2-3 of the 8 codes.
+    normalize_latents: bool = False
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -38,6 +47,8 @@ class LAMConfig:
             raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
         if self.num_tokens < 1 or self.codebook_size < 2:
             raise ValueError("need num_tokens >= 1 and codebook_size >= 2")
+        if self.pool not in ("attention", "flatten"):
+            raise ValueError(f"pool must be 'attention' or 'flatten', got {self.pool!r}")
 
     @property
     def num_patches(self) -> int:
@@ -49,6 +60,8 @@ class LAMConfig:
     @classmethod
     def from_json(cls, text: str) -> "LAMConfig":
         data = json.loads(text)
+        data.setdefault("pool", "attention")  # checkpoints written before these options existed
+        data.setdefault("normalize_latents", False)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

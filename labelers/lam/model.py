@@ -101,11 +101,17 @@ class LatentActionModel(nn.Module):
         # Distinct queries (unit-scale, not 0.02) and one projection per token position: with
         # near-equal queries every position pools the same vector and the L tokens collapse
         # into copies of one token (seen on Meta-World: 19 distinct sequences out of 8^4).
-        self.pool_queries = nn.Parameter(torch.randn(1, c.num_tokens, D))
-        self.pool = Attention(D, c.heads)
-        self.pool_norm = nn.LayerNorm(D)
-        self.token_norm = nn.LayerNorm(D)
-        self.to_code_w = nn.Parameter(torch.randn(c.num_tokens, D, c.code_dim) / D ** 0.5)
+        if c.pool == "attention":
+            self.pool_queries = nn.Parameter(torch.randn(1, c.num_tokens, D))
+            self.pool = Attention(D, c.heads)
+            self.pool_norm = nn.LayerNorm(D)
+            self.token_norm = nn.LayerNorm(D)
+            d_in = D
+        else:  # "flatten": per-patch reduction, then a position-aware linear read-out per token
+            self.pool_reduce = nn.Linear(D, c.pool_dim)
+            self.token_norm = nn.LayerNorm(P * c.pool_dim)
+            d_in = P * c.pool_dim
+        self.to_code_w = nn.Parameter(torch.randn(c.num_tokens, d_in, c.code_dim) / d_in ** 0.5)
         self.to_code_b = nn.Parameter(torch.zeros(c.num_tokens, c.code_dim))
         self.vq = NSVQ(c.code_dim, c.codebook_size, c.discard_threshold)
         self.from_code = nn.Linear(c.code_dim, D)
@@ -135,8 +141,13 @@ class LatentActionModel(nn.Module):
             h = blk(h, causal=True)  # frame t never sees frame t+gap
         h = self.enc_norm(h).view(B, c.num_patches, 2, c.width)
         diff = h[:, :, 1] - h[:, :, 0]  # B P D
-        pooled = self.pool(self.pool_queries.expand(B, -1, -1), self.pool_norm(diff))  # B L D
-        return torch.einsum("bld,ldc->blc", self.token_norm(pooled), self.to_code_w) + self.to_code_b  # B L c
+        if c.pool == "attention":
+            pooled = self.pool(self.pool_queries.expand(B, -1, -1), self.pool_norm(diff))  # B L D
+            z = torch.einsum("bld,ldc->blc", self.token_norm(pooled), self.to_code_w) + self.to_code_b  # B L c
+        else:
+            flat = self.token_norm(self.pool_reduce(diff).flatten(1))  # B (P pool_dim)
+            z = torch.einsum("bk,lkc->blc", flat, self.to_code_w) + self.to_code_b  # B L c
+        return F.normalize(z, dim=-1) if c.normalize_latents else z
 
     def decode(self, frame_t: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """frame t (B 3 H W in [0, 1]) + quantised codes (B L c) -> frame t+gap estimate."""
