@@ -112,9 +112,9 @@ def add_bench(sub) -> None:
     p.add_argument("--train-episodes", type=int, default=30, help="simulated training episodes (default 30)")
     p.add_argument("--heldout-episodes", type=int, default=16, help="simulated held-out episodes, other seeds (default 16)")
     p.add_argument("--max-steps", type=int, default=120, help="steps per simulated episode (default 120)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps of the simulated model (default 2000)")
-    p.add_argument("--bridge-steps", type=int, default=600, help="training steps of the Bridge model (default 600)")
-    p.add_argument("--gap", type=int, default=4, help="gap on simulated data, 80 Hz (default 4)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps of the simulated model (default 1500)")
+    p.add_argument("--bridge-steps", type=int, default=400, help="training steps of the Bridge model (default 400)")
+    p.add_argument("--gap", type=int, default=8, help="gap on simulated data, 80 Hz (default 8)")
     p.add_argument("--bridge-gap", type=int, default=1, help="gap on Bridge, 5 Hz (default 1)")
     p.add_argument("--bridge", default=str(BRIDGE_DIR), help="Bridge dataset directory ('' to skip)")
     p.add_argument("--seed", type=int, default=0)
@@ -388,6 +388,14 @@ def cmd_bench_latent(args) -> int:
     path = write_bench_json("latent", result, args.out_json)
     columns = ["data", "model", "pairs", "usage", "perplexity", "psnr_recon", "psnr_copy",
                "psnr_moving_recon", "psnr_moving_copy", "probe_r2_linear", "probe_r2_mlp"]
-    text = format_table(rows, columns) + "\n\n" + markdown_table(rows, columns, floatfmt=".2f") + f"\n\nwrote {path}"
+    per_dim = []
+    for key, r in details.items():
+        if key.endswith("/train"):
+            continue
+        dims = " ".join("-" if v is None else f"{v:.2f}" for v in r["probe_linear"]["r2_per_dim"])
+        mlp = " ".join("-" if v is None else f"{v:.2f}" for v in r["probe_mlp"]["r2_per_dim"])
+        per_dim.append(f"  {key:<14} linear [{dims}]  mlp [{mlp}]")
+    text = (format_table(rows, columns) + "\n\n" + markdown_table(rows, columns, floatfmt=".2f")
+            + "\n\nprobe R^2 per action dimension (sim: x y z gripper):\n" + "\n".join(per_dim) + f"\n\nwrote {path}")
     emit(result, args.json, text)
     return 0

@@ -1,7 +1,7 @@
 """Configuration of the latent action model (LAM): one dataclass, two presets.
 
 `small`: 64 px frames, 8 px patches, width 96, 2 + 1 encoder and 2 decoder blocks (0.7M
-parameters) -- trains on one CPU core in minutes.
+parameters), flatten pooling, unit-length 8-d latents -- trains on one CPU core in minutes.
 `paper`: LAPA's latent action quantisation model -- 256 px frames, 32 px patches,
 width 1024, 16 heads, 8 spatial + 8 temporal encoder blocks, 8 decoder blocks,
 4 tokens from a codebook of 8 codes of dimension 32 (about 330M parameters).
@@ -70,7 +70,10 @@ class LAMConfig:
 
 
 PRESETS: dict[str, LAMConfig] = {
-    "small": LAMConfig(),
+    # Flatten pooling, unit-length latents and 8-d codes: on held-out Meta-World pick-place
+    # (gap 8, 750 steps) the action probe rose from 0.29 (attention pooling, 32-d codes) to 0.55
+    # linear R^2, and the tokens went from 9 to 68 distinct sequences (labelers/lam/README.md).
+    "small": LAMConfig(pool="flatten", normalize_latents=True, code_dim=8),
     "paper": LAMConfig(
         image_size=256,
         patch_size=32,
