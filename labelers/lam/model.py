@@ -5,9 +5,14 @@
     frame t+gap ─┘                                                           │   decoder blocks
                                                f(t+gap) - f(t)   B P D       │   (self-attn over
                                                      │                       │    patches, cross-
-                               L learned queries ── attention pool  B L D    │    attn to tokens)
+                  pool B L D ("attention" or "flatten", below)              │    attn to tokens)
                                                      │                       │         │
                                  per-token linear → NSVQ → L tokens ───────────┴──→ head → frame t+gap
+
+Pooling (config.pool): "attention" -- L learned queries attend over the P difference vectors,
+one projection per token; "flatten" -- each patch's difference is reduced to pool_dim numbers
+and one linear layer per token reads the flattened P x pool_dim map (position-aware). With
+config.normalize_latents the L latents are scaled to unit length before NSVQ.
 
 The encoder sees both frames (and, with `encoder_pixel_diff`, the pixel difference
 frame t+gap - frame t as three extra input channels: on a CPU budget this makes moving
