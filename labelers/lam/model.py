@@ -5,7 +5,7 @@
     frame t+gap ─┘                                                           │   decoder blocks
                                                f(t+gap) - f(t)   B P D       │   (self-attn over
                                                      │                       │    patches, cross-
-                  pool B L D ("attention" or "flatten", below)              │    attn to tokens)
+                  pool B L D ("attention" or "flatten", below)               │    attn to tokens)
                                                      │                       │         │
                                  per-token linear → NSVQ → L tokens ───────────┴──→ head → frame t+gap
 
