@@ -53,3 +53,16 @@ def test_bad_inputs_are_clear_errors(bridge_dir, tmp_path, capsys):
     assert rc == 2 and "--episodes" in err
     rc, _, err = _run(capsys, ["latent", "label", "--checkpoint", str(tmp_path / "missing"), "--source", str(bridge_dir)])
     assert rc == 2 and "missing" in err
+
+
+def test_bench_run_dir_depends_on_config_and_resume_settings_not_steps(tmp_path):
+    from curation.cmd_latent import _run_dir
+    from labelers.lam.config import get_config
+    from labelers.lam.train import TrainSettings
+
+    small = get_config("small")
+    a = _run_dir(tmp_path, "sim", small, TrainSettings(steps=100, gap=8))
+    assert a == _run_dir(tmp_path, "sim", small, TrainSettings(steps=1500, gap=8))  # more steps resume
+    assert a.name.startswith("run-sim-gap8-seed0-")
+    assert a != _run_dir(tmp_path, "sim", get_config("small", pool="attention"), TrainSettings(steps=100, gap=8))
+    assert a != _run_dir(tmp_path, "sim", small, TrainSettings(steps=100, gap=8, lr=1e-3))
