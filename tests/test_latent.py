@@ -263,7 +263,10 @@ def test_flatten_pooling_and_unit_latents_and_old_configs_load_as_attention():
     assert float(model.pool_reduce.weight.grad.abs().sum()) > 0
     # a config written before `pool` existed is the attention model it was trained as
     old = json.loads(get_config("small").to_json())
-    for key in ("pool", "pool_dim", "normalize_latents"):
+    centred = LatentActionModel(get_config("small", pool="flatten", normalize_latents=True, center_latents=True))
+    assert centred.train()(x_t, x_tg)["latents"].shape == (2, 4, cfg.code_dim)
+    assert centred.eval()(x_t[:1], x_tg[:1])["indices"].shape == (1, 4)  # running statistics at evaluation
+    for key in ("pool", "pool_dim", "normalize_latents", "center_latents"):
         old.pop(key)
     assert LAMConfig.from_json(json.dumps(old)).pool == "attention"
     assert not LAMConfig.from_json(json.dumps(old)).normalize_latents

@@ -39,6 +39,9 @@ class LAMConfig:
     # Scale every latent to unit length before NSVQ (nearest code by direction). Without it the
     # latents spread far beyond the codebook and each token position used 2-3 of the 8 codes.
     normalize_latents: bool = False
+    # Centre each token position's latents (BatchNorm without affine, running statistics at
+    # evaluation) before the unit scaling: experimental, see labelers/lam/README.md.
+    center_latents: bool = False
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -62,6 +65,7 @@ class LAMConfig:
         data = json.loads(text)
         data.setdefault("pool", "attention")  # checkpoints written before these options existed
         data.setdefault("normalize_latents", False)
+        data.setdefault("center_latents", False)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -118,6 +118,8 @@ class LatentActionModel(nn.Module):
             d_in = P * c.pool_dim
         self.to_code_w = nn.Parameter(torch.randn(c.num_tokens, d_in, c.code_dim) / d_in ** 0.5)
         self.to_code_b = nn.Parameter(torch.zeros(c.num_tokens, c.code_dim))
+        if c.center_latents:
+            self.latent_center = nn.BatchNorm1d(c.num_tokens * c.code_dim, affine=False)
         self.vq = NSVQ(c.code_dim, c.codebook_size, c.discard_threshold)
         self.from_code = nn.Linear(c.code_dim, D)
         self.token_pos = nn.Parameter(torch.randn(1, c.num_tokens, D) * 0.02)
@@ -152,6 +154,8 @@ class LatentActionModel(nn.Module):
         else:
             flat = self.token_norm(self.pool_reduce(diff).flatten(1))  # B (P pool_dim)
             z = torch.einsum("bk,lkc->blc", flat, self.to_code_w) + self.to_code_b  # B L c
+        if c.center_latents:
+            z = self.latent_center(z.flatten(1)).view_as(z)
         return F.normalize(z, dim=-1) if c.normalize_latents else z
 
     def decode(self, frame_t: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
