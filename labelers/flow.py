@@ -104,6 +104,7 @@ class DISFlow:
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_dis", None)
+        state.pop("_shape", None)
         return state
 
     def __setstate__(self, state):
@@ -112,6 +113,12 @@ class DISFlow:
 
     def flow_gray(self, gray0: np.ndarray, gray1: np.ndarray) -> np.ndarray:
         """The same flow from H x W uint8 grey frames (skips the colour conversion)."""
+        # OpenCV's DIS instance keeps pyramid settings derived from earlier, smaller images
+        # (seen with OpenCV 5.0: a 32 px pair changes later 64 px results), so a worker's
+        # labels would depend on which episodes it saw before. One instance per frame size.
+        if gray0.shape != getattr(self, "_shape", None):
+            self._build()
+            self._shape = gray0.shape
         return self._dis.calc(gray0, gray1, None)
 
     def __call__(self, frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:

@@ -181,6 +181,24 @@ def test_flow_backends_recover_translation(backend):
     np.testing.assert_allclose(np.median(inner.reshape(-1, 2), 0), [1.5, -0.75], atol=0.15)
 
 
+def test_dis_flow_does_not_depend_on_earlier_frame_sizes():
+    """OpenCV's DIS keeps settings from earlier, smaller images; a labeler reused across
+    episodes (one per worker) must still give every episode the same flow."""
+    import cv2
+
+    clip = translated_clip([(0, 0), (1.5, -0.75)])
+    fresh = get_flow_backend("dis")(clip[0], clip[1])
+    reused = get_flow_backend("dis")
+    small = np.ascontiguousarray(clip[:, ::2, ::2])  # 32 px
+    reused(small[0], small[1])
+    np.testing.assert_array_equal(reused(clip[0], clip[1]), fresh)
+    # the quirk being guarded against is real: a bare DIS instance does change
+    bare = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    g = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip[:2]]
+    bare.calc(cv2.cvtColor(small[0], cv2.COLOR_RGB2GRAY), cv2.cvtColor(small[1], cv2.COLOR_RGB2GRAY), None)
+    assert not np.array_equal(bare.calc(g[0], g[1], None), fresh)
+
+
 def test_flow_bad_input():
     a = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match="one size"):

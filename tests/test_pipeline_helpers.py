@@ -47,7 +47,8 @@ def assert_same_dataset(a: Path, b: Path) -> None:
 
     ra, rb = manifest_rows(a), manifest_rows(b)
     assert len(ra) == len(rb) > 0
-    assert ra == rb
+    diffs = [(i, k, x[k], y.get(k)) for i, (x, y) in enumerate(zip(ra, rb)) for k in x if x[k] != y.get(k)]
+    assert not diffs, f"manifests of {a.name} and {b.name} differ (row, column, a, b): {diffs[:8]}"
     da, db = open_dataset(str(a)), open_dataset(str(b))
     for shard in da.shard_names:
         xa, xb = da.read_shard(shard), db.read_shard(shard)
