@@ -37,6 +37,9 @@ def s3_endpoint():
     finally:
         server.stop()
         mp.undo()
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()  # cached instances point at this stopped server
 
 
 @pytest.fixture(scope="module")

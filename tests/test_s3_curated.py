@@ -35,6 +35,11 @@ def s3_env():
     export: endpoint and credentials as AWS_* variables."""
     from moto.server import ThreadedMotoServer
 
+    import s3fs
+
+    # fsspec caches filesystem instances by their arguments, not by the environment: an s3fs
+    # made by an earlier test (another endpoint in AWS_ENDPOINT_URL) must not be reused here.
+    s3fs.S3FileSystem.clear_instance_cache()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     mp = pytest.MonkeyPatch()
@@ -54,6 +59,7 @@ def s3_env():
     finally:
         mp.undo()
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
