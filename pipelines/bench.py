@@ -60,11 +60,13 @@ def _stages_alone(src: Path, workdir: Path) -> dict:
     """Each stage over every episode on its own, in this process: the cost the
     pipeline's orchestration and I/O overhead is measured against."""
     from curation.filters import FilterConfig, apply_filters
-    from pipelines.stages import episode_arrays, local_labeler, manifest_row, open_source
+    from pipelines.stages import episode_arrays, limit_threads, local_labeler, manifest_row, open_source
     from pipelines.writer import EpisodePayload, write_shard_group
 
     cfg = _cfg(src, "local", 1)
-    srcobj = open_source(str(src), "train")
+    # the same thread budget a pipeline worker gets, so the ratio measures orchestration and I/O
+    limit_threads(cfg.engine.threads_per_worker)
+    srcobj = open_source(str(src), "train", cfg.engine.threads_per_worker)
     labeler = local_labeler(cfg)
     fcfg = FilterConfig.from_dict(cfg.curation.filters)
     t = {"read": 0.0, "label": 0.0, "filter": 0.0, "arrays": 0.0, "write": 0.0}
