@@ -13,20 +13,10 @@ from curation.cli import main as curate
 from curation.rlds import RLDSSource, read_episodes
 from curation.rlds_write import write_rlds_dataset
 from schemas.episode import Episode, EpisodeError
+from test_pipeline_helpers import edit_record
 from test_rlds_helpers import contributed_episode, contributed_features, write_contributed
 
 NAME = "stanford_hydra_dataset_converted_externally_to_rlds"  # a registered contributed dataset
-
-
-def _edit_record(path, index: int, edit) -> None:
-    """Rewrite one serialized episode of a tfrecord in place: edit(tf.train.Example)."""
-    records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
-    ex = tf.train.Example.FromString(records[index])
-    edit(ex)
-    records[index] = ex.SerializeToString()
-    with tf.io.TFRecordWriter(str(path)) as w:
-        for r in records:
-            w.write(r)
 
 
 def _split(items):
@@ -72,7 +62,7 @@ def test_undecodable_jpeg_names_step_and_camera(tmp_path):
     def corrupt(ex):
         ex.features.feature["steps/observation/image"].bytes_list.value[9] = b"\xff\xd8\xff\xe0 not a jpeg"
 
-    _edit_record(_shard(path), 1, corrupt)
+    edit_record(_shard(path), 1, corrupt)
     good, bad = _split(list(read_episodes(str(path), on_error="yield")))
     assert [e.provenance.episode_index for e in good] == [0, 2]
     msg = str(bad[0])
@@ -82,8 +72,8 @@ def test_undecodable_jpeg_names_step_and_camera(tmp_path):
 
 def test_missing_key(tmp_path):
     path = write_contributed(tmp_path, NAME, n=3, T=4)
-    _edit_record(_shard(path), 0, lambda ex: ex.features.feature.pop("steps/action"))
-    _edit_record(_shard(path), 2, lambda ex: ex.features.feature.pop("episode_metadata/file_path"))
+    edit_record(_shard(path), 0, lambda ex: ex.features.feature.pop("steps/action"))
+    edit_record(_shard(path), 2, lambda ex: ex.features.feature.pop("episode_metadata/file_path"))
     good, bad = _split(list(read_episodes(str(path), on_error="yield")))
     assert [e.provenance.episode_index for e in good] == [1]
     msg = str(bad[0])
