@@ -128,11 +128,27 @@ def _sample_anchor(group, row: dict) -> Optional[int]:
     return int(row["anchor_start"] + int(np.argmax(disp)))
 
 
-def _draw_tracks(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (cards are written on headless workers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, dpi: int) -> bool:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
+def _draw_tracks(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
+    plt = _pyplot()
     from matplotlib.collections import LineCollection
 
     panels = []
@@ -177,17 +193,11 @@ def _draw_tracks(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
         ax.set_ylim(frame.shape[0], 0)
         ax.set_title(f"{r['dataset']} ep {r['episode_index']} t={step}\n{(r.get('language') or '')[:40]}", fontsize=7)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, out, dpi=110)
 
 
 def _draw_motion_images(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from labelers.flow import decode_motion_image, flow_to_color
 
@@ -220,17 +230,11 @@ def _draw_motion_images(dataset_dir: Path, samples: list[dict], out: Path) -> bo
         axes[1, i].set_title(f"flow t->t+gap, wheel radius {radius:.1f} px (max |f| {peak:.1f})", fontsize=7)
         for ax in axes[:, i]:
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, out, dpi=110)
 
 
 def _draw_action_histograms(dataset_dir: Path, rows: list[dict], out: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     per_ds: dict[str, list[np.ndarray]] = {}
     counts: Counter = Counter()
@@ -261,10 +265,7 @@ def _draw_action_histograms(dataset_dir: Path, rows: list[dict], out: Path) -> b
             else:
                 ax.axis("off")
             ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return True
+    return _save(fig, out, dpi=100)
 
 
 def _stats_rows(stats: dict, array: str) -> list[dict]:

@@ -35,3 +35,14 @@ def sim_dataset_dir(tmp_path_factory) -> Path:
             root, tasks=["pick-place-v3", "drawer-open-v3"], episodes_per_task=2, size=64, max_steps=24, seed=0
         )
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The CI/dev machine is small and shared: one torch intra-op thread is several times faster here."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

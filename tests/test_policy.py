@@ -9,13 +9,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The CI/dev machine is small and shared: one intra-op thread is several times faster here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from policy import flow_matching as fm
 from policy.bench import synthetic_batch
