@@ -27,11 +27,11 @@ from curation.report import add_report_args, emit, format_table, write_bench_jso
 
 log = logging.getLogger(__name__)
 
-# Small labels so a job over a few episodes takes seconds per unit on 2 shared cores
-# (the same settings as the pipeline tests, so their local run is a valid reference).
-FAST_LABELS = ["labels.grid=6", "labels.horizon=6", "labels.stride=4"]
+# Labels small enough that a job over the 25 Bridge episodes takes seconds, big enough
+# that a unit of 3 episodes is still running when the poller (every POLL_S) sees it.
+FAST_LABELS = ["labels.grid=10", "labels.horizon=8", "labels.stride=2"]
 VICTIM = "node_b"
-BUSY_BEFORE_KILL_S = 1.5
+POLL_S = 0.05
 
 
 def curate_cmd() -> list[str]:
@@ -64,8 +64,8 @@ def run_local(source, out, shard_episodes: int = 3, timeout_s: float = 600) -> d
 
 
 def _busy_workers(cluster, name: str) -> set[int]:
-    """Worker processes of node `name` executing a unit task right now (Ray sets a
-    busy worker's process title to ray::<function>, an idle one's to ray::IDLE)."""
+    """Worker processes of node `name` executing a task right now (Ray sets a busy
+    worker's process title to ray::<function>, an idle one's to ray::IDLE)."""
     busy = set()
     for p in cluster._node_processes(name):
         try:
@@ -76,18 +76,37 @@ def _busy_workers(cluster, name: str) -> set[int]:
     return busy
 
 
-def _first_commit(out: Path) -> bool:
+def _unit_running_on(cluster, name: str, out: Path) -> Optional[int]:
+    """The shard group of a unit that node `name` is processing right now, if any:
+    a unit attempt marker (written by the worker at the start of the unit, named with
+    its pid) whose worker is one of the node's busy workers and whose shard is not
+    committed yet. Fingerprint-pass tasks leave no marker, so they never match."""
+    from pipelines.stages import ATTEMPTS_DIR
     from pipelines.writer import committed_groups
 
-    return bool(committed_groups(out))
+    d = Path(out) / ATTEMPTS_DIR
+    if not d.is_dir():
+        return None
+    started = {}
+    for f in os.listdir(d):
+        parts = f.split(".")  # unit-00003.<pid>.<uuid>
+        if len(parts) == 3 and parts[0].startswith("unit-") and parts[1].isdigit():
+            started[int(parts[1])] = int(parts[0][5:])
+    running = [started[pid] for pid in _busy_workers(cluster, name) if pid in started]
+    if not running:
+        return None
+    done = committed_groups(Path(out))
+    pending = [g for g in running if g not in done]
+    return pending[0] if pending else None
 
 
 def run_cluster_job(cluster, source, out, shard_episodes: int = 3, kill: Optional[str] = None,
                     label_resource: Optional[str] = None, timeout_s: float = 900) -> dict:
     """`curate run --runner ray --address` against `cluster` in a driver subprocess.
 
-    kill: SIGKILL this node's raylet once the first shard has committed and the
-    node is running a unit task (so there is work to lose). label_resource: run the
+    kill: crash this node (every process of it frozen, then SIGKILLed) the moment it
+    is seen running a unit whose shard is not committed (so there is work to lose).
+    label_resource: run the
     labeler as one actor needing this custom resource (a stand-in GPU)."""
     sets = ["engine.max_retries=5"]
     if label_resource:
@@ -101,21 +120,19 @@ def run_cluster_job(cluster, source, out, shard_episodes: int = 3, kill: Optiona
     reader = threading.Thread(target=lambda: outputs.update(zip(("out", "err"), proc.communicate())), daemon=True)
     reader.start()
     killed: dict = {}
-    busy_since: dict[int, float] = {}
     try:
         while proc.poll() is None and kill and not killed:
             if time.perf_counter() - t0 > timeout_s:
                 break
-            now = time.perf_counter()
-            busy = _busy_workers(cluster, kill) if _first_commit(Path(out)) else set()
-            busy_since = {pid: busy_since.get(pid, now) for pid in busy}
-            # the same worker busy for a while: its unit is well under way (and its
-            # attempt recorded), so killing the node now loses real work
-            if any(now - t >= BUSY_BEFORE_KILL_S for t in busy_since.values()):
-                killed = {"node": kill, "raylet_pid": cluster.kill_node(kill),
+            group = _unit_running_on(cluster, kill, Path(out))
+            if group is not None:
+                from pipelines.writer import committed_groups
+
+                killed = {"node": kill, "raylet_pid": cluster.kill_node(kill), "unit_group": group,
+                          "committed_before": len(committed_groups(Path(out))),
                           "at_s": round(time.perf_counter() - t0, 2)}
                 break
-            time.sleep(0.2)
+            time.sleep(POLL_S)
         reader.join(timeout=max(1.0, timeout_s - (time.perf_counter() - t0)))
         if reader.is_alive():
             proc.kill()

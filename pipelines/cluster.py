@@ -2,7 +2,7 @@
 
     with LocalCluster(workers=2) as cluster:          # head + 2 worker nodes
         run curate with engine.address = cluster.address
-        cluster.kill_node("node_b")                    # SIGKILL that node's raylet
+        cluster.kill_node("node_b")                    # crash that node (SIGKILL all of it)
 
 Every node is its own `ray start --block` process (its own raylet, node id, object
 store, ports and temp dir), exactly what `ray start` does on separate machines,
@@ -257,13 +257,21 @@ class LocalCluster:
         raise RuntimeError(f"no raylet process found for node {name}")
 
     def kill_node(self, name: str) -> int:
-        """SIGKILL the raylet of node `name` (what a machine crash looks like to Ray:
-        its workers lose their raylet and exit, the GCS marks the node dead).
-        Returns the killed pid."""
+        """Crash node `name` as a machine crash would: every process of it (raylet,
+        workers, agents) is frozen with SIGSTOP first, so nothing of it runs on while
+        the others are being killed (a unit cannot slip in a commit), then SIGKILLed.
+        The GCS marks the node dead after its missed health checks. Returns the
+        raylet's pid."""
         pid = self.raylet_pid(name)
         self.nodes[name].killed = True
-        os.kill(pid, signal.SIGKILL)
-        log.info("killed raylet of %s (pid %d)", name, pid)
+        procs = self._node_processes(name)
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for p in procs:
+                try:
+                    os.kill(p.pid, sig)
+                except OSError:  # already gone
+                    pass
+        log.info("crashed node %s: raylet pid %d and %d other processes killed", name, pid, len(procs) - 1)
         return pid
 
     def _own_processes(self):

@@ -1,7 +1,7 @@
 """The curation job on a real multi-node Ray cluster on this machine (loopback only):
 a head and two worker nodes as separate `ray start` processes, the job joined by
-`curate run --runner ray --address`, one worker node SIGKILLed (its raylet) while
-it runs a unit. The job completes, every episode is written exactly once, the
+`curate run --runner ray --address`, one worker node crashed (all its processes
+SIGKILLed) while it runs a unit whose shard is not committed. The job completes, every episode is written exactly once, the
 result equals the local run, the summary reports the retried work, and the
 labeler actor runs on the node holding the stand-in GPU resource, not the head."""
 
@@ -48,8 +48,9 @@ def test_job_survives_a_killed_worker_node_and_equals_local(cluster, bridge_dir,
     eng = s["engine"]
 
     # the node really died in the middle of the job
-    assert s["killed"], f"{VICTIM} never ran a unit after the first commit: nothing was killed"
+    assert s["killed"], f"{VICTIM} was never seen running a unit: nothing was killed"
     assert s["killed"]["node"] == VICTIM and s["killed"]["raylet_pid"] > 0
+    lost = s["killed"]["unit_group"]
     assert not psutil.pid_exists(s["killed"]["raylet_pid"]) or \
         psutil.Process(s["killed"]["raylet_pid"]).status() == psutil.STATUS_ZOMBIE
     assert s["runner"] == "ray" and s["complete"], s["counts"]
@@ -64,6 +65,8 @@ def test_job_survives_a_killed_worker_node_and_equals_local(cluster, bridge_dir,
     assert att["retried_tasks"] >= 1 and att["task_attempts"] > att["tasks"], (s["killed"], att)
     victim_id = cluster.nodes[VICTIM].node_id
     assert any(victim_id in r["nodes"] and r["nodes"][-1] != victim_id for r in att["retried"]), att["retried"]
+    # the very unit it was running when it died was redone: more than one attempt marker
+    assert lost in s["attempts"]["retried_units"], (lost, s["attempts"])
     assert att["attempts_by_node"].get(victim_id, 0) >= 1, att
 
     # the model stage ran on the stand-in GPU node only (never on the head)
