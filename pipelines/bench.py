@@ -247,7 +247,8 @@ def run_bench(args) -> int:
             s = _run(src, workdir / f"out-{runner}-{workers}", runner, workers)
             eng[f"{runner}x{workers}"] = {k: s[k] for k in ("frames_written_this_run", "processing_s", "units_s",
                                                             "frames_per_s", "units_frames_per_s", "frames_read_this_run",
-                                                            "units_read_frames_per_s", "stage_seconds")}
+                                                            "units_read_frames_per_s", "stage_seconds", "unit_spans",
+                                                            "driver_cpu_units_s")}
             rows.append({"measure": f"throughput {runner} x{workers}", "value": s["units_read_frames_per_s"],
                          "unit": "frames/s", "note": f"frames processed; written {s['units_frames_per_s']:.1f}/s, "
                                                      f"incl. start-up {s['frames_per_s']:.1f}/s"})
@@ -270,6 +271,12 @@ def run_bench(args) -> int:
         rows.append({"measure": "stages alone, 2 processes / 1", "value": work["ratio"], "unit": "x",
                      "note": f"this machine's ceiling for this work ({work['one_process_s']:.1f} s vs "
                              f"{work['two_processes_s']:.1f} s); ray reaches {scale / work['ratio']:.0%} of it"})
+        for name in ("rayx1", "rayx2"):
+            sp = eng[name].get("unit_spans") or {}
+            if sp:
+                rows.append({"measure": f"{name.replace('x', ' x')}: workers busy", "value": sp["busy_fraction"],
+                             "unit": "fraction", "note": f"{sp['units']} units, mean {sp['mean_s']:.2f} s per unit; "
+                                                         f"driver CPU {eng[name]['driver_cpu_units_s']:.2f} s"})
     if "zarr" not in skip:
         z = _zarr_vs_npy(src, workdir)
         result["zarr_vs_npy"] = z

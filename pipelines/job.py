@@ -247,15 +247,18 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
             if cfg.curation.dedup is not None and pending:
                 dropped, t_dedup = _dedup_pass(engine, cfg, units, job_dir, progress)
             t_units0 = time.perf_counter()
+            cpu_units0 = time.process_time()
             if pending:
                 stage = ProcessUnit(cfg, str(out_dir), dropped, labeler=engine.labeler(cfg))
                 t_units0 = time.perf_counter()
+                cpu_units0 = time.process_time()
                 with _Progress(out_dir, pending, progress):
                     for task, res in engine.map_unordered(stage, pending):
                         if isinstance(res, Failure):
                             failures[task.group] = res.error
                             log.error("%s failed, shard not committed: %s", task.describe(), res.error.strip().splitlines()[-1])
             t_units = time.perf_counter() - t_units0
+            driver_cpu_units = time.process_time() - cpu_units0
             engine_stats = engine.stats()
         t_run = time.perf_counter() - t_run0
         # Attempts lost with a killed worker or node leave their uncommitted tmp shards behind;
@@ -285,10 +288,25 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         units_s=t_units, units_frames_per_s=frames_done / t_units if t_units > 0 else 0.0,
         frames_read_this_run=frames_read, units_read_frames_per_s=frames_read / t_units if t_units > 0 else 0.0,
         stage_seconds={k: round(v, 4) for k, v in stage_s.items()},
+        driver_cpu_units_s=driver_cpu_units,
+        unit_spans=_unit_spans(run_records, t_units, cfg.engine.workers if cfg.engine.runner != "local" else 1),
         units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
         attempts=_attempt_count(out_dir, pending),
     )
     return summary
+
+
+def _unit_spans(records: list[dict], t_units: float, workers: int) -> dict:
+    """How busy the workers were during the units phase: each committed unit's span
+    (start on its worker to commit) summed, against units phase x workers. A busy
+    fraction near 1 with slower units means the workers contend for the machine; a low
+    one means orchestration (scheduling, start-up, stragglers) left them idle."""
+    spans = [r["committed_at"] - r["started_at"] for r in records if "started_at" in r and "committed_at" in r]
+    if not spans:
+        return {}
+    return {"units": len(spans), "sum_s": sum(spans), "mean_s": sum(spans) / len(spans), "max_s": max(spans),
+            "workers_seen": len({(r.get("host"), r.get("pid")) for r in records}),
+            "busy_fraction": sum(spans) / (t_units * max(1, workers)) if t_units > 0 else None}
 
 
 def _attempt_count(out_dir: Path, pending: list[UnitTask]) -> dict:

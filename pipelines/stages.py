@@ -277,6 +277,7 @@ class ProcessUnit:
         from curation.filters import apply_filters
 
         mark_attempt(self.out_dir, task.group)
+        started_at = time.time()
         timings: dict[str, float] = defaultdict(float)
         payloads: list[EpisodePayload] = []
         quarantine: list[dict] = []
@@ -365,6 +366,7 @@ class ProcessUnit:
         record = {"unit": {"group": task.group, "split": task.split, "start": task.start, "stop": task.stop,
                            "file": task.file},
                   "config_hash": self.cfg.content_hash(), "counts": counts,
-                  "quarantine": quarantine, "filtered": filtered, "timings": dict(timings)}
+                  "quarantine": quarantine, "filtered": filtered, "timings": dict(timings),
+                  "started_at": started_at}  # with the commit's committed_at: the unit's span on its worker
         return commit_unit(self.out_dir, task.group, payloads, record,
                            self.cfg.writer.frames_per_chunk, self.cfg.writer.compression)

@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 from pipelines.config import JobConfig
+from pipelines.writer import committed_groups
 from test_pipeline_helpers import cached_run, job_config, manifest_rows
 
 
@@ -91,6 +92,14 @@ def test_local_run_on_bridge_is_complete_valid_and_readable(bridge_dir):
     assert g.attrs["commit"]["episodes"][0]["episode_id"] == rows[0]["episode_id"]
     assert {"read", "label", "write", "finalize"} <= set(s["stage_seconds"])
     assert s["stage_seconds"]["label"] > 0 and s["frames_per_s"] > 0
+    # every committed unit's span on its worker is recorded; one local worker was busy for
+    # (nearly) the whole units phase, and each span covers at least its timed stages
+    sp = s["unit_spans"]
+    assert sp["units"] == c["units"] == 9 and sp["workers_seen"] == 1
+    assert 0.5 < sp["busy_fraction"] <= 1.0 + 1e-6, sp
+    for g, rec in committed_groups(out).items():
+        span = rec["committed_at"] - rec["started_at"]
+        assert span >= sum(rec["timings"].values()) - 1e-3, (g, span, rec["timings"])
 
 
 def test_rerun_is_a_noop_and_other_config_is_refused(bridge_dir, tmp_path):
