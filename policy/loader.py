@@ -297,7 +297,10 @@ class TripletStream(IterableDataset):
 
 
 def dataset_version(ds) -> str:
-    """NAME@VERSION of a curated dataset, from its manifest (dataset, version columns) or info."""
+    """The published reference (URL/NAME@VERSION) a dataset was opened by, else NAME@VERSION of
+    the curated dataset from its info or manifest (dataset, version columns)."""
+    if getattr(ds, "version", None) and "@" in str(getattr(ds, "ref", "")):
+        return str(ds.ref)
     info = getattr(ds, "info", None) or {}
     if isinstance(info, dict) and info.get("name") and info.get("version"):
         return f"{info['name']}@{info['version']}"

@@ -238,6 +238,26 @@ def test_cli_train_both_phases_and_eval_on_curated_data(curated_dir, tmp_path, c
     assert ev["image_size"] == [64, 64]
 
 
+def test_train_from_a_published_version_records_its_reference(curated_dir, tmp_path, capsys):
+    """`--data URL/NAME@V`: the trainer reads the published copy and the checkpoint names that
+    reference (not the source dataset's own name), so a policy can be traced to its data."""
+    from curation.cli import main
+
+    reg = f"file://{tmp_path / 'registry'}"
+    assert main(["publish", str(curated_dir), "--name", "mw-tiny", "--version", "2.0.0", "--to", reg, "--json"]) == 0
+    capsys.readouterr()
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("policy: {d_model: 16, n_heads: 2, vl_layers: 1, motion_layers: 1, action_layers: 1, "
+                   "motion_points: 16, motion_horizon: 4}\ntrain: {batch_size: 2, log_every: 1, warmup_steps: 1, shuffle_buffer: 4}\n")
+    ref = f"{reg}/mw-tiny@2.0.0"
+    assert main(["policy", "train", "--data", ref, "--phase", "motion", "--config", str(cfg), "--steps", "2",
+                 "--out", str(tmp_path / "m"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["dataset_version"] == ref
+    state = json.loads(next((tmp_path / "m" / "checkpoints").glob("step-*/state.json")).read_text())
+    assert state["dataset_version"] == ref
+
+
 def test_wilson_interval():
     from policy.evaluate import wilson_interval
 
