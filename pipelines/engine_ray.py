@@ -16,6 +16,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from pipelines.engine_local import apply_or_fail
@@ -23,6 +26,7 @@ from pipelines.engine_local import apply_or_fail
 log = logging.getLogger(__name__)
 
 MODEL_BACKENDS = ("depth-anything", "depth_anything", "cotracker")
+RAY_ATTEMPTS_DIR = "ray-attempts"  # under the job directory
 
 
 def needs_models(labels: dict) -> bool:
@@ -73,13 +77,19 @@ class RemoteLabeler:
 class RayEngine:
     name = "ray"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, job_dir=None):
         self.cfg = cfg
         self.eng = cfg.engine
         self._started = False
         self._actors = []
         self.retried = 0
-        self._attempts = None  # _AttemptLog actor: one record per task attempt (retries after node loss)
+        # One marker file per task attempt (which task, on which node), written by the attempt
+        # itself before its work, on the job directory's shared storage: a record that no node
+        # loss can take away. Without a job directory (direct use) a temp dir of this process.
+        self._own_attempt_dir = job_dir is None
+        self.attempt_dir = str(Path(job_dir) / RAY_ATTEMPTS_DIR) if job_dir else tempfile.mkdtemp(prefix="ray-attempts-")
+        shutil.rmtree(self.attempt_dir, ignore_errors=True)
+        os.makedirs(self.attempt_dir, exist_ok=True)
         self._keys: dict = {}
 
     def __enter__(self) -> "RayEngine":
@@ -110,6 +120,8 @@ class RayEngine:
         self._actors = []
         if self._started:
             ray.shutdown()
+        if self._own_attempt_dir:
+            shutil.rmtree(self.attempt_dir, ignore_errors=True)
 
     def parallelism(self) -> int:
         import ray
@@ -139,7 +151,7 @@ class RayEngine:
         run = ray.remote(_attempt).options(num_cpus=1, max_retries=self.eng.max_retries, retry_exceptions=False)
         fn_ref = ray.put(fn)
         items = list(items)
-        attempts = self._attempt_log()
+        attempts = self.attempt_dir
         window = 4 * self.parallelism()  # bounded in flight: the driver's memory does not grow with the job
         pending: dict = {}
         it = iter(items)
@@ -164,26 +176,13 @@ class RayEngine:
                 self._keys[key] = item
                 pending[run.remote(fn_ref, item, key, attempts)] = item
 
-    def _attempt_log(self):
-        """The attempt log lives on the driver's node (pinned), so losing a worker node
-        never loses the record of the attempts that ran there."""
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        if self._attempts is None:
-            here = ray.get_runtime_context().get_node_id()
-            self._attempts = ray.remote(_AttemptLog).options(
-                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
-        return self._attempts
-
     def attempt_stats(self) -> dict:
         """Task attempts of this run: total, retried units (more than one attempt: a
         worker or node died under them) and where the attempts ran."""
-        import ray
-
-        if self._attempts is None:
-            return {"task_attempts": 0, "tasks": 0, "retried_tasks": 0, "retried": [], "attempts_by_node": {}}
-        records = ray.get(self._attempts.records.remote())
+        records = []
+        for name in os.listdir(self.attempt_dir):
+            key, node, _ = name.split(".", 2)  # <key>.<node id>.<uuid>
+            records.append((int(key), node))
         per_key: dict = {}
         by_node: dict = {}
         for key, node in records:
@@ -207,30 +206,19 @@ class RayEngine:
         return out
 
 
-class _AttemptLog:
-    def __init__(self):
-        self._records: list = []
+def _attempt(fn, item, key: int, attempt_dir: str):
+    """One attempt of a unit task: recorded (task key, node) before the work by an empty
+    marker file in the job directory, so an attempt lost with its node still counts as
+    tried. (Not by a call to an actor that the task waits for: a task blocked in `ray.get`
+    hands its CPU back to the raylet, which then starts one more worker for the next
+    queued task - measured: 3 workers with all their imports on a 2-CPU job, and units
+    25 % slower.)"""
+    import uuid
 
-    def started(self, key: int, node_id: str) -> None:
-        self._records.append((key, node_id))
-
-    def records(self) -> list:
-        return list(self._records)
-
-
-def _attempt(fn, item, key: int, attempts):
-    """One attempt of a unit task: recorded (key, node) before the work, so an attempt
-    lost with its node still counts as tried.
-
-    The record is sent without waiting for it: a task blocked in `ray.get` hands its CPU
-    back to the raylet, which then starts one more worker process for the next queued
-    task (measured: 3 workers with all their imports on a 2-CPU job, and 25% slower
-    units). The actor call leaves this process within milliseconds, long before any
-    unit could finish; the units' own attempt markers (`mark_attempt`) are the durable
-    record the job reports from."""
     import ray
 
-    attempts.started.remote(key, ray.get_runtime_context().get_node_id())
+    node = ray.get_runtime_context().get_node_id()
+    open(os.path.join(attempt_dir, f"{key}.{node}.{uuid.uuid4().hex[:8]}"), "w").close()
     return apply_or_fail(fn, item)
 
 

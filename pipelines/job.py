@@ -71,7 +71,7 @@ def make_engine(cfg: JobConfig, job_dir: Path):
     if runner == "ray":
         from pipelines.engine_ray import RayEngine
 
-        return RayEngine(cfg)
+        return RayEngine(cfg, job_dir)
     if runner == "beam":
         from pipelines.engine_beam import BeamEngine
 
