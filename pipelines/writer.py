@@ -204,7 +204,7 @@ def _write_raw_shard(array_dir: Path, data: np.ndarray, c0: int, shard_len: int)
     crc = struct.pack("<I", google_crc32c.value(index_bytes))
     key = array_dir / ".".join("0" for _ in data.shape)  # the one shard, "v2" key encoding
     with open(key, "wb") as f:
-        f.write(memoryview(data).cast("B"))
+        data.tofile(f)  # numpy's own unbuffered write of the whole array, as numpy.save does
         if pad:
             f.write(bytes(pad))  # fill value 0 / False / 0.0 is all zero bytes
         f.write(index_bytes)
