@@ -15,6 +15,7 @@ the demo doubles as a walkthrough of the command line.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,12 @@ def cmd_demo(args) -> int:
     sim_dir = sim_root / "metaworld_sim" / "1.0.0"
     registry = out / "registry"
     t0 = time.perf_counter()
+    # The demo is rerunnable: its own datasets and registry from an earlier run (possibly made by
+    # other code, so another config hash and other published content) are replaced, not resumed.
+    for old in (out / "datasets", registry):
+        if old.is_dir():
+            print(f"removing the previous demo's {old}", flush=True)
+            shutil.rmtree(old)
 
     sim_args = ["simulate", "--episodes", str(args.episodes), "--size", str(args.size), "--max-steps", "50", "--out", str(sim_root)]
     for task in DEMO_TASKS:
