@@ -81,22 +81,15 @@ def _unit_running_on(cluster, name: str, out: Path) -> Optional[int]:
     a unit attempt marker (written by the worker at the start of the unit, named with
     its pid) whose worker is one of the node's busy workers and whose shard is not
     committed yet. Fingerprint-pass tasks leave no marker, so they never match."""
-    from pipelines.stages import ATTEMPTS_DIR
+    from pipelines.stages import read_attempts
     from pipelines.writer import committed_groups
 
-    d = Path(out) / ATTEMPTS_DIR
-    if not d.is_dir():
-        return None
-    started = {}
-    for f in os.listdir(d):
-        parts = f.split(".")  # unit-00003.<pid>.<uuid>
-        if len(parts) == 3 and parts[0].startswith("unit-") and parts[1].isdigit():
-            started[int(parts[1])] = int(parts[0][5:])
-    running = [started[pid] for pid in _busy_workers(cluster, name) if pid in started]
-    if not running:
+    busy = _busy_workers(cluster, name)
+    started = [group for group, pid in read_attempts(str(out)) if pid in busy]  # a worker runs units one by one
+    if not started:
         return None
     done = committed_groups(Path(out))
-    pending = [g for g in running if g not in done]
+    pending = sorted(g for g in started if g not in done)
     return pending[0] if pending else None
 
 

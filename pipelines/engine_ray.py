@@ -151,7 +151,6 @@ class RayEngine:
         run = ray.remote(_attempt).options(num_cpus=1, max_retries=self.eng.max_retries, retry_exceptions=False)
         fn_ref = ray.put(fn)
         items = list(items)
-        attempts = self.attempt_dir
         window = 4 * self.parallelism()  # bounded in flight: the driver's memory does not grow with the job
         pending: dict = {}
         it = iter(items)
@@ -159,7 +158,7 @@ class RayEngine:
         for item in itertools.islice(it, window):
             key = next(keys)
             self._keys[key] = item
-            pending[run.remote(fn_ref, item, key, attempts)] = item
+            pending[run.remote(fn_ref, item, key, self.attempt_dir)] = item
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -174,7 +173,7 @@ class RayEngine:
             for item in itertools.islice(it, len(done)):
                 key = next(keys)
                 self._keys[key] = item
-                pending[run.remote(fn_ref, item, key, attempts)] = item
+                pending[run.remote(fn_ref, item, key, self.attempt_dir)] = item
 
     def attempt_stats(self) -> dict:
         """Task attempts of this run: total, retried units (more than one attempt: a

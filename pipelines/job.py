@@ -24,7 +24,9 @@ from pathlib import Path
 
 from pipelines.config import JobConfig
 from pipelines.engine_local import Failure
-from pipelines.stages import ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row
+from pipelines.stages import (
+    ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row, read_attempts,
+)
 from pipelines.writer import (
     COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
 )
@@ -311,11 +313,10 @@ def _unit_spans(records: list[dict], t_units: float, workers: int) -> dict:
 
 def _attempt_count(out_dir: Path, pending: list[UnitTask]) -> dict:
     """Units started this run, attempts made at them, and how many were redone."""
-    d = out_dir / ATTEMPTS_DIR
-    names = [p.name for p in d.iterdir()] if d.is_dir() else []
-    per_unit = Counter(n.split(".")[0] for n in names)
-    return {"units": len(pending), "attempts": len(names),
-            "retried_units": sorted(int(k.split("-")[1]) for k, v in per_unit.items() if v > 1),
+    attempts = read_attempts(str(out_dir))
+    per_unit = Counter(group for group, _ in attempts)
+    return {"units": len(pending), "attempts": len(attempts),
+            "retried_units": sorted(g for g, v in per_unit.items() if v > 1),
             "retries": sum(v - 1 for v in per_unit.values())}
 
 

@@ -252,6 +252,18 @@ def mark_attempt(out_dir: str, group: int) -> None:
     open(os.path.join(d, f"unit-{group:05d}.{os.getpid()}.{uuid.uuid4().hex[:8]}"), "w").close()
 
 
+def read_attempts(out_dir: str) -> list[tuple[int, int]]:
+    """(unit group, worker pid) of every attempt marked by `mark_attempt` in this run."""
+    import os
+
+    d = os.path.join(out_dir, ATTEMPTS_DIR)
+    out = []
+    for name in (os.listdir(d) if os.path.isdir(d) else []):
+        unit, pid, _ = name.split(".", 2)  # unit-00003.<pid>.<uuid>
+        out.append((int(unit.removeprefix("unit-")), int(pid)))
+    return out
+
+
 class ProcessUnit:
     """UnitTask -> the unit's commit record (shard written and committed).
 
