@@ -25,12 +25,12 @@ from schemas.triplet import DEFAULT_CHUNK, Triplet
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
 
 
-
 def array_names(group) -> list[str]:
     """Paths of every array in a Zarr group, nested ones as `frames/image`, sorted."""
     import zarr
 
     return sorted(name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
+
 
 class CuratedDataset:
     """A curated dataset on any fsspec filesystem (see open_dataset)."""

@@ -212,32 +212,6 @@ def _workload_ceiling(src: Path, workdir: Path) -> dict:
     return {"one_process_s": one, "two_processes_s": two, "ratio": one / two}
 
 
-def _burn(n: int) -> float:
-    """Pure-Python CPU work (no I/O, no shared state)."""
-    t = time.perf_counter()
-    x = 0
-    for i in range(n):
-        x = (x * 31 + i) % 1_000_003
-    return time.perf_counter() - t
-
-
-def _machine_ceiling(n: int = 6_000_000) -> float:
-    """How much 2 processes beat 1 on this machine right now (other users' load
-    included): the ceiling any 2-worker scaling figure is measured against."""
-    import multiprocessing as mp
-
-    t = time.perf_counter()
-    _burn(n)
-    _burn(n)
-    seq = time.perf_counter() - t
-    with mp.get_context("spawn").Pool(2) as pool:
-        pool.map(_burn, [1000, 1000])  # start-up out of the timing
-        t = time.perf_counter()
-        pool.map(_burn, [n, n])
-        par = time.perf_counter() - t
-    return seq / par
-
-
 def run_bench(args) -> int:
     skip = set(args.skip or [])
     workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "curate-bench-pipeline")
@@ -273,12 +247,10 @@ def run_bench(args) -> int:
         rows.append({"measure": "pipeline / stages alone (ray x1)", "value": r1, "unit": "ratio", "note": "target >= 0.8"})
         scale = eng["rayx2"]["units_read_frames_per_s"] / max(eng["rayx1"]["units_read_frames_per_s"], 1e-9)
         result["ray_2_vs_1"] = scale
-        ceiling = _machine_ceiling()
-        result["machine_2_vs_1"] = ceiling
         work = _workload_ceiling(src, workdir)
         result["workload_2_vs_1"] = work
         rows.append({"measure": "ray 2 workers / 1 worker", "value": scale, "unit": "x",
-                     "note": f"target >= 1.7; pure-Python ceiling now {ceiling:.2f}x"})
+                     "note": "target >= 1.7"})
         rows.append({"measure": "stages alone, 2 processes / 1", "value": work["ratio"], "unit": "x",
                      "note": f"this machine's ceiling for this work ({work['one_process_s']:.1f} s vs "
                              f"{work['two_processes_s']:.1f} s); ray reaches {scale / work['ratio']:.0%} of it"})

@@ -67,6 +67,9 @@ class BeamEngine:
         self.cfg = cfg
         self.job_dir = str(job_dir)
 
+    def parallelism(self) -> int:
+        return max(1, int(self.cfg.engine.workers))
+
     def __enter__(self) -> "BeamEngine":
         # The DirectRunner relays every worker's INFO lines; keep the job's output readable.
         for name in ("apache_beam", "apache_beam.runners.portability.local_job_service"):

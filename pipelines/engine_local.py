@@ -41,6 +41,9 @@ class LocalEngine:
     def labeler(self, cfg):
         return None  # ProcessUnit builds its own, once per process
 
+    def parallelism(self) -> int:
+        return 1
+
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         for item in items:
             yield item, apply_or_fail(fn, item)

@@ -87,9 +87,12 @@ class RayEngine:
         # itself before its work, on the job directory's shared storage: a record that no node
         # loss can take away. Without a job directory (direct use) a temp dir of this process.
         self._own_attempt_dir = job_dir is None
-        self.attempt_dir = str(Path(job_dir) / RAY_ATTEMPTS_DIR) if job_dir else tempfile.mkdtemp(prefix="ray-attempts-")
-        shutil.rmtree(self.attempt_dir, ignore_errors=True)
-        os.makedirs(self.attempt_dir, exist_ok=True)
+        if job_dir is None:
+            self.attempt_dir = tempfile.mkdtemp(prefix="ray-attempts-")
+        else:  # this run's attempts only
+            self.attempt_dir = str(Path(job_dir) / RAY_ATTEMPTS_DIR)
+            shutil.rmtree(self.attempt_dir, ignore_errors=True)
+            os.makedirs(self.attempt_dir)
         self._keys: dict = {}
 
     def __enter__(self) -> "RayEngine":

@@ -261,6 +261,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
                             log.error("%s failed, shard not committed: %s", task.describe(), res.error.strip().splitlines()[-1])
             t_units = time.perf_counter() - t_units0
             driver_cpu_units = time.process_time() - cpu_units0
+            parallel = engine.parallelism()
             engine_stats = engine.stats()
         t_run = time.perf_counter() - t_run0
         # Attempts lost with a killed worker or node leave their uncommitted tmp shards behind;
@@ -291,7 +292,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         frames_read_this_run=frames_read, units_read_frames_per_s=frames_read / t_units if t_units > 0 else 0.0,
         stage_seconds={k: round(v, 4) for k, v in stage_s.items()},
         driver_cpu_units_s=driver_cpu_units,
-        unit_spans=_unit_spans(run_records, t_units, cfg.engine.workers if cfg.engine.runner != "local" else 1),
+        unit_spans=_unit_spans(run_records, t_units, parallel),
         units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
         attempts=_attempt_count(out_dir, pending),
     )
