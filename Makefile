@@ -5,40 +5,45 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 CURATE := .venv/bin/curate
 APT_PACKAGES := libusb-1.0-0 libosmesa6 libgl1
+# Empty as root; sudo for anyone else.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export MUJOCO_GL := osmesa
 export PYOPENGL_PLATFORM := osmesa
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup test demo bench clean
+.PHONY: setup setup-apt setup-venv venv-ready test demo bench clean
 
-setup: .venv/.installed
+# Every step runs on every `make setup`: a fresh machine and CI take the same path, so a broken
+# step cannot hide behind a stamp file. Each step is idempotent (apt-get and pip skip what is
+# already installed, venv creation keeps an existing venv).
+setup: setup-apt setup-venv
 
-# Debian packages (open3d needs libusb, MuJoCo's CPU renderer needs OSMesa), then the venv.
-.venv/.apt:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
-	fi
-	@test -d .venv || python3.11 -m venv .venv || python3 -m venv .venv
-	@touch $@
+# Debian packages: open3d needs libusb, MuJoCo's CPU renderer needs OSMesa. As root apt-get runs
+# directly, otherwise through sudo; `env` sets the variable for apt-get in both cases.
+setup-apt:
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES)
 
-.venv/.installed: .venv/.apt requirements.lock pyproject.toml
+setup-venv:
+	python3.11 -m venv .venv
 	$(PIP) install --upgrade pip
 	$(PIP) install -r requirements.lock
 	$(PIP) install --no-deps -e .
-	@touch $@
 
-test: setup
+test: venv-ready
 	$(PY) -m pytest -q tests
 
-demo: setup
+demo: venv-ready
 	$(CURATE) demo
 
-bench: setup
+bench: venv-ready
 	$(CURATE) bench simulate
 	$(CURATE) bench labels
 	$(CURATE) bench labelers
+
+# test, demo and bench run in the venv that `make setup` made; without it they say so.
+venv-ready:
+	@test -x $(CURATE) || { echo "no .venv here: run 'make setup' first" >&2; exit 1; }
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
