@@ -1,67 +1,17 @@
-"""Reporting helpers shared by every command: `--json` output, tables, bench JSON files."""
+"""Reporting helpers shared by every command: `--json` output, bench JSON files (the tables and
+JSON text come from curation.formats)."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
+from curation.formats import format_table, markdown_table, to_json
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def to_json(obj: Any) -> str:
-    return json.dumps(_jsonable(obj), indent=2, sort_keys=False)
-
-
-def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None, floatfmt: str = ".3f") -> str:
-    """A plain aligned text table of dict rows."""
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "nan" if not math.isfinite(float(v)) else format(float(v), floatfmt)
-        return "" if v is None else str(v)
-
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None, floatfmt: str = ".3f") -> str:
-    if not rows:
-        return ""
-    columns = list(columns or rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "nan" if not math.isfinite(float(v)) else format(float(v), floatfmt)
-        return "" if v is None else str(v)
-
-    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    out += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(out)
+__all__ = ["add_report_args", "emit", "format_table", "markdown_table", "summarise", "to_json", "write_bench_json"]
 
 
 def emit(result: dict, as_json: bool, text: str | None = None) -> None:

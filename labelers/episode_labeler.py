@@ -81,7 +81,7 @@ class EpisodeLabeler:
         """Backends come from the config; pass built ones to override (tests, shared models)."""
         from labelers.depth import get_depth_backend
         from labelers.flow import get_flow_backend
-        from labelers.tracking.lk import get_tracker
+        from labelers.tracking.registry import get_tracker
 
         self.config = config or LabelConfig()
         c = self.config
@@ -118,7 +118,9 @@ class EpisodeLabeler:
     def _label(self, episode: Episode) -> EpisodeLabels:
         from labelers.flow import encode_motion_image, to_gray
         from labelers.sceneflow import intrinsics_or_estimate, lift_tracks, statistical_inliers
-        from labelers.tracking.lk import FlowTracker, LKTracker, grid_queries, track_anchors
+        from labelers.tracking.common import grid_queries, track_anchors
+        from labelers.tracking.flow import FlowTracker
+        from labelers.tracking.lk import LKTracker
 
         c = self.config
         where = episode.provenance.describe()

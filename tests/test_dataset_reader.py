@@ -10,7 +10,7 @@ from test_pipeline_helpers import cached_run
 
 
 def test_triplets_match_the_source_episodes(bridge_dir):
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
     from curation.sources.rlds import RLDSSource
 
     out, _ = cached_run("bridge-local", bridge_dir)
@@ -47,7 +47,7 @@ def test_triplets_match_the_source_episodes(bridge_dir):
 
 def test_open_by_url_shard_subset_and_published_version(bridge_dir, tmp_path, monkeypatch):
     from curation.registry import publish as P
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
 
     out, _ = cached_run("bridge-local", bridge_dir)
     ds = open_dataset(f"file://{out}")

@@ -24,7 +24,9 @@ from labelers.flow import (
     motion_image_error_bound,
 )
 from labelers.sceneflow import estimate_intrinsics, lift_tracks, sample_depth, statistical_inliers
-from labelers.tracking.lk import LKTracker, check_frames, get_tracker, grid_queries
+from labelers.tracking.common import check_frames, grid_queries
+from labelers.tracking.lk import LKTracker
+from labelers.tracking.registry import get_tracker
 from schemas.episode import CameraIntrinsics
 
 # ---------------------------------------------------------------- synthetic scenes

@@ -19,7 +19,7 @@ def test_sim_local_run_has_ground_truth_depth(sim_local):
     rows = manifest_rows(out)
     assert all(r["depth_kind"] == "metric" for r in rows)
     assert all(r["intrinsics_estimated"] is False for r in rows)
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
 
     arrays = open_dataset(str(out)).read_shard(rows[0]["shard"])
     assert any(n.startswith("depth_m/") for n in arrays) and "points_cam_m" in arrays

@@ -43,7 +43,7 @@ def manifest_rows(out: Path) -> list[dict]:
 
 def assert_same_dataset(a: Path, b: Path) -> None:
     """Same manifest rows (ids, offsets, checksums, quality figures) and array contents."""
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
 
     ra, rb = manifest_rows(a), manifest_rows(b)
     assert len(ra) == len(rb) > 0

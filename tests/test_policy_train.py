@@ -281,7 +281,7 @@ def test_curves_png(tmp_path):
 
 
 def test_loader_on_the_real_reader_covers_each_triplet_once(curated_dir):
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
     from policy.train import config_for_data
 
     ds = open_dataset(str(curated_dir))

@@ -167,7 +167,7 @@ def test_trainer_reader_streams_a_published_version_from_s3(s3_endpoint, dataset
     """The published files are a complete dataset: the trainer-facing reader
     (curation.store.reader, resolving the ref through curation.registry.publish.resolve)
     iterates every triplet straight from s3://."""
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
 
     a, _, _ = datasets
     url = f"s3://{BUCKET}/reader"

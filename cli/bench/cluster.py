@@ -149,7 +149,7 @@ def compare_datasets(ref: Path, other: Path) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
     from schemas.dataset import SHARDS_DIR
 
     def rows(p):

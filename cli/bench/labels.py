@@ -156,7 +156,7 @@ def _flow_backends(args) -> dict:
 
 
 def _trackers(args) -> dict:
-    from labelers.tracking.lk import get_tracker
+    from labelers.tracking.registry import get_tracker
 
     out = {
         "lk (default: chain)": get_tracker("lk"),
@@ -194,7 +194,7 @@ def run_labels(args) -> int:
     from labelers.depth import DatasetDepth, get_depth_backend
     from labelers.flow import decode_motion_image, encode_motion_image, to_gray
     from labelers.sceneflow import intrinsics_or_estimate, lift_tracks
-    from labelers.tracking.lk import grid_queries, track_anchors
+    from labelers.tracking.common import grid_queries, track_anchors
     from schemas.episode import EpisodeError
     from schemas.triplet import anchor_steps
 
@@ -428,7 +428,8 @@ def run_labelers(args) -> int:
     from labelers.episode_labeler import EpisodeLabeler, LabelConfig
     from labelers.flow import DISFlow, encode_motion_image, get_flow_backend, to_gray
     from labelers.sceneflow import intrinsics_or_estimate, lift_tracks
-    from labelers.tracking.lk import get_tracker, grid_queries
+    from labelers.tracking.common import grid_queries
+    from labelers.tracking.registry import get_tracker
 
     pinned = _pin_one_core()
     rows, whole = [], []

@@ -103,7 +103,7 @@ def _stages_alone(src: Path, workdir: Path, part: tuple[int, int] = (0, 1)) -> d
 
 def _zarr_vs_npy(src: Path, workdir: Path, repeats: int = 16) -> dict:
     """Write the same shard arrays with the shard writer and with numpy.save."""
-    from curation.store.reader import open_dataset
+    from curation import open_dataset
     from curation.store.writer import EpisodePayload, write_shard_group
 
     out = workdir / "zarr-src"

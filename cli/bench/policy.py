@@ -23,7 +23,7 @@ def bench_loader(ref: Any, cfg: Optional[LaMPConfig] = None, num_triplets: int =
 
     ds = ref if hasattr(ref, "iter_triplets") else None
     if ds is None:
-        from curation.store.reader import open_dataset
+        from curation import open_dataset
 
         ds = open_dataset(str(ref))
     cfg = config_for_data(ds, cfg or LaMPConfig())

@@ -293,7 +293,7 @@ def write_card(
     Returns {"readme": path, "pictures": [paths]}."""
     import yaml
 
-    from cli.output import markdown_table
+    from curation.formats import markdown_table
 
     root = Path(dataset_dir)
     if not (root / MANIFEST).is_file():

@@ -343,7 +343,7 @@ def compute_stats(
     if write:
         import fsspec
 
-        from cli.output import to_json
+        from curation.formats import to_json
 
         with fsspec.open(posixpath.join(str(dataset_dir), STATS_JSON), "w", **(storage_options or {})) as f:
             f.write(to_json(result) + "\n")

@@ -155,17 +155,11 @@ class CuratedDataset:
             )
 
 
-def open_dataset(ref: str, storage_options: Optional[dict] = None) -> CuratedDataset:
-    """A curated dataset from a directory, an fsspec URL of one, or `URL/NAME@V`
-    (a version published by `curate publish`, resolved by curation.registry.publish)."""
+def open_directory(ref: str, storage_options: Optional[dict] = None) -> CuratedDataset:
+    """A curated dataset from a directory or an fsspec URL of one. Published versions
+    (`URL/NAME@V`) open through `curation.open_dataset`, which resolves them first."""
     import fsspec
 
     ref = str(ref)
-    last = ref.rstrip("/").rsplit("/", 1)[-1]
-    if "@" in last:
-        from curation.registry.publish import resolve
-
-        fs, root, version = resolve(ref, storage_options)
-        return CuratedDataset(fs, root, ref, version, storage_options)
     fs, root = fsspec.core.url_to_fs(ref, **(storage_options or {}))
     return CuratedDataset(fs, root, ref, None, storage_options)

@@ -260,7 +260,7 @@ def write_shard_group(
 
 def write_group_json(group_dir: Path, attrs: dict) -> None:
     """The group's zarr.json (atomically replaced); NaN in attributes becomes null."""
-    from cli.output import to_json
+    from curation.formats import to_json
 
     doc = {"attributes": json.loads(to_json(attrs)), "zarr_format": 3, "node_type": "group"}
     tmp = group_dir / f"{TMP_PREFIX}zarr.json"
@@ -269,7 +269,7 @@ def write_group_json(group_dir: Path, attrs: dict) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    from cli.output import to_json
+    from curation.formats import to_json
 
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     tmp.write_text(to_json(obj) + "\n")

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from labelers.tracking.lk import grid_queries  # noqa: F401  (re-exported: the labelers' shared query grid)
+from labelers.tracking.common import grid_queries  # noqa: F401  (re-exported: the labelers' shared query grid)
 from schemas.episode import CameraIntrinsics, Episode, EpisodeError
 from schemas.triplet import DEFAULT_FLOW_GAP, DEFAULT_GRID, DEFAULT_HORIZON, EpisodeLabels
 

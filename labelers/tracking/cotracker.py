@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from labelers.tracking.lk import check_frames, check_queries, inside_image
+from labelers.tracking.common import check_frames, check_queries, inside_image
 
 
 class CoTrackerTracker:
