@@ -22,13 +22,14 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
+from curation.store.writer import (
+    COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
+)
+from pipelines.attempts import read as read_attempts
 from pipelines.config import JobConfig
 from pipelines.engines.local import Failure
 from pipelines.stages import (
-    ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row, read_attempts,
-)
-from curation.store.writer import (
-    COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
+    ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row,
 )
 from schemas.dataset import (
     CONTRACT_VERSION, DATASET_JSON, FILTERED, FILTERED_SCHEMA, MANIFEST, MANIFEST_SCHEMA, QUARANTINE,
@@ -316,8 +317,8 @@ def _unit_spans(records: list[dict], t_units: float, workers: int) -> dict:
 
 def _attempt_count(out_dir: Path, pending: list[UnitTask]) -> dict:
     """Units started this run, attempts made at them, and how many were redone."""
-    attempts = read_attempts(str(out_dir))
-    per_unit = Counter(group for group, _ in attempts)
+    attempts = read_attempts(out_dir / ATTEMPTS_DIR)
+    per_unit = Counter(a.key for a in attempts)
     return {"units": len(pending), "attempts": len(attempts),
             "retried_units": sorted(g for g, v in per_unit.items() if v > 1),
             "retries": sum(v - 1 for v in per_unit.values())}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -25,8 +26,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from pipelines import attempts
 from pipelines.config import JobConfig
 from curation.store.writer import EpisodePayload, commit_unit
+from schemas.dataset import spec_for
 from schemas.episode import Episode, EpisodeError, Provenance
 from schemas.triplet import EpisodeLabels
 
@@ -182,28 +185,23 @@ def local_labeler(cfg: JobConfig) -> Callable[[Episode], EpisodeLabels]:
 
 
 def episode_arrays(ep: Episode, labels: EpisodeLabels) -> dict[str, np.ndarray]:
-    """The shard arrays of one episode (SHARD_ARRAYS names), in contract dtypes."""
+    """The shard arrays of one episode (SHARD_ARRAYS names), in the contract's dtypes."""
     stored = [c for c in ep.frames if c not in ep.blank_cameras]
-    out: dict[str, np.ndarray] = {}
+    values: dict[str, Any] = {}
     for cam in stored:
-        out[f"frames/{cam}"] = np.asarray(ep.frames[cam], dtype=np.uint8)
+        values[f"frames/{cam}"] = ep.frames[cam]
         if cam in ep.depth_m:
-            out[f"depth_m/{cam}"] = np.asarray(ep.depth_m[cam], dtype=np.float32)
-    out["actions"] = np.asarray(ep.actions, dtype=np.float32)
+            values[f"depth_m/{cam}"] = ep.depth_m[cam]
+    values["actions"] = ep.actions
     if ep.proprio is not None:
-        out["proprio"] = np.asarray(ep.proprio, dtype=np.float32)
-    out["anchor_step"] = np.asarray(labels.anchors, dtype=np.int32)
-    out["tracks_px"] = np.asarray(labels.tracks_px, dtype=np.float32)
-    out["visible"] = np.asarray(labels.visible, dtype=bool)
-    out["in_range"] = np.asarray(labels.in_range, dtype=bool)
-    optional = {"depth_track_m": (labels.depth_m, np.float32), "points_cam_m": (labels.points_cam_m, np.float32),
-                "valid_3d": (labels.valid_3d, bool), "motion_image": (labels.motion_image, np.uint8),
-                "flow_valid": (labels.flow_valid, bool), "latent_tokens": (labels.latent_tokens, np.int16),
-                "latent_valid": (labels.latent_valid, bool)}
-    for name, (value, dtype) in optional.items():
-        if value is not None:
-            out[name] = np.asarray(value, dtype=dtype)
-    return out
+        values["proprio"] = ep.proprio
+    values.update({"anchor_step": labels.anchors, "tracks_px": labels.tracks_px, "visible": labels.visible,
+                   "in_range": labels.in_range})
+    optional = {"depth_track_m": labels.depth_m, "points_cam_m": labels.points_cam_m, "valid_3d": labels.valid_3d,
+                "motion_image": labels.motion_image, "flow_valid": labels.flow_valid,
+                "latent_tokens": labels.latent_tokens, "latent_valid": labels.latent_valid}
+    values.update({name: value for name, value in optional.items() if value is not None})
+    return {name: np.asarray(value, dtype=spec_for(name).dtype) for name, value in values.items()}
 
 
 def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarray]) -> dict:
@@ -238,30 +236,9 @@ def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarra
     }
 
 
+# Markers of the attempts at each unit (pipelines.attempts, keyed by shard group): the job counts
+# them to report retried work (a Ray task redone after its worker or node died, a Beam bundle retried).
 ATTEMPTS_DIR = ".job/attempts"
-
-
-def mark_attempt(out_dir: str, group: int) -> None:
-    """One empty file per attempt at a unit: the job counts them to report retried
-    work (a Ray task redone after its worker or node died, a Beam bundle retried)."""
-    import os
-    import uuid
-
-    d = os.path.join(out_dir, ATTEMPTS_DIR)
-    os.makedirs(d, exist_ok=True)
-    open(os.path.join(d, f"unit-{group:05d}.{os.getpid()}.{uuid.uuid4().hex[:8]}"), "w").close()
-
-
-def read_attempts(out_dir: str) -> list[tuple[int, int]]:
-    """(unit group, worker pid) of every attempt marked by `mark_attempt` in this run."""
-    import os
-
-    d = os.path.join(out_dir, ATTEMPTS_DIR)
-    out = []
-    for name in (os.listdir(d) if os.path.isdir(d) else []):
-        unit, pid, _ = name.split(".", 2)  # unit-00003.<pid>.<uuid>
-        out.append((int(unit.removeprefix("unit-")), int(pid)))
-    return out
 
 
 class ProcessUnit:
@@ -288,7 +265,7 @@ class ProcessUnit:
     def __call__(self, task: UnitTask) -> dict:
         from curation.selection.filters import apply_filters
 
-        mark_attempt(self.out_dir, task.group)
+        attempts.mark(os.path.join(self.out_dir, ATTEMPTS_DIR), task.group)
         started_at = time.time()
         timings: dict[str, float] = defaultdict(float)
         payloads: list[EpisodePayload] = []

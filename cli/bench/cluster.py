@@ -81,11 +81,12 @@ def _unit_running_on(cluster, name: str, out: Path) -> Optional[int]:
     a unit attempt marker (written by the worker at the start of the unit, named with
     its pid) whose worker is one of the node's busy workers and whose shard is not
     committed yet. Fingerprint-pass tasks leave no marker, so they never match."""
-    from pipelines.stages import read_attempts
+    from pipelines import attempts
+    from pipelines.stages import ATTEMPTS_DIR
     from curation.store.writer import committed_groups
 
     busy = _busy_workers(cluster, name)
-    started = [group for group, pid in read_attempts(str(out)) if pid in busy]  # a worker runs units one by one
+    started = [a.key for a in attempts.read(Path(out) / ATTEMPTS_DIR) if a.pid in busy]  # a worker runs units one by one
     if not started:
         return None
     done = committed_groups(Path(out))

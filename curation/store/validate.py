@@ -32,7 +32,7 @@ import numpy as np
 
 from schemas.dataset import (
     CONTRACT_VERSION, DATASET_JSON, FILTERED, MANIFEST, MANIFEST_SCHEMA, QUARANTINE, QUARANTINE_SCHEMA,
-    SHARD_ARRAYS, SHARDS_DIR, ArraySpec,
+    SHARD_ARRAYS, SHARDS_DIR, spec_for,
 )
 from schemas.triplet import LATENT_PAD_TOKEN
 
@@ -52,17 +52,6 @@ class Violation:
         return f"[{self.kind}] {self.where}: {self.message}"
 
 
-def _spec(name: str) -> ArraySpec | None:
-    for spec in SHARD_ARRAYS:
-        if spec.name == name:
-            return spec
-        if "{camera}" in spec.name:
-            prefix = spec.name.split("{")[0]
-            if name.startswith(prefix) and "/" not in name[len(prefix):] and len(name) > len(prefix):
-                return spec
-    return None
-
-
 # ---------------------------------------------------------------------------------------
 # Per-episode checks (arrays of ONE episode: frame arrays F x ..., anchor arrays N x ...)
 # ---------------------------------------------------------------------------------------
@@ -72,7 +61,7 @@ def _check_shapes(arrays: dict[str, np.ndarray], out: list[tuple[str, str, str]]
     dims: dict[str, int] = {}
     for name in sorted(arrays):
         a = arrays[name]
-        spec = _spec(name)
+        spec = spec_for(name)
         if spec is None:
             out.append(("unknown_array", name, "array not in the contract (SHARD_ARRAYS)"))
             continue
@@ -104,7 +93,7 @@ def _check_shapes(arrays: dict[str, np.ndarray], out: list[tuple[str, str, str]]
 
 def _check_content(arrays: dict[str, np.ndarray], dims: dict[str, int], out: list[tuple[str, str, str]]) -> None:
     for name, a in arrays.items():
-        spec = _spec(name)
+        spec = spec_for(name)
         if spec is None:
             continue
         if np.issubdtype(a.dtype, np.floating):
@@ -289,8 +278,8 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
     _check_shapes({n: a[:0] if a.ndim else a for n, a in data.items()}, problems)
     for kind, w, m in problems:
         out.append(Violation(kind, f"{where}/{w}", m))
-    F = {n: a.shape[0] for n, a in data.items() if _spec(n) and _spec(n).per == "frame" and a.ndim}
-    N = {n: a.shape[0] for n, a in data.items() if _spec(n) and _spec(n).per == "anchor" and a.ndim}
+    F = {n: a.shape[0] for n, a in data.items() if spec_for(n) and spec_for(n).per == "frame" and a.ndim}
+    N = {n: a.shape[0] for n, a in data.items() if spec_for(n) and spec_for(n).per == "anchor" and a.ndim}
     for label, sizes in (("frame", F), ("anchor", N)):
         if len(set(sizes.values())) > 1:
             out.append(Violation("shape", where, f"{label} arrays disagree on length: {sizes}"))
@@ -311,7 +300,7 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
         spans["anchor"].append((as_, as_ + ac, eid))
         sl = {}
         for n, a in data.items():
-            spec = _spec(n)
+            spec = spec_for(n)
             if spec is None or not a.ndim:
                 continue
             sl[n] = a[fs:fs + fc] if spec.per == "frame" else a[as_:as_ + ac]

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from schemas.dataset import CONTRACT_VERSION, SHARD_ARRAYS, SHARDS_DIR, ArraySpec
+from schemas.dataset import CONTRACT_VERSION, SHARDS_DIR, ArraySpec, spec_for
 
 # Shard files are keyed "0.0.0.0" inside the array directory (zarr v3 "v2" chunk key
 # encoding): one directory per array instead of one per dimension, which is most of
@@ -53,11 +53,11 @@ def shard_name(group: int, sub: int = 0) -> str:
 
 
 def spec_by_name(name: str) -> ArraySpec:
-    """The ArraySpec of a concrete array name (frames/image_0 -> frames/{camera})."""
-    for spec in SHARD_ARRAYS:
-        if spec.name == name or ("{camera}" in spec.name and name.startswith(spec.name.split("{")[0])):
-            return spec
-    raise KeyError(name)
+    """The ArraySpec of a concrete array name (schemas.dataset.spec_for); KeyError if none."""
+    spec = spec_for(name)
+    if spec is None:
+        raise KeyError(f"{name}: not an array of the shard contract")
+    return spec
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from pipelines import attempts
 from pipelines.engines.local import apply_or_fail
 
 log = logging.getLogger(__name__)
@@ -181,16 +182,12 @@ class RayEngine:
     def attempt_stats(self) -> dict:
         """Task attempts of this run: total, retried units (more than one attempt: a
         worker or node died under them) and where the attempts ran."""
-        records = []
-        for name in os.listdir(self.attempt_dir):
-            key, node, stamp = name.split(".", 2)  # <key>.<node id>.<start time ns>-<uuid>
-            records.append((int(stamp.split("-")[0]), int(key), node))
-        records = [(key, node) for _, key, node in sorted(records)]  # in start order: a retry after its loss
+        records = attempts.read(self.attempt_dir)  # in start order: a retry after its loss
         per_key: dict = {}
         by_node: dict = {}
-        for key, node in records:
-            per_key.setdefault(key, []).append(node)
-            by_node[node] = by_node.get(node, 0) + 1
+        for a in records:
+            per_key.setdefault(a.key, []).append(a.node)
+            by_node[a.node] = by_node.get(a.node, 0) + 1
         retried = [{"unit": _describe(self._keys.get(k)), "attempts": len(v), "nodes": v}
                    for k, v in sorted(per_key.items()) if len(v) > 1]
         return {"task_attempts": len(records), "tasks": len(per_key), "retried_tasks": len(retried),
@@ -210,19 +207,11 @@ class RayEngine:
 
 
 def _attempt(fn, item, key: int, attempt_dir: str):
-    """One attempt of a unit task: recorded (task key, node) before the work by an empty
-    marker file in the job directory, so an attempt lost with its node still counts as
-    tried. (Not by a call to an actor that the task waits for: a task blocked in `ray.get`
-    hands its CPU back to the raylet, which then starts one more worker for the next
-    queued task - measured: 3 workers with all their imports on a 2-CPU job, and units
-    25 % slower.)"""
-    import time
-    import uuid
-
+    """One attempt of a task: marked (pipelines.attempts) with its task key and node before
+    the work, so an attempt lost with its node still counts as tried."""
     import ray
 
-    node = ray.get_runtime_context().get_node_id()
-    open(os.path.join(attempt_dir, f"{key}.{node}.{time.time_ns()}-{uuid.uuid4().hex[:8]}"), "w").close()
+    attempts.mark(attempt_dir, key, ray.get_runtime_context().get_node_id())
     return apply_or_fail(fn, item)
 
 
