@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from schemas.config import check_keys
 from schemas.episode import Episode, EpisodeError
 from schemas.triplet import (
     DEFAULT_FLOW_GAP,
@@ -67,10 +68,7 @@ class LabelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown label config key(s) {unknown}; known: {sorted(known)}")
+        d = check_keys(cls, d, "label config key(s)")
         return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()})
 
 

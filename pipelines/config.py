@@ -20,9 +20,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from schemas.config import check_keys, strict_from_dict
 
 RUNNERS = ("local", "beam", "ray")
 
@@ -76,10 +78,7 @@ class JobConfig:
     # ---- construction -------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> "JobConfig":
-        d = copy.deepcopy(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown job config keys: {sorted(unknown)}")
+        d = check_keys(cls, copy.deepcopy(d or {}), "job config keys")
         return cls(
             source=_build(SourceConfig, d.get("source"), "source"),
             labels=dict(d.get("labels") or {}),
@@ -157,12 +156,7 @@ class JobConfig:
 
 
 def _build(cls, d: dict | None, where: str):
-    d = dict(d or {})
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {where} config keys: {sorted(unknown)} (known: {sorted(names)})")
-    return cls(**d)
+    return strict_from_dict(cls, d, f"{where} config keys")
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from labelers.threads import limit_threads
 from pipelines import attempts
 from pipelines.config import JobConfig
 from curation.store.writer import EpisodePayload, commit_unit
@@ -71,19 +72,6 @@ def open_source(path: str, split: str, decode_threads: int | None = None):
 
         _SOURCES[key] = RLDSSource(path, split, decode_threads=decode_threads)
     return _SOURCES[key]
-
-
-def limit_threads(n: int) -> None:
-    """Keep a worker to its share of the machine: one engine worker per core scales only
-    if OpenCV's and torch's own thread pools don't each spread over every core."""
-    import cv2
-    import torch
-
-    n = max(1, int(n))
-    if cv2.getNumThreads() != n:
-        cv2.setNumThreads(n)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def plan_units(cfg: JobConfig) -> tuple[Any, list[UnitTask]]:

@@ -246,7 +246,7 @@ def test_metaworld_sim_mapping(tmp_path):
     np.testing.assert_array_equal(gt.body_pos, pos[:, :B].astype(np.float64))
     assert gt.body_quat.shape == (T, B, 4) and np.array_equal(gt.segmentation, seg)
     assert e.success is True and e.control_hz == 80.0 and e.language == "pick up the puck"
-    assert e.action_encoding == "metaworld_delta_xyz_gripper" and e.proprio_encoding == "eef_xyz_gripper"
+    assert e.action_encoding == "metaworld_delta_xyz_gripper" and e.proprio_encoding == "eef_xyz_m_gripper_open"
 
 
 def test_uninferrable_dataset_is_a_clear_error(tmp_path):

@@ -124,15 +124,9 @@ def _task_of(ep) -> str:
 
 def _pin_one_core() -> str:
     """Pin this process to one core and single-threaded kernels (for 'per core' numbers)."""
-    import cv2
+    from labelers.threads import limit_threads
 
-    cv2.setNumThreads(1)
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    limit_threads(1)
     try:
         core = sorted(os.sched_getaffinity(0))[-1]
         os.sched_setaffinity(0, {core})

@@ -61,7 +61,8 @@ def _stages_alone(src: Path, workdir: Path, part: tuple[int, int] = (0, 1)) -> d
     pipeline's orchestration and I/O overhead is measured against. part=(i, n):
     only every n-th work unit starting at i (one process's share of the work)."""
     from curation.selection.filters import FilterConfig, apply_filters
-    from pipelines.stages import episode_arrays, limit_threads, local_labeler, manifest_row, open_source
+    from labelers.threads import limit_threads
+    from pipelines.stages import episode_arrays, local_labeler, manifest_row, open_source
     from curation.store.writer import EpisodePayload, write_shard_group
 
     cfg = _cfg(src, "local", 1)

@@ -164,9 +164,9 @@ def _load_model(checkpoint: str):
 
 
 def _set_threads(n: int) -> None:
-    import torch
+    from labelers.threads import limit_threads
 
-    torch.set_num_threads(max(1, int(n)))
+    limit_threads(n)
 
 
 def _fail(cmd: str, e: Exception, code: int = 1) -> int:

@@ -31,10 +31,11 @@ import hashlib
 import re
 import unicodedata
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from schemas.config import strict_from_dict
 from schemas.episode import Episode
 
 HASH_BITS = 64  # imagehash.phash with hash_size=8
@@ -60,12 +61,7 @@ class DedupConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DedupConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown dedup option(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "dedup option(s)")
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,12 @@ it in `disabled` (or by its own off-value documented at the field).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 
+from schemas.config import check_keys
 from schemas.episode import Episode
 from schemas.triplet import EpisodeLabels
 
@@ -71,11 +72,7 @@ class FilterConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "FilterConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown filter option(s) {unknown}; known: {sorted(known)}")
+        d = check_keys(cls, d, "filter option(s)")
         if "disabled" in d:
             d["disabled"] = tuple(d["disabled"] or ())
         return cls(**d)

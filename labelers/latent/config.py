@@ -13,6 +13,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from schemas.config import strict_from_dict
+
 
 @dataclass(frozen=True)
 class LAMConfig:
@@ -66,11 +68,7 @@ class LAMConfig:
         data.setdefault("pool", "attention")  # checkpoints written before these options existed
         data.setdefault("normalize_latents", False)
         data.setdefault("center_latents", False)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown latent-action config keys {sorted(unknown)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "latent-action config keys")
 
 
 PRESETS: dict[str, LAMConfig] = {

@@ -40,7 +40,8 @@ def needs_models(labels: dict) -> bool:
 
 class _LabelerActor:
     def __init__(self, cfg):
-        from pipelines.stages import limit_threads, local_labeler
+        from labelers.threads import limit_threads
+        from pipelines.stages import local_labeler
 
         limit_threads(cfg.engine.threads_per_worker)
         self.labeler = local_labeler(cfg)  # models loaded once per actor

@@ -59,6 +59,9 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from curation.sources.metaworld import (  # noqa: F401  (METAWORLD_* re-exported for the simulate command)
+    ACTION_ENCODING, METAWORLD_CONTROL_HZ, METAWORLD_FRAME_SKIP, METAWORLD_TIMESTEP_S, PROPRIO_ENCODING,
+)
 from schemas.episode import CameraIntrinsics, Episode, EpisodeError, Provenance, SimGroundTruth
 
 log = logging.getLogger(__name__)
@@ -66,15 +69,6 @@ log = logging.getLogger(__name__)
 DATASET_NAME = "metaworld_sim"
 DATASET_VERSION = "1.0.0"
 
-# Meta-World steps MuJoCo `frame_skip` times per env step at the model timestep
-# (SawyerXYZEnv default frame_skip=5, xyz_base.xml timestep 0.0025 s; a test
-# checks both against a live env): one env step = 12.5 ms, i.e. 80 Hz control.
-METAWORLD_FRAME_SKIP = 5
-METAWORLD_TIMESTEP_S = 0.0025
-METAWORLD_CONTROL_HZ = 1.0 / (METAWORLD_FRAME_SKIP * METAWORLD_TIMESTEP_S)
-
-ACTION_ENCODING = "metaworld_delta_xyz_gripper"  # 4-d in [-1, 1]: mocap xyz delta (x 1 cm) + gripper effort
-PROPRIO_ENCODING = "eef_xyz_m_gripper_open"  # hand body xyz (world, m) + finger distance / 0.1 m in [0, 1]
 PRIMARY_CAMERA = "image"  # the Episode's key for the one camera
 
 # The compiled-model camera slot we overwrite with our own pose (see module docstring).

@@ -27,6 +27,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from curation.sources.metaworld import ACTION_ENCODING as METAWORLD, METAWORLD_CONTROL_HZ, PROPRIO_ENCODING as METAWORLD_PROPRIO
+
 log = logging.getLogger(__name__)
 
 # Action / proprio encodings (names, so a consumer can decide whether two datasets mix).
@@ -37,7 +39,6 @@ EEF_ABS = "eef_abs_xyz_rpy_gripper"
 JOINT_POS = "joint_pos_gripper"
 JOINT_VEL = "joint_vel_gripper"
 PLANAR_XY = "eef_delta_xy"  # language_table: 2-d planar end-effector delta
-METAWORLD = "metaworld_delta_xyz_gripper"
 UNKNOWN = "unknown"
 
 # Language kinds.
@@ -392,11 +393,11 @@ _CONFIGS: list[DatasetConfig] = [
     _cfg(name="conq_hose_manipulation", primary_camera="frontleft_fisheye_image", secondary_camera="frontright_fisheye_image",
          wrist_camera="hand_color_image", action_encoding=EEF_ABS, proprio_keys=("observation/state",),
          proprio_encoding="eef_xyz_quat_gripper", control_hz=30.0),
-    # ---- Our simulator (curation/simulate.py): Meta-World with ground truth.
+    # ---- Our simulator (curation/sources/metaworld): Meta-World with ground truth.
     _cfg(name="metaworld_sim", primary_camera="image",
          depth=(DepthSpec("observation/depth", "image", 1.0, "m", zero_is_invalid=True),),
-         action_encoding=METAWORLD, proprio_keys=("observation/state",), proprio_encoding="eef_xyz_gripper",
-         control_hz=80.0,
+         action_encoding=METAWORLD, proprio_keys=("observation/state",), proprio_encoding=METAWORLD_PROPRIO,
+         control_hz=METAWORLD_CONTROL_HZ,
          extra_step_keys=("observation/segmentation", "ground_truth/body_pos", "ground_truth/body_quat"),
          finalize=finalize_metaworld_sim,
          notes="Meta-World v3 on MuJoCo 3.3 (frame_skip 5 x 2.5 ms = 80 Hz); depth along the optical axis, "
