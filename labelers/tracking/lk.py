@@ -100,6 +100,11 @@ class LKTracker:
 
     # -- public API
 
+    @property
+    def takes_gray_frames(self) -> bool:
+        """track_anchors accepts the clip's grey frames (`pyramids=`) instead of converting again."""
+        return not self.color
+
     def __call__(self, frames: np.ndarray, queries_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         frames = check_frames(frames)
         tracks, vis = self.track_anchors(frames, np.array([0]), queries_xy, horizon=frames.shape[0])
