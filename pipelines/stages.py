@@ -251,99 +251,114 @@ class ProcessUnit:
         return FilterConfig.from_dict(self.cfg.curation.filters)
 
     def __call__(self, task: UnitTask) -> dict:
-        from curation.selection.filters import apply_filters
-
         attempts.mark(os.path.join(self.out_dir, ATTEMPTS_DIR), task.group)
         started_at = time.time()
-        timings: dict[str, float] = defaultdict(float)
-        payloads: list[EpisodePayload] = []
-        quarantine: list[dict] = []
-        filtered: list[dict] = []
-        seen: set[int] = set()
-        counts = {"read": 0, "frames_read": 0}
-        fcfg = self._filter_config()
-        labeler = self.labeler or local_labeler(self.cfg)
+        run = _UnitRun(task, self._filter_config(), self.labeler or local_labeler(self.cfg), self.duplicates,
+                       self.cfg.seed)
         limit_threads(self.cfg.engine.threads_per_worker)
-        src = open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker)
+        run.read(open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker))
+        record = {"unit": {"group": task.group, "split": task.split, "start": task.start, "stop": task.stop,
+                           "file": task.file},
+                  "config_hash": self.cfg.content_hash(), "counts": run.counts,
+                  "quarantine": run.quarantine, "filtered": run.filtered, "timings": dict(run.timings),
+                  "started_at": started_at}  # with the commit's committed_at: the unit's span on its worker
+        return commit_unit(self.out_dir, task.group, run.payloads, record,
+                           self.cfg.writer.frames_per_chunk, self.cfg.writer.compression)
 
-        def dropped_by_filters(ep: Episode, labels, when: str) -> bool:
-            """Apply the filters (cheap ones before labeling, all after); record the reasons."""
-            if fcfg is None:
-                return False
-            t = time.perf_counter()
-            reasons = apply_filters(ep, labels, fcfg)
-            timings["filter"] += time.perf_counter() - t
-            filtered.extend(filtered_row(ep.provenance, r, when) for r in reasons)
-            return bool(reasons)
 
-        def run_episode(ep: Episode) -> None:
-            prov = ep.provenance
-            dup = self.duplicates.get(ep.episode_id)
-            if dup is not None:
-                filtered.append(filtered_row(prov, "duplicate", f"{dup['kind']} distance {dup['distance']}", dup["kept"]))
-                return
-            stage = "check"
-            try:
-                t = time.perf_counter()
-                ep.check()
-                timings["check"] += time.perf_counter() - t
-                stage = "filter"
-                if dropped_by_filters(ep, None, "before labeling"):
-                    return
-                stage = "label"
-                t = time.perf_counter()
-                _set_seeds(self.cfg.seed, ep.episode_id)
-                labels = labeler(ep)
-                timings["label"] += time.perf_counter() - t
-                stage = "filter"
-                if dropped_by_filters(ep, labels, "after labeling"):
-                    return
-                stage = "contract"
-                t = time.perf_counter()
-                arrays = episode_arrays(ep, labels)
-                from curation.store.validate import check_episode_arrays
+class _UnitRun:
+    """The episodes of one unit through check -> filter -> label -> filter -> arrays, each ending
+    in exactly one of `payloads` (to write), `filtered` or `quarantine`; per-stage seconds in
+    `timings`."""
 
-                problems = check_episode_arrays(arrays)
-                if problems:
-                    raise EpisodeError(prov.describe(), "; ".join(problems[:5]), stage="contract")
-                payloads.append(EpisodePayload(arrays, manifest_row(ep, labels, arrays)))
-                timings["arrays"] += time.perf_counter() - t
-            except Exception as exc:  # noqa: BLE001 - one bad episode never stops the unit
-                log.warning("quarantined %s at %s: %s", prov.describe(), stage, _reason_of(exc))
-                quarantine.append(quarantine_row(prov, stage, _reason_of(exc), _short_tb(exc)))
+    def __init__(self, task: UnitTask, fcfg, labeler: Callable[[Episode], EpisodeLabels], duplicates: dict,
+                 seed: int):
+        self.task, self.fcfg, self.labeler, self.duplicates, self.seed = task, fcfg, labeler, duplicates, seed
+        self.timings: dict[str, float] = defaultdict(float)
+        self.payloads: list[EpisodePayload] = []
+        self.quarantine: list[dict] = []
+        self.filtered: list[dict] = []
+        self.counts = {"read": 0, "frames_read": 0}
 
-        def prov_at(idx: int) -> Provenance:
-            return Provenance(src.name, src.version, task.split, idx, task.file, getattr(src, "source_url", ""))
-
-        # The reader yields one item per episode, in order; a truncated file ends the
-        # unit early. Whatever was not yielded is accounted for after the loop.
+    def read(self, src) -> None:
+        """Every episode of the unit. The reader yields one item per episode, in order; a truncated
+        file ends the unit early, and whatever was not yielded is quarantined as not readable."""
+        task = self.task
+        seen: set[int] = set()
         last_error = ""
         idx = task.start
         t_read = time.perf_counter()
         try:
             for item in src.read_unit(task.unit, on_error="yield"):
-                timings["read"] += time.perf_counter() - t_read
-                prov = _provenance_of(item) or prov_at(idx)
+                self.timings["read"] += time.perf_counter() - t_read
+                prov = _provenance_of(item) or self._prov_at(src, idx)
                 idx = int(prov.episode_index) + 1
                 seen.add(int(prov.episode_index))
                 if isinstance(item, BaseException):
                     last_error = _reason_of(item)
-                    quarantine.append(quarantine_row(prov, getattr(item, "stage", "read"), last_error, str(item)))
+                    self.quarantine.append(quarantine_row(prov, getattr(item, "stage", "read"), last_error, str(item)))
                 else:
-                    counts["read"] += 1
-                    counts["frames_read"] += item.num_steps
-                    run_episode(item)
+                    self.counts["read"] += 1
+                    self.counts["frames_read"] += item.num_steps
+                    self.episode(item)
                 t_read = time.perf_counter()
         except Exception as exc:  # noqa: BLE001 - the reader died mid-unit
-            timings["read"] += time.perf_counter() - t_read
+            self.timings["read"] += time.perf_counter() - t_read
             last_error = f"reader failed: {_reason_of(exc)}"
         for i in range(task.start, task.stop):
             if i not in seen:
-                quarantine.append(quarantine_row(prov_at(i), "read", f"not readable ({last_error or 'reader yielded fewer episodes than planned'})"))
-        record = {"unit": {"group": task.group, "split": task.split, "start": task.start, "stop": task.stop,
-                           "file": task.file},
-                  "config_hash": self.cfg.content_hash(), "counts": counts,
-                  "quarantine": quarantine, "filtered": filtered, "timings": dict(timings),
-                  "started_at": started_at}  # with the commit's committed_at: the unit's span on its worker
-        return commit_unit(self.out_dir, task.group, payloads, record,
-                           self.cfg.writer.frames_per_chunk, self.cfg.writer.compression)
+                reason = f"not readable ({last_error or 'reader yielded fewer episodes than planned'})"
+                self.quarantine.append(quarantine_row(self._prov_at(src, i), "read", reason))
+
+    def _prov_at(self, src, idx: int) -> Provenance:
+        return Provenance(src.name, src.version, self.task.split, idx, self.task.file, getattr(src, "source_url", ""))
+
+    def _timed(self, stage: str, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.timings[stage] += time.perf_counter() - t
+        return out
+
+    def _dropped_by_filters(self, ep: Episode, labels, when: str) -> bool:
+        """Apply the filters (cheap ones before labeling, all after); record the reasons."""
+        from curation.selection.filters import apply_filters
+
+        if self.fcfg is None:
+            return False
+        reasons = self._timed("filter", apply_filters, ep, labels, self.fcfg)
+        self.filtered.extend(filtered_row(ep.provenance, r, when) for r in reasons)
+        return bool(reasons)
+
+    def episode(self, ep: Episode) -> None:
+        prov = ep.provenance
+        dup = self.duplicates.get(ep.episode_id)
+        if dup is not None:
+            self.filtered.append(filtered_row(prov, "duplicate", f"{dup['kind']} distance {dup['distance']}", dup["kept"]))
+            return
+        stage = "check"
+        try:
+            self._timed("check", ep.check)
+            stage = "filter"
+            if self._dropped_by_filters(ep, None, "before labeling"):
+                return
+            stage = "label"
+            _set_seeds(self.seed, ep.episode_id)
+            labels = self._timed("label", self.labeler, ep)
+            stage = "filter"
+            if self._dropped_by_filters(ep, labels, "after labeling"):
+                return
+            stage = "contract"
+            self.payloads.append(self._timed("arrays", self._payload, ep, labels))
+        except Exception as exc:  # noqa: BLE001 - one bad episode never stops the unit
+            log.warning("quarantined %s at %s: %s", prov.describe(), stage, _reason_of(exc))
+            self.quarantine.append(quarantine_row(prov, stage, _reason_of(exc), _short_tb(exc)))
+
+    @staticmethod
+    def _payload(ep: Episode, labels: EpisodeLabels) -> EpisodePayload:
+        from curation.store.validate import check_episode_arrays
+
+        arrays = episode_arrays(ep, labels)
+        problems = check_episode_arrays(arrays)
+        if problems:
+            raise EpisodeError(ep.provenance.describe(), "; ".join(problems[:5]), stage="contract")
+        return EpisodePayload(arrays, manifest_row(ep, labels, arrays))

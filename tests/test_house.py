@@ -42,7 +42,6 @@ LONG_FUNCTIONS_ALLOWED: set[str] = {
     "curation/sources/rlds_write.py:write_rlds_dataset",
     "labelers/latent/train.py:train_lam",
     "pipelines/job.py:run_job",
-    "pipelines/stages.py:__call__",
     "policy/train.py:train",
 }
 
