@@ -56,6 +56,9 @@ def add_bench(bench_sub) -> None:
                    help="share of dataset-depth pixels given to Depth Anything as metric anchors (default 0.01)")
     p.add_argument("--cotracker-repo", default=os.environ.get("COTRACKER_REPO"), help="CoTracker clone (or $COTRACKER_REPO)")
     p.add_argument("--cotracker-ckpt", default=os.environ.get("COTRACKER_CKPT"), help="CoTracker checkpoint (or $COTRACKER_CKPT)")
+    p.add_argument("--card-table", action="store_true",
+                   help="also write the result as the accuracy table the dataset card ships with "
+                        "(curation/describe/label_accuracy.json; review and commit it like code)")
     add_report_args(p, bench="labels")
     p.set_defaults(func=run_labels)
 
@@ -120,6 +123,16 @@ def _task_of(ep) -> str:
 
     by_language = {instruction_for(t): t for t in available_tasks()}
     return by_language.get(ep.language, ep.language or ep.provenance.dataset)
+
+
+def _write_card_table(result: dict) -> Path:
+    """The bench result as the package's label-accuracy table (curation.describe.card)."""
+    from curation.describe import card
+    from curation.formats import to_json
+
+    path = Path(card.__file__).with_name(card.LABEL_ACCURACY)
+    path.write_text(to_json(result) + "\n")
+    return path
 
 
 def _pin_one_core() -> str:
@@ -294,7 +307,8 @@ def run_labels(args) -> int:
     result = _summarise_labels(pool, tasks, args, len(episodes) - len(skipped), time.time() - t_start)
     result["skipped"] = skipped
     path = write_bench_json("labels", result, args.out_json)
-    emit(result, args.json, _labels_text(result) + f"\n\nwrote {path}")
+    table = _write_card_table(result) if args.card_table else None
+    emit(result, args.json, _labels_text(result) + f"\n\nwrote {path}" + (f" and {table}" if table else ""))
     return 0
 
 

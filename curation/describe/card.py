@@ -33,7 +33,8 @@ CARD_DIR = "card"
 README = "README.md"
 SAMPLES = 4  # episodes shown in the pictures
 _HIST_FRAMES = 200_000  # action values read per dataset for the histograms
-_REPO = Path(__file__).resolve().parents[2]
+# The measured label accuracy shipped with the package (see _load_accuracy).
+LABEL_ACCURACY = "label_accuracy.json"
 
 
 def _size_category(n: int) -> str:
@@ -52,14 +53,19 @@ def _read_table(path: Path) -> list[dict]:
 
 
 def _load_accuracy(accuracy: Optional[dict]) -> tuple[Optional[dict], str]:
+    """The label accuracy to show: the caller's, else the table that ships with the package
+    (LABEL_ACCURACY, written by `curate bench labels` and committed like code), never a file of
+    the working directory or checkout, which would let the last bench run decide the card."""
     if accuracy is not None:
         return accuracy, "passed by the caller"
-    for path in (Path("bench-results/labels.json"), _REPO / "bench-results" / "labels.json"):
-        if path.is_file():
-            try:
-                return json.loads(path.read_text()), str(path)
-            except ValueError:
-                log.warning("%s: not valid JSON, label accuracy left out of the card", path)
+    from importlib.resources import files
+
+    table = files("curation.describe").joinpath(LABEL_ACCURACY)
+    if table.is_file():
+        try:
+            return json.loads(table.read_text()), f"curation/describe/{LABEL_ACCURACY}"
+        except ValueError:
+            log.warning("%s: not valid JSON, label accuracy left out of the card", table)
     return None, ""
 
 
@@ -289,7 +295,7 @@ def write_card(
     """Write `<dataset_dir>/README.md` and `<dataset_dir>/card/*.png`.
 
     accuracy: measured label accuracy ({label or backend: {metric: value}}); when
-    None it is read from bench-results/labels.json if that exists.
+    None the table shipped with the package (curation/describe/label_accuracy.json).
     Returns {"readme": path, "pictures": [paths]}."""
     import yaml
 
