@@ -203,14 +203,6 @@ def _write_table(rows: list[dict], schema, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _hooks_available() -> dict:
-    import importlib.util
-
-    modules = {"dedup": "curation.selection.dedup", "filters": "curation.selection.filters",
-               "stats": "curation.describe.stats", "card": "curation.describe.card"}
-    return {m: importlib.util.find_spec(name) is not None for m, name in modules.items()}
-
-
 def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
     if "://" in str(out_dir) and not str(out_dir).startswith("file://"):
         raise JobError(f"--out {out_dir}: a dataset is written to a local or shared POSIX filesystem (shards are "
@@ -218,13 +210,6 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     out_dir = Path(str(out_dir).removeprefix("file://")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    hooks = _hooks_available()
-    if cfg.curation.dedup is not None and not hooks["dedup"]:
-        log.warning("curation.dedup not available: duplicate detection is off")
-        cfg.curation.dedup = None
-    if cfg.curation.filters is not None and not hooks["filters"]:
-        log.warning("curation.filters not available: filters are off")
-        cfg.curation.filters = None
     cfg = cfg.effective()
     with dataset_lock(out_dir) as job_dir:
         _job_state(job_dir, cfg, out_dir, overwrite)
@@ -377,22 +362,20 @@ def _reason_kind(reason: str) -> str:
 
 
 def _finalize_extras(cfg: JobConfig, out_dir: Path) -> dict:
-    """Statistics and the dataset card (H7's modules), after the manifest. Their
-    failure is reported, not fatal: the dataset itself is complete."""
-    import importlib.util
+    """Statistics and the dataset card, after the manifest. Their failure is reported, not
+    fatal: the dataset itself is complete."""
+    from curation.describe.card import write_card
+    from curation.describe.stats import compute_stats
 
     done = {}
-    for flag, module, fn in (("stats", "curation.describe.stats", "compute_stats"), ("card", "curation.describe.card", "write_card")):
+    for flag, fn in (("stats", compute_stats), ("card", write_card)):
         if not getattr(cfg.curation, flag):
             done[flag] = "off"
             continue
-        if importlib.util.find_spec(module) is None:
-            done[flag] = "not available"
-            continue
         try:
-            getattr(__import__(module, fromlist=[fn]), fn)(str(out_dir))
+            fn(str(out_dir))
             done[flag] = "written"
         except Exception as exc:  # noqa: BLE001
-            log.warning("%s.%s failed: %s", module, fn, exc)
+            log.warning("%s.%s failed: %s", fn.__module__, fn.__name__, exc)
             done[flag] = f"failed: {type(exc).__name__}: {exc}"
     return done

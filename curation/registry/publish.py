@@ -222,8 +222,7 @@ def hash_dataset(dataset_dir: str | os.PathLike, progress: bool = True) -> dict[
 def check_dataset(dataset_dir: str | os.PathLike) -> list[str]:
     """Problems that forbid publishing `dataset_dir` ([] = publishable).
 
-    Uses the project validator (curation.store.validate.validate_dataset) when it is
-    installed; the basic layout checks below always run."""
+    The contract check is curation.store.validate.validate_dataset."""
     root = Path(dataset_dir)
     if not root.is_dir():
         return [f"{root}: not a directory"]
@@ -233,33 +232,9 @@ def check_dataset(dataset_dir: str | os.PathLike) -> list[str]:
     tmp = sorted(p.name for p in root.glob("shards/.tmp-*"))
     if tmp:
         log.warning("%s: %d uncommitted shard temporaries are not published: %s", root, len(tmp), ", ".join(tmp[:3]))
-    try:
-        from curation.store.validate import validate_dataset
-    except ImportError:
-        log.warning("curation.store.validate is not available: only the basic layout of %s was checked", root)
-        return _basic_checks(root)
+    from curation.store.validate import validate_dataset
+
     return [str(v) for v in validate_dataset(str(root))]
-
-
-def _basic_checks(root: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(root / MANIFEST, columns=["episode_id", "shard"]).to_pylist()
-    except Exception as exc:  # noqa: BLE001
-        return [f"{root / MANIFEST}: unreadable ({type(exc).__name__}: {exc})"]
-    problems = []
-    ids = [r["episode_id"] for r in rows]
-    if len(ids) != len(set(ids)):
-        problems.append(f"{root / MANIFEST}: duplicate episode ids")
-    for shard in sorted({r["shard"] for r in rows}):
-        if not (root / "shards" / shard.split("/")[-1]).is_dir():
-            problems.append(f"{root / 'shards' / shard}: shard named in the manifest is missing")
-    try:
-        json.loads((root / DATASET_JSON).read_text())
-    except ValueError as exc:
-        problems.append(f"{root / DATASET_JSON}: not valid JSON ({exc})")
-    return problems
 
 
 # ---------------------------------------------------------------- exclusive create
