@@ -40,7 +40,6 @@ LONG_FUNCTIONS_ALLOWED: set[str] = {
     "curation/registry/publish.py:publish",
     "curation/sources/metaworld/rollout.py:rollout_episode",
     "curation/sources/rlds_write.py:write_rlds_dataset",
-    "labelers/latent/train.py:train_lam",
     "pipelines/job.py:run_job",
     "policy/train.py:train",
 }

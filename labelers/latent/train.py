@@ -107,21 +107,7 @@ def train_lam(
     model = LatentActionModel(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr_at(1, settings))
     sampler = torch.Generator().manual_seed(settings.seed + 1)
-    start = 0
-    latest = ckpt.latest_training_state(out)
-    if latest is not None:
-        saved_config, _, _ = ckpt.load_weights(latest)
-        if saved_config != config:
-            raise ResumeMismatch(f"{latest}: trained with config {saved_config.to_json()}, asked for {config.to_json()}; use a new --out")
-        try:
-            start, saved = ckpt.load_training_state(latest, model, optimizer, sampler)
-        except (RuntimeError, KeyError) as e:  # written by another version of the model code
-            raise ResumeMismatch(f"{latest}: cannot resume, the checkpoint does not fit this model ({str(e).splitlines()[0]}); use a new --out") from e
-        wanted = asdict(settings)
-        diff = {k: (saved.get(k), wanted[k]) for k in _MUST_MATCH if saved.get(k) != wanted[k]}
-        if diff:
-            raise ResumeMismatch(f"{latest}: settings differ from the checkpoint (saved, asked): {diff}; use a new --out")
-        log.info("resuming from %s (step %d)", latest, start)
+    start = _resume(out, model, optimizer, sampler, config, settings)
     (out / "config.json").write_text(json.dumps({"model": json.loads(config.to_json()), "train": asdict(settings)}, indent=2) + "\n")
     _truncate_log(out / "train_log.jsonl", start)
 
@@ -131,37 +117,17 @@ def train_lam(
     losses: list[float] = []
     window_codes: set[int] = set()
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=settings.steps, initial=start, desc="latent train", unit="step", dynamic_ncols=True)
+    bar = _progress_bar(settings.steps, start) if progress else None
     model.train()
     step = start
     try:
         while step < settings.steps:
             step += 1
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, settings)
-            pick = torch.randint(0, len(first), (settings.batch,), generator=sampler)
-            x_t, x_tg = batch_tensors(frames, first[pick], settings.gap)
-            result = model(x_t, x_tg)
-            optimizer.zero_grad(set_to_none=True)
-            result["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            loss = float(result["loss"].detach())
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"latent train: loss became {loss} at step {step}")
-            losses.append(loss)
-            codes = torch.unique(result["indices"]).tolist()
-            window_codes.update(codes)
-            info = {"loss": loss, "codes": codes}
-            if is_replacement_step(step):
-                dead = model.vq.replace_unused(candidates=result["latents"].detach())
-                _reset_adam_rows(optimizer, model.vq.codebook, dead)
-                info["replaced"] = dead.tolist()
-                replacements.append({"step": step, "replaced": dead.tolist()})
+            info = _update(step, model, optimizer, sampler, frames, first, settings)
+            losses.append(info["loss"])
+            window_codes.update(info["codes"])
+            if "replaced" in info:
+                replacements.append({"step": step, "replaced": info["replaced"]})
             if on_step is not None:
                 on_step(step, info)
             if step % settings.log_every == 0:
@@ -195,6 +161,57 @@ def train_lam(
         "pairs": int(len(pairs)),
         "episodes": store.num_episodes,
     }
+
+
+def _progress_bar(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="latent train", unit="step", dynamic_ncols=True)
+
+
+def _resume(out: Path, model, optimizer, sampler, config: LAMConfig, settings: TrainSettings) -> int:
+    """Restore the newest training state in `out` (model, optimiser, sampler in place) and return
+    its step; 0 when there is none. ResumeMismatch when it was made with another config or settings."""
+    latest = ckpt.latest_training_state(out)
+    if latest is None:
+        return 0
+    saved_config, _, _ = ckpt.load_weights(latest)
+    if saved_config != config:
+        raise ResumeMismatch(f"{latest}: trained with config {saved_config.to_json()}, asked for {config.to_json()}; use a new --out")
+    try:
+        start, saved = ckpt.load_training_state(latest, model, optimizer, sampler)
+    except (RuntimeError, KeyError) as e:  # written by another version of the model code
+        raise ResumeMismatch(f"{latest}: cannot resume, the checkpoint does not fit this model ({str(e).splitlines()[0]}); use a new --out") from e
+    wanted = asdict(settings)
+    diff = {k: (saved.get(k), wanted[k]) for k in _MUST_MATCH if saved.get(k) != wanted[k]}
+    if diff:
+        raise ResumeMismatch(f"{latest}: settings differ from the checkpoint (saved, asked): {diff}; use a new --out")
+    log.info("resuming from %s (step %d)", latest, start)
+    return start
+
+
+def _update(step: int, model, optimizer, sampler: torch.Generator, frames: torch.Tensor, first: torch.Tensor,
+            settings: TrainSettings) -> dict:
+    """One optimiser update on a sampled batch (frames F H W 3 uint8, first P pair starts);
+    -> {"loss", "codes" the batch used, "replaced" code indices at replacement steps}."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, settings)
+    pick = torch.randint(0, len(first), (settings.batch,), generator=sampler)
+    x_t, x_tg = batch_tensors(frames, first[pick], settings.gap)  # B 3 H W each
+    result = model(x_t, x_tg)
+    optimizer.zero_grad(set_to_none=True)
+    result["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    optimizer.step()
+    loss = float(result["loss"].detach())
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"latent train: loss became {loss} at step {step}")
+    info = {"loss": loss, "codes": torch.unique(result["indices"]).tolist()}
+    if is_replacement_step(step):
+        dead = model.vq.replace_unused(candidates=result["latents"].detach())
+        _reset_adam_rows(optimizer, model.vq.codebook, dead)
+        info["replaced"] = dead.tolist()
+    return info
 
 
 def _save(out: Path, step: int, model, optimizer, sampler, config: LAMConfig, settings: TrainSettings) -> None:
