@@ -3,7 +3,7 @@
     python dev/house_moves.py move      # git mv every file of MOVES, then rewrite imports
     python dev/house_moves.py rewrite [FILE...]   # only rewrite old module names to new ones
 
-`rewrite` is idempotent; run it on a branch merged after the move to carry its imports (and
+`rewrite` also follows the names that left a moved module later (NAME_MOVES). It is idempotent; run it on a branch merged after the move to carry its imports (and
 module-name strings such as `monkeypatch.setattr("curation.simulate.X", ...)`) to the new layout.
 """
 
@@ -99,6 +99,37 @@ def module_map() -> dict[str, str]:
     return {module_of(a): module_of(b) for a, b in MOVES.items() if a.endswith(".py")}
 
 
+# Names that left their (moved) module in the content commits after the move:
+# module -> {name: the module that now holds it}.
+NAME_MOVES = {
+    "labelers.tracking.lk": {
+        "Tracker": "labelers.tracking.common", "grid_queries": "labelers.tracking.common",
+        "check_frames": "labelers.tracking.common", "check_queries": "labelers.tracking.common",
+        "inside_image": "labelers.tracking.common", "track_anchors": "labelers.tracking.common",
+        "FlowTracker": "labelers.tracking.flow", "bilinear_sample": "labelers.tracking.flow",
+        "TRACKERS": "labelers.tracking.registry", "get_tracker": "labelers.tracking.registry",
+    },
+    "curation.store.reader": {"open_dataset": "curation"},
+    "cli.output": {"to_json": "curation.formats", "markdown_table": "curation.formats", "format_table": "curation.formats"},
+    "pipelines.stages": {"limit_threads": "labelers.threads"},
+    "curation.sources.metaworld.rollout": {},  # constants stay importable from rollout
+}
+
+
+def rewrite_names(text: str) -> str:
+    """`from MOD import a, b` -> one import line per module now holding the names (NAME_MOVES)."""
+    def split(m: re.Match) -> str:
+        indent, mod, names = m.group(1), m.group(2), m.group(3)
+        moves = NAME_MOVES.get(mod, {})
+        parts = [n.strip() for n in names.split(",") if n.strip()]
+        by_mod: dict[str, list[str]] = {}
+        for part in parts:
+            by_mod.setdefault(moves.get(part.split(" as ")[0].strip(), mod), []).append(part)
+        return "\n".join(f"{indent}from {k} import {', '.join(v)}" for k, v in sorted(by_mod.items()))
+    mods = "|".join(re.escape(m) for m in NAME_MOVES)
+    return re.sub(rf"^(\s*)from ({mods}) import ([\w ,]+)$", split, text, flags=re.M)
+
+
 # Old module names that are also job config keys (`--set curation.card=false`): rewritten only in
 # import statements, never in strings.
 CONFIG_KEYS = {"curation.filters", "curation.dedup", "curation.stats", "curation.card"}
@@ -119,7 +150,7 @@ def rewrite_text(text: str, mods: dict[str, str]) -> str:
         alias = "" if leaf == nleaf else f" as {leaf}"
         text = re.sub(rf"^(\s*)from {re.escape(pkg)} import {leaf}\b(?!\s*,)( as \w+)?",
                       lambda m: f"{m.group(1)}from {npkg} import {nleaf}{m.group(2) or alias}", text, flags=re.M)
-    return text
+    return rewrite_names(text)
 
 
 def rewrite(files: list[Path]) -> None:
