@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from schemas.config import check_keys
 from schemas.episode import Episode, EpisodeError
 from schemas.triplet import (
     DEFAULT_FLOW_GAP,
@@ -33,6 +34,10 @@ from schemas.triplet import (
 # A frame whose grey values span fewer levels than this carries no texture to
 # measure motion on (all black, all white, a blank camera).
 MIN_TEXTURE_LEVELS = 4
+# Scene-flow outlier removal (LabelConfig.outlier_removal): a lifted point farther from its
+# neighbours than mean + 3 standard deviations of the neighbour distances is dropped (the usual
+# three-sigma rule of statistical outlier removal, as in Open3D's remove_statistical_outlier).
+OUTLIER_STD_RATIO = 3.0
 
 
 @dataclass
@@ -67,10 +72,7 @@ class LabelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown label config key(s) {unknown}; known: {sorted(known)}")
+        d = check_keys(cls, d, "label config key(s)")
         return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()})
 
 
@@ -81,7 +83,7 @@ class EpisodeLabeler:
         """Backends come from the config; pass built ones to override (tests, shared models)."""
         from labelers.depth import get_depth_backend
         from labelers.flow import get_flow_backend
-        from labelers.tracks import get_tracker
+        from labelers.tracking.registry import get_tracker
 
         self.config = config or LabelConfig()
         c = self.config
@@ -90,7 +92,7 @@ class EpisodeLabeler:
         self.flow = flow_backend or (get_flow_backend(c.flow, **c.flow_params) if c.flow else None)
         self.latent = latent
         if self.latent is None and c.latent_checkpoint:
-            from labelers.latent_action import LatentActionLabeler
+            from labelers.latent.labeler import LatentActionLabeler
 
             self.latent = LatentActionLabeler.from_checkpoint(c.latent_checkpoint)
 
@@ -116,9 +118,8 @@ class EpisodeLabeler:
     # -- the work
 
     def _label(self, episode: Episode) -> EpisodeLabels:
-        from labelers.flow import encode_motion_image, to_gray
-        from labelers.sceneflow import intrinsics_or_estimate, lift_tracks, statistical_inliers
-        from labelers.tracks import FlowTracker, LKTracker, grid_queries, track_anchors
+        from labelers.flow import to_gray
+        from labelers.sceneflow import intrinsics_or_estimate
 
         c = self.config
         where = episode.provenance.describe()
@@ -127,28 +128,12 @@ class EpisodeLabeler:
             raise EpisodeError(where, f"camera {cam!r} not in episode (has {episode.cameras})", stage="label")
         if cam in episode.blank_cameras:
             raise EpisodeError(where, f"camera {cam!r} is blank in this episode", stage="label")
-        frames = episode.frames[cam]
+        frames = episode.frames[cam]  # T H W 3
         n_steps, H, W = frames.shape[:3]
-        anchors = anchor_steps(n_steps, c.stride)
-        N, T = anchors.size, c.horizon
-        steps = anchors[:, None] + np.arange(T)[None, :]  # N T
-        in_range = steps < n_steps
-
+        anchors = anchor_steps(n_steps, c.stride)  # N
         grays = [to_gray(f) for f in frames]
-        textured = np.array([int(g.max()) - int(g.min()) >= MIN_TEXTURE_LEVELS for g in grays])
-
-        queries = grid_queries(H, W, c.grid)
-        if isinstance(self.tracker, FlowTracker) or (isinstance(self.tracker, LKTracker) and not self.tracker.color):
-            # Share the grey frames instead of converting them again.
-            tracks, visible = self.tracker.track_anchors(frames, anchors, queries, T, pyramids=grays)
-        else:
-            tracks, visible = track_anchors(self.tracker, frames, anchors, queries, T)
-        tracks[~np.broadcast_to(in_range[:, None, :], visible.shape)] = np.nan
-        visible &= in_range[:, None, :]
-        # No texture, no evidence: a point on a textureless frame is not "seen" (j > 0).
-        frame_textured = np.where(in_range, textured[np.minimum(steps, n_steps - 1)], False)
-        visible[:, :, 1:] &= frame_textured[:, None, 1:]
-        visible &= textured[anchors][:, None, None]
+        textured = np.array([int(g.max()) - int(g.min()) >= MIN_TEXTURE_LEVELS for g in grays])  # T
+        tracks, visible, in_range = self._tracks(frames, grays, textured, anchors)
 
         intr = intrinsics_or_estimate(episode.intrinsics.get(cam), H, W, c.fov_deg)
         depth_res = self.depth(frames, episode.depth_m.get(cam))
@@ -164,43 +149,81 @@ class EpisodeLabeler:
             backends=self.backends,
         )
         if depth_res.depth_m is not None:
-            frame_index = np.where(in_range, steps, -1)[:, None, :]  # N 1 T
-            sf = lift_tracks(tracks, visible, depth_res.depth_m, intr, frame_index=frame_index, edge_rel=c.edge_rel,
-                             max_depth_jump_rel=c.max_depth_jump_rel)
-            valid = sf.valid_3d
-            points = sf.points_cam_m
-            depth_track = sf.depth_m
-            if c.outlier_removal:
-                for n in range(N):
-                    bad = ~statistical_inliers(points[n, :, 0], std_ratio=3.0) & valid[n, :, 0]
-                    valid[n, bad] = False
-                points[~valid] = np.nan
-                depth_track[~valid] = np.nan
-            labels.depth_m, labels.points_cam_m, labels.valid_3d = depth_track, points, valid
-
+            labels.depth_m, labels.points_cam_m, labels.valid_3d = self._scene_flow(
+                tracks, visible, in_range, anchors, depth_res.depth_m, intr)
         if self.flow is not None:
-            motion = np.empty((N, H, W, 3), np.uint8)
-            flow_valid = np.zeros(N, bool)
-            zero = encode_motion_image(np.zeros((H, W, 2), np.float32))
-            for n, a in enumerate(anchors):
-                b = a + c.flow_gap
-                if b >= n_steps or not (textured[a] and textured[b]):
-                    motion[n] = zero
-                    continue
-                flow_fn = getattr(self.flow, "flow_gray", None)
-                flow = flow_fn(grays[a], grays[b]) if flow_fn else self.flow(frames[a], frames[b])
-                motion[n] = encode_motion_image(flow)
-                flow_valid[n] = True
-            labels.motion_image, labels.flow_valid = motion, flow_valid
-
+            labels.motion_image, labels.flow_valid = self._motion_images(frames, grays, textured, anchors)
         if self.latent is not None:
-            # latent_gap None: the labeler uses the gap its checkpoint was trained with.
-            tokens, ok = self.latent(frames, anchors, c.latent_gap)
-            tokens = np.asarray(tokens, np.int16).copy()
-            ok = np.asarray(ok, bool)
-            tokens[~ok] = LATENT_PAD_TOKEN
-            labels.latent_tokens, labels.latent_valid = tokens, ok
+            labels.latent_tokens, labels.latent_valid = self._latent_tokens(frames, anchors)
         return labels
+
+    def _tracks(self, frames, grays, textured, anchors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tracks N K T 2, visible N K T, in_range N T of the grid queries from every anchor.
+        A point on a textureless frame is not "seen": no texture, no evidence."""
+        from labelers.tracking.common import grid_queries, track_anchors
+
+        c = self.config
+        n_steps, H, W = frames.shape[:3]
+        steps = anchors[:, None] + np.arange(c.horizon)[None, :]  # N T
+        in_range = steps < n_steps
+        queries = grid_queries(H, W, c.grid)  # K 2
+        if getattr(self.tracker, "takes_gray_frames", False):
+            tracks, visible = self.tracker.track_anchors(frames, anchors, queries, c.horizon, pyramids=grays)
+        else:
+            tracks, visible = track_anchors(self.tracker, frames, anchors, queries, c.horizon)
+        tracks[~np.broadcast_to(in_range[:, None, :], visible.shape)] = np.nan
+        visible &= in_range[:, None, :]
+        frame_textured = np.where(in_range, textured[np.minimum(steps, n_steps - 1)], False)  # N T
+        visible[:, :, 1:] &= frame_textured[:, None, 1:]
+        visible &= textured[anchors][:, None, None]
+        return tracks, visible, in_range
+
+    def _scene_flow(self, tracks, visible, in_range, anchors, depth_m, intr):
+        """(depth N K T, points N K T 3, valid_3d N K T): tracks lifted to 3D with the depth."""
+        from labelers.sceneflow import lift_tracks, statistical_inliers
+
+        c = self.config
+        steps = anchors[:, None] + np.arange(c.horizon)[None, :]  # N T
+        frame_index = np.where(in_range, steps, -1)[:, None, :]  # N 1 T
+        sf = lift_tracks(tracks, visible, depth_m, intr, frame_index=frame_index, edge_rel=c.edge_rel,
+                         max_depth_jump_rel=c.max_depth_jump_rel)
+        valid, points, depth_track = sf.valid_3d, sf.points_cam_m, sf.depth_m
+        if c.outlier_removal:
+            for n in range(anchors.size):
+                bad = ~statistical_inliers(points[n, :, 0], std_ratio=OUTLIER_STD_RATIO) & valid[n, :, 0]
+                valid[n, bad] = False
+            points[~valid] = np.nan
+            depth_track[~valid] = np.nan
+        return depth_track, points, valid
+
+    def _motion_images(self, frames, grays, textured, anchors) -> tuple[np.ndarray, np.ndarray]:
+        """(motion images N H W 3 uint8, flow_valid N): the flow from each anchor to anchor + gap."""
+        from labelers.flow import encode_motion_image
+
+        c = self.config
+        n_steps, H, W = frames.shape[:3]
+        motion = np.empty((anchors.size, H, W, 3), np.uint8)
+        flow_valid = np.zeros(anchors.size, bool)
+        zero = encode_motion_image(np.zeros((H, W, 2), np.float32))
+        flow_fn = getattr(self.flow, "flow_gray", None)
+        for n, a in enumerate(anchors):
+            b = a + c.flow_gap
+            if b >= n_steps or not (textured[a] and textured[b]):
+                motion[n] = zero
+                continue
+            flow = flow_fn(grays[a], grays[b]) if flow_fn else self.flow(frames[a], frames[b])
+            motion[n] = encode_motion_image(flow)
+            flow_valid[n] = True
+        return motion, flow_valid
+
+    def _latent_tokens(self, frames, anchors) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens N L int16, padded where not valid; valid N). latent_gap None: the labeler uses
+        the gap its checkpoint was trained with."""
+        tokens, ok = self.latent(frames, anchors, self.config.latent_gap)
+        tokens = np.asarray(tokens, np.int16).copy()
+        ok = np.asarray(ok, bool)
+        tokens[~ok] = LATENT_PAD_TOKEN
+        return tokens, ok
 
 
 def label_summary(labels: EpisodeLabels) -> dict[str, Any]:

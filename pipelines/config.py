@@ -20,9 +20,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from schemas.config import check_keys, strict_from_dict
 
 RUNNERS = ("local", "beam", "ray")
 
@@ -76,10 +78,7 @@ class JobConfig:
     # ---- construction -------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> "JobConfig":
-        d = copy.deepcopy(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown job config keys: {sorted(unknown)}")
+        d = check_keys(cls, copy.deepcopy(d or {}), "job config keys")
         return cls(
             source=_build(SourceConfig, d.get("source"), "source"),
             labels=dict(d.get("labels") or {}),
@@ -140,11 +139,11 @@ class JobConfig:
         d = self.to_dict()
         d["labels"] = self.label_config().to_dict()
         if d["curation"]["filters"] is not None:
-            from curation.filters import FilterConfig
+            from curation.selection.filters import FilterConfig
 
             d["curation"]["filters"] = FilterConfig.from_dict(d["curation"]["filters"]).to_dict()
         if d["curation"]["dedup"] is not None:
-            from curation.dedup import DedupConfig
+            from curation.selection.dedup import DedupConfig
 
             d["curation"]["dedup"] = DedupConfig.from_dict(d["curation"]["dedup"]).to_dict()
         return JobConfig.from_dict(d)
@@ -157,12 +156,7 @@ class JobConfig:
 
 
 def _build(cls, d: dict | None, where: str):
-    d = dict(d or {})
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {where} config keys: {sorted(unknown)} (known: {sorted(names)})")
-    return cls(**d)
+    return strict_from_dict(cls, d, f"{where} config keys")
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:

@@ -22,13 +22,14 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.config import JobConfig
-from pipelines.engine_local import Failure
-from pipelines.stages import (
-    ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row, read_attempts,
-)
-from pipelines.writer import (
+from curation.store.writer import (
     COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
+)
+from pipelines.attempts import read as read_attempts
+from pipelines.config import JobConfig
+from pipelines.engines.local import Failure
+from pipelines.stages import (
+    ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row,
 )
 from schemas.dataset import (
     CONTRACT_VERSION, DATASET_JSON, FILTERED, FILTERED_SCHEMA, MANIFEST, MANIFEST_SCHEMA, QUARANTINE,
@@ -67,15 +68,15 @@ def dataset_lock(out_dir: Path):
 def make_engine(cfg: JobConfig, job_dir: Path):
     runner = cfg.engine.runner
     if runner == "local":
-        from pipelines.engine_local import LocalEngine
+        from pipelines.engines.local import LocalEngine
 
         return LocalEngine(cfg)
     if runner == "ray":
-        from pipelines.engine_ray import RayEngine
+        from pipelines.engines.ray import RayEngine
 
         return RayEngine(cfg, job_dir)
     if runner == "beam":
-        from pipelines.engine_beam import BeamEngine
+        from pipelines.engines.beam import BeamEngine
 
         return BeamEngine(cfg, job_dir)
     raise JobError(f"unknown runner {runner!r}")
@@ -164,7 +165,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
     path = job_dir / "dedup.json"
     if path.is_file():
         return json.loads(path.read_text())["dropped"], 0.0
-    from curation.dedup import DedupConfig, find_duplicates
+    from curation.selection.dedup import DedupConfig, find_duplicates
 
     t0 = time.perf_counter()
     fps: dict = {}
@@ -202,12 +203,6 @@ def _write_table(rows: list[dict], schema, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _hooks_available() -> dict:
-    import importlib.util
-
-    return {m: importlib.util.find_spec(f"curation.{m}") is not None for m in ("dedup", "filters", "stats", "card")}
-
-
 def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
     if "://" in str(out_dir) and not str(out_dir).startswith("file://"):
         raise JobError(f"--out {out_dir}: a dataset is written to a local or shared POSIX filesystem (shards are "
@@ -215,13 +210,6 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     out_dir = Path(str(out_dir).removeprefix("file://")).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    hooks = _hooks_available()
-    if cfg.curation.dedup is not None and not hooks["dedup"]:
-        log.warning("curation.dedup not available: duplicate detection is off")
-        cfg.curation.dedup = None
-    if cfg.curation.filters is not None and not hooks["filters"]:
-        log.warning("curation.filters not available: filters are off")
-        cfg.curation.filters = None
     cfg = cfg.effective()
     with dataset_lock(out_dir) as job_dir:
         _job_state(job_dir, cfg, out_dir, overwrite)
@@ -314,8 +302,8 @@ def _unit_spans(records: list[dict], t_units: float, workers: int) -> dict:
 
 def _attempt_count(out_dir: Path, pending: list[UnitTask]) -> dict:
     """Units started this run, attempts made at them, and how many were redone."""
-    attempts = read_attempts(str(out_dir))
-    per_unit = Counter(group for group, _ in attempts)
+    attempts = read_attempts(out_dir / ATTEMPTS_DIR)
+    per_unit = Counter(a.key for a in attempts)
     return {"units": len(pending), "attempts": len(attempts),
             "retried_units": sorted(g for g, v in per_unit.items() if v > 1),
             "retries": sum(v - 1 for v in per_unit.values())}
@@ -374,22 +362,20 @@ def _reason_kind(reason: str) -> str:
 
 
 def _finalize_extras(cfg: JobConfig, out_dir: Path) -> dict:
-    """Statistics and the dataset card (H7's modules), after the manifest. Their
-    failure is reported, not fatal: the dataset itself is complete."""
-    import importlib.util
+    """Statistics and the dataset card, after the manifest. Their failure is reported, not
+    fatal: the dataset itself is complete."""
+    from curation.describe.card import write_card
+    from curation.describe.stats import compute_stats
 
     done = {}
-    for flag, module, fn in (("stats", "curation.stats", "compute_stats"), ("card", "curation.card", "write_card")):
+    for flag, fn in (("stats", compute_stats), ("card", write_card)):
         if not getattr(cfg.curation, flag):
             done[flag] = "off"
             continue
-        if importlib.util.find_spec(module) is None:
-            done[flag] = "not available"
-            continue
         try:
-            getattr(__import__(module, fromlist=[fn]), fn)(str(out_dir))
+            fn(str(out_dir))
             done[flag] = "written"
         except Exception as exc:  # noqa: BLE001
-            log.warning("%s.%s failed: %s", module, fn, exc)
+            log.warning("%s.%s failed: %s", fn.__module__, fn.__name__, exc)
             done[flag] = f"failed: {type(exc).__name__}: {exc}"
     return done

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -25,8 +26,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from labelers.threads import limit_threads
+from pipelines import attempts
 from pipelines.config import JobConfig
-from pipelines.writer import EpisodePayload, commit_unit
+from curation.store.writer import EpisodePayload, commit_unit
+from schemas.dataset import spec_for
 from schemas.episode import Episode, EpisodeError, Provenance
 from schemas.triplet import EpisodeLabels
 
@@ -64,23 +68,10 @@ _LABELERS: dict[str, Any] = {}
 def open_source(path: str, split: str, decode_threads: int | None = None):
     key = (path, split, decode_threads)
     if key not in _SOURCES:
-        from curation.rlds import RLDSSource
+        from curation.sources.rlds import RLDSSource
 
         _SOURCES[key] = RLDSSource(path, split, decode_threads=decode_threads)
     return _SOURCES[key]
-
-
-def limit_threads(n: int) -> None:
-    """Keep a worker to its share of the machine: one engine worker per core scales only
-    if OpenCV's and torch's own thread pools don't each spread over every core."""
-    import cv2
-    import torch
-
-    n = max(1, int(n))
-    if cv2.getNumThreads() != n:
-        cv2.setNumThreads(n)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def plan_units(cfg: JobConfig) -> tuple[Any, list[UnitTask]]:
@@ -147,7 +138,7 @@ class FingerprintUnit:
         self.cfg = cfg
 
     def __call__(self, task: UnitTask) -> dict:
-        from curation.dedup import DedupConfig, fingerprint
+        from curation.selection.dedup import DedupConfig, fingerprint
 
         dcfg = DedupConfig.from_dict(self.cfg.curation.dedup)
         t0 = time.perf_counter()
@@ -182,33 +173,28 @@ def local_labeler(cfg: JobConfig) -> Callable[[Episode], EpisodeLabels]:
 
 
 def episode_arrays(ep: Episode, labels: EpisodeLabels) -> dict[str, np.ndarray]:
-    """The shard arrays of one episode (SHARD_ARRAYS names), in contract dtypes."""
+    """The shard arrays of one episode (SHARD_ARRAYS names), in the contract's dtypes."""
     stored = [c for c in ep.frames if c not in ep.blank_cameras]
-    out: dict[str, np.ndarray] = {}
+    values: dict[str, Any] = {}
     for cam in stored:
-        out[f"frames/{cam}"] = np.asarray(ep.frames[cam], dtype=np.uint8)
+        values[f"frames/{cam}"] = ep.frames[cam]
         if cam in ep.depth_m:
-            out[f"depth_m/{cam}"] = np.asarray(ep.depth_m[cam], dtype=np.float32)
-    out["actions"] = np.asarray(ep.actions, dtype=np.float32)
+            values[f"depth_m/{cam}"] = ep.depth_m[cam]
+    values["actions"] = ep.actions
     if ep.proprio is not None:
-        out["proprio"] = np.asarray(ep.proprio, dtype=np.float32)
-    out["anchor_step"] = np.asarray(labels.anchors, dtype=np.int32)
-    out["tracks_px"] = np.asarray(labels.tracks_px, dtype=np.float32)
-    out["visible"] = np.asarray(labels.visible, dtype=bool)
-    out["in_range"] = np.asarray(labels.in_range, dtype=bool)
-    optional = {"depth_track_m": (labels.depth_m, np.float32), "points_cam_m": (labels.points_cam_m, np.float32),
-                "valid_3d": (labels.valid_3d, bool), "motion_image": (labels.motion_image, np.uint8),
-                "flow_valid": (labels.flow_valid, bool), "latent_tokens": (labels.latent_tokens, np.int16),
-                "latent_valid": (labels.latent_valid, bool)}
-    for name, (value, dtype) in optional.items():
-        if value is not None:
-            out[name] = np.asarray(value, dtype=dtype)
-    return out
+        values["proprio"] = ep.proprio
+    values.update({"anchor_step": labels.anchors, "tracks_px": labels.tracks_px, "visible": labels.visible,
+                   "in_range": labels.in_range})
+    optional = {"depth_track_m": labels.depth_m, "points_cam_m": labels.points_cam_m, "valid_3d": labels.valid_3d,
+                "motion_image": labels.motion_image, "flow_valid": labels.flow_valid,
+                "latent_tokens": labels.latent_tokens, "latent_valid": labels.latent_valid}
+    values.update({name: value for name, value in optional.items() if value is not None})
+    return {name: np.asarray(value, dtype=spec_for(name).dtype) for name, value in values.items()}
 
 
 def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarray]) -> dict:
     """The manifest row of an episode, less shard, offsets and checksum (the writer's)."""
-    from curation.filters import mean_visibility, track_displacement_px
+    from curation.selection.filters import mean_visibility, track_displacement_px
 
     p = ep.provenance
     prim = ep.frames[ep.primary_camera]
@@ -238,30 +224,9 @@ def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarra
     }
 
 
+# Markers of the attempts at each unit (pipelines.attempts, keyed by shard group): the job counts
+# them to report retried work (a Ray task redone after its worker or node died, a Beam bundle retried).
 ATTEMPTS_DIR = ".job/attempts"
-
-
-def mark_attempt(out_dir: str, group: int) -> None:
-    """One empty file per attempt at a unit: the job counts them to report retried
-    work (a Ray task redone after its worker or node died, a Beam bundle retried)."""
-    import os
-    import uuid
-
-    d = os.path.join(out_dir, ATTEMPTS_DIR)
-    os.makedirs(d, exist_ok=True)
-    open(os.path.join(d, f"unit-{group:05d}.{os.getpid()}.{uuid.uuid4().hex[:8]}"), "w").close()
-
-
-def read_attempts(out_dir: str) -> list[tuple[int, int]]:
-    """(unit group, worker pid) of every attempt marked by `mark_attempt` in this run."""
-    import os
-
-    d = os.path.join(out_dir, ATTEMPTS_DIR)
-    out = []
-    for name in (os.listdir(d) if os.path.isdir(d) else []):
-        unit, pid, _ = name.split(".", 2)  # unit-00003.<pid>.<uuid>
-        out.append((int(unit.removeprefix("unit-")), int(pid)))
-    return out
 
 
 class ProcessUnit:
@@ -281,104 +246,119 @@ class ProcessUnit:
     def _filter_config(self):
         if self.cfg.curation.filters is None:
             return None
-        from curation.filters import FilterConfig
+        from curation.selection.filters import FilterConfig
 
         return FilterConfig.from_dict(self.cfg.curation.filters)
 
     def __call__(self, task: UnitTask) -> dict:
-        from curation.filters import apply_filters
-
-        mark_attempt(self.out_dir, task.group)
+        attempts.mark(os.path.join(self.out_dir, ATTEMPTS_DIR), task.group)
         started_at = time.time()
-        timings: dict[str, float] = defaultdict(float)
-        payloads: list[EpisodePayload] = []
-        quarantine: list[dict] = []
-        filtered: list[dict] = []
-        seen: set[int] = set()
-        counts = {"read": 0, "frames_read": 0}
-        fcfg = self._filter_config()
-        labeler = self.labeler or local_labeler(self.cfg)
+        run = _UnitRun(task, self._filter_config(), self.labeler or local_labeler(self.cfg), self.duplicates,
+                       self.cfg.seed)
         limit_threads(self.cfg.engine.threads_per_worker)
-        src = open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker)
+        run.read(open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker))
+        record = {"unit": {"group": task.group, "split": task.split, "start": task.start, "stop": task.stop,
+                           "file": task.file},
+                  "config_hash": self.cfg.content_hash(), "counts": run.counts,
+                  "quarantine": run.quarantine, "filtered": run.filtered, "timings": dict(run.timings),
+                  "started_at": started_at}  # with the commit's committed_at: the unit's span on its worker
+        return commit_unit(self.out_dir, task.group, run.payloads, record,
+                           self.cfg.writer.frames_per_chunk, self.cfg.writer.compression)
 
-        def dropped_by_filters(ep: Episode, labels, when: str) -> bool:
-            """Apply the filters (cheap ones before labeling, all after); record the reasons."""
-            if fcfg is None:
-                return False
-            t = time.perf_counter()
-            reasons = apply_filters(ep, labels, fcfg)
-            timings["filter"] += time.perf_counter() - t
-            filtered.extend(filtered_row(ep.provenance, r, when) for r in reasons)
-            return bool(reasons)
 
-        def run_episode(ep: Episode) -> None:
-            prov = ep.provenance
-            dup = self.duplicates.get(ep.episode_id)
-            if dup is not None:
-                filtered.append(filtered_row(prov, "duplicate", f"{dup['kind']} distance {dup['distance']}", dup["kept"]))
-                return
-            stage = "check"
-            try:
-                t = time.perf_counter()
-                ep.check()
-                timings["check"] += time.perf_counter() - t
-                stage = "filter"
-                if dropped_by_filters(ep, None, "before labeling"):
-                    return
-                stage = "label"
-                t = time.perf_counter()
-                _set_seeds(self.cfg.seed, ep.episode_id)
-                labels = labeler(ep)
-                timings["label"] += time.perf_counter() - t
-                stage = "filter"
-                if dropped_by_filters(ep, labels, "after labeling"):
-                    return
-                stage = "contract"
-                t = time.perf_counter()
-                arrays = episode_arrays(ep, labels)
-                from curation.validate import check_episode_arrays
+class _UnitRun:
+    """The episodes of one unit through check -> filter -> label -> filter -> arrays, each ending
+    in exactly one of `payloads` (to write), `filtered` or `quarantine`; per-stage seconds in
+    `timings`."""
 
-                problems = check_episode_arrays(arrays)
-                if problems:
-                    raise EpisodeError(prov.describe(), "; ".join(problems[:5]), stage="contract")
-                payloads.append(EpisodePayload(arrays, manifest_row(ep, labels, arrays)))
-                timings["arrays"] += time.perf_counter() - t
-            except Exception as exc:  # noqa: BLE001 - one bad episode never stops the unit
-                log.warning("quarantined %s at %s: %s", prov.describe(), stage, _reason_of(exc))
-                quarantine.append(quarantine_row(prov, stage, _reason_of(exc), _short_tb(exc)))
+    def __init__(self, task: UnitTask, fcfg, labeler: Callable[[Episode], EpisodeLabels], duplicates: dict,
+                 seed: int):
+        self.task, self.fcfg, self.labeler, self.duplicates, self.seed = task, fcfg, labeler, duplicates, seed
+        self.timings: dict[str, float] = defaultdict(float)
+        self.payloads: list[EpisodePayload] = []
+        self.quarantine: list[dict] = []
+        self.filtered: list[dict] = []
+        self.counts = {"read": 0, "frames_read": 0}
 
-        def prov_at(idx: int) -> Provenance:
-            return Provenance(src.name, src.version, task.split, idx, task.file, getattr(src, "source_url", ""))
-
-        # The reader yields one item per episode, in order; a truncated file ends the
-        # unit early. Whatever was not yielded is accounted for after the loop.
+    def read(self, src) -> None:
+        """Every episode of the unit. The reader yields one item per episode, in order; a truncated
+        file ends the unit early, and whatever was not yielded is quarantined as not readable."""
+        task = self.task
+        seen: set[int] = set()
         last_error = ""
         idx = task.start
         t_read = time.perf_counter()
         try:
             for item in src.read_unit(task.unit, on_error="yield"):
-                timings["read"] += time.perf_counter() - t_read
-                prov = _provenance_of(item) or prov_at(idx)
+                self.timings["read"] += time.perf_counter() - t_read
+                prov = _provenance_of(item) or self._prov_at(src, idx)
                 idx = int(prov.episode_index) + 1
                 seen.add(int(prov.episode_index))
                 if isinstance(item, BaseException):
                     last_error = _reason_of(item)
-                    quarantine.append(quarantine_row(prov, getattr(item, "stage", "read"), last_error, str(item)))
+                    self.quarantine.append(quarantine_row(prov, getattr(item, "stage", "read"), last_error, str(item)))
                 else:
-                    counts["read"] += 1
-                    counts["frames_read"] += item.num_steps
-                    run_episode(item)
+                    self.counts["read"] += 1
+                    self.counts["frames_read"] += item.num_steps
+                    self.episode(item)
                 t_read = time.perf_counter()
         except Exception as exc:  # noqa: BLE001 - the reader died mid-unit
-            timings["read"] += time.perf_counter() - t_read
+            self.timings["read"] += time.perf_counter() - t_read
             last_error = f"reader failed: {_reason_of(exc)}"
         for i in range(task.start, task.stop):
             if i not in seen:
-                quarantine.append(quarantine_row(prov_at(i), "read", f"not readable ({last_error or 'reader yielded fewer episodes than planned'})"))
-        record = {"unit": {"group": task.group, "split": task.split, "start": task.start, "stop": task.stop,
-                           "file": task.file},
-                  "config_hash": self.cfg.content_hash(), "counts": counts,
-                  "quarantine": quarantine, "filtered": filtered, "timings": dict(timings),
-                  "started_at": started_at}  # with the commit's committed_at: the unit's span on its worker
-        return commit_unit(self.out_dir, task.group, payloads, record,
-                           self.cfg.writer.frames_per_chunk, self.cfg.writer.compression)
+                reason = f"not readable ({last_error or 'reader yielded fewer episodes than planned'})"
+                self.quarantine.append(quarantine_row(self._prov_at(src, i), "read", reason))
+
+    def _prov_at(self, src, idx: int) -> Provenance:
+        return Provenance(src.name, src.version, self.task.split, idx, self.task.file, getattr(src, "source_url", ""))
+
+    def _timed(self, stage: str, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.timings[stage] += time.perf_counter() - t
+        return out
+
+    def _dropped_by_filters(self, ep: Episode, labels, when: str) -> bool:
+        """Apply the filters (cheap ones before labeling, all after); record the reasons."""
+        from curation.selection.filters import apply_filters
+
+        if self.fcfg is None:
+            return False
+        reasons = self._timed("filter", apply_filters, ep, labels, self.fcfg)
+        self.filtered.extend(filtered_row(ep.provenance, r, when) for r in reasons)
+        return bool(reasons)
+
+    def episode(self, ep: Episode) -> None:
+        prov = ep.provenance
+        dup = self.duplicates.get(ep.episode_id)
+        if dup is not None:
+            self.filtered.append(filtered_row(prov, "duplicate", f"{dup['kind']} distance {dup['distance']}", dup["kept"]))
+            return
+        stage = "check"
+        try:
+            self._timed("check", ep.check)
+            stage = "filter"
+            if self._dropped_by_filters(ep, None, "before labeling"):
+                return
+            stage = "label"
+            _set_seeds(self.seed, ep.episode_id)
+            labels = self._timed("label", self.labeler, ep)
+            stage = "filter"
+            if self._dropped_by_filters(ep, labels, "after labeling"):
+                return
+            stage = "contract"
+            self.payloads.append(self._timed("arrays", self._payload, ep, labels))
+        except Exception as exc:  # noqa: BLE001 - one bad episode never stops the unit
+            log.warning("quarantined %s at %s: %s", prov.describe(), stage, _reason_of(exc))
+            self.quarantine.append(quarantine_row(prov, stage, _reason_of(exc), _short_tb(exc)))
+
+    @staticmethod
+    def _payload(ep: Episode, labels: EpisodeLabels) -> EpisodePayload:
+        from curation.store.validate import check_episode_arrays
+
+        arrays = episode_arrays(ep, labels)
+        problems = check_episode_arrays(arrays)
+        if problems:
+            raise EpisodeError(ep.provenance.describe(), "; ".join(problems[:5]), stage="contract")
+        return EpisodePayload(arrays, manifest_row(ep, labels, arrays))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.config import strict_from_dict
+
 FUSIONS = ("gated_sigmoid", "gated_tanh", "concat", "add", "none")
 MOTION_REPRS = ("uvd", "xyz")
 NORM_MODES = ("mean_std", "quantile")
@@ -112,11 +114,7 @@ class TrainConfig:
 
 
 def _from_dict(cls, d: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**d)
+    return strict_from_dict(cls, d, f"{cls.__name__} fields")
 
 
 def config_to_dict(cfg) -> dict[str, Any]:

@@ -68,6 +68,20 @@ SHARD_ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("latent_valid", "bool", ("N",), "anchor", "mask", optional=True),
 )
 
+
+def spec_for(name: str) -> "ArraySpec | None":
+    """The ArraySpec of a concrete array name (`frames/image_0` -> `frames/{camera}`), or None
+    for a name the contract does not define. The one name-to-spec lookup of the code."""
+    for spec in SHARD_ARRAYS:
+        if spec.name == name:
+            return spec
+        if "{camera}" in spec.name:
+            prefix = spec.name.split("{")[0]
+            camera = name[len(prefix):]
+            if name.startswith(prefix) and camera and "/" not in camera:
+                return spec
+    return None
+
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("episode_id", pa.string(), nullable=False),

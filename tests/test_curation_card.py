@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from curation.card import write_card
+from curation.describe.card import write_card
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
 
@@ -89,3 +89,27 @@ def test_accuracy_from_a_bench_labels_result(card_dataset, tmp_path):
     assert "| synthetic (grid) | yes | 0.8125 | 0.61 |" in text  # pooled row, used by this dataset
     assert "| cotracker3 |  | 0.9 | 0.7 |" in text  # measured but not used here
     assert "seconds" not in text and "0.5 |" not in text.split("### Measured accuracy")[1].split("## Statistics")[0]  # per-task rows left out
+
+
+def test_accuracy_never_from_the_working_directory(card_dataset, tmp_path, monkeypatch):
+    """A bench-results/labels.json where the card is written (a checkout after some bench run)
+    does not decide the card: only the table shipped with the package does."""
+    import shutil
+
+    from curation.describe import card
+
+    root, _, _ = card_dataset
+    ds = tmp_path / "copy"
+    shutil.copytree(root, ds)
+    (tmp_path / "bench-results").mkdir()
+    bench = {"tracks": [{"backend": "stray-bench-backend", "task": "all", "delta_avg": 0.123}]}
+    (tmp_path / "bench-results" / "labels.json").write_text(json.dumps(bench))
+    monkeypatch.chdir(tmp_path)
+    shipped, source = card._load_accuracy(None)
+    write_card(ds)
+    text = (ds / "README.md").read_text()
+    assert "stray-bench-backend" not in text
+    if shipped is None:  # no table committed yet: the card says so
+        assert source == "" and "Not measured for this dataset" in text
+    else:
+        assert source == "curation/describe/label_accuracy.json"
