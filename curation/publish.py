@@ -575,7 +575,30 @@ def _resolve_index(ref: str, storage_options: Optional[dict]) -> tuple[Any, str,
         staged = [p for p in fs.glob(posixpath.join(version_dir, FILES_PREFIX + "*"))] if fs.exists(version_dir) else []
         hint = f" ({len(staged)} unfinished publish attempt(s) left files there; they are not a version)" if staged else ""
         raise PublishError(f"{base_url.rstrip('/')}/{name}@{version} is not published: no {INDEX}{hint}")
+    check_index_names(index, _url(fs, posixpath.join(version_dir, INDEX)))
     return fs, version_dir, index, base_url
+
+
+# Names from an index are checked before any path is built from them: an index is input, and a
+# `data_prefix` of "../x" or a file "a/../../b" must not reach outside the version's directory.
+_PREFIX_RE = re.compile(r"^files-\d{8}T\d{6}Z-[0-9a-f]{8}$")
+_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+def check_index_names(index: dict, where: str) -> None:
+    """PublishError unless data_prefix and every file path of `index` match their patterns."""
+    prefix = index.get("data_prefix")
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise PublishError(f"{where}: data_prefix {prefix!r} is not of the form files-<time>-<id>")
+    for rel in index.get("files", {}):
+        if not all(_PATH_PART_RE.match(part) for part in rel.split("/")):
+            raise PublishError(f"{where}: file path {rel!r} in the index is not a plain relative path")
+
+
+def resolve_files(ref: str, storage_options: Optional[dict] = None) -> tuple[Any, str, str, dict[str, dict]]:
+    """As `resolve`, plus the index's file table {relative path: {size, sha256}}."""
+    fs, version_dir, index, _ = _resolve_index(ref, storage_options)
+    return fs, posixpath.join(version_dir, index["data_prefix"]), index["version"], index["files"]
 
 
 def resolve(ref: str, storage_options: Optional[dict] = None) -> tuple[Any, str, str]:

@@ -22,7 +22,6 @@ through zarr.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from schemas.dataset import CONTRACT_VERSION, SHARD_ARRAYS, SHARDS_DIR, ArraySpec
+from schemas.dataset import CONTRACT_VERSION, SHARD_ARRAYS, SHARDS_DIR, ArraySpec, episode_checksum
 
 # Shard files are keyed "0.0.0.0" inside the array directory (zarr v3 "v2" chunk key
 # encoding): one directory per array instead of one per dimension, which is most of
@@ -63,17 +62,6 @@ def spec_by_name(name: str) -> ArraySpec:
 # ---------------------------------------------------------------------------------------
 # Checksums
 # ---------------------------------------------------------------------------------------
-
-def episode_checksum(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over an episode's array slices, in sorted name order, each prefixed by
-    its name, dtype and shape: independent of where the episode sits in a shard."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(memoryview(a).cast("B") if a.size else b"")
-    return h.hexdigest()
-
 
 # ---------------------------------------------------------------------------------------
 # Episode payloads
