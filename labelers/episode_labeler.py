@@ -81,7 +81,7 @@ class EpisodeLabeler:
         """Backends come from the config; pass built ones to override (tests, shared models)."""
         from labelers.depth import get_depth_backend
         from labelers.flow import get_flow_backend
-        from labelers.tracks import get_tracker
+        from labelers.tracking.lk import get_tracker
 
         self.config = config or LabelConfig()
         c = self.config
@@ -90,7 +90,7 @@ class EpisodeLabeler:
         self.flow = flow_backend or (get_flow_backend(c.flow, **c.flow_params) if c.flow else None)
         self.latent = latent
         if self.latent is None and c.latent_checkpoint:
-            from labelers.latent_action import LatentActionLabeler
+            from labelers.latent.labeler import LatentActionLabeler
 
             self.latent = LatentActionLabeler.from_checkpoint(c.latent_checkpoint)
 
@@ -118,7 +118,7 @@ class EpisodeLabeler:
     def _label(self, episode: Episode) -> EpisodeLabels:
         from labelers.flow import encode_motion_image, to_gray
         from labelers.sceneflow import intrinsics_or_estimate, lift_tracks, statistical_inliers
-        from labelers.tracks import FlowTracker, LKTracker, grid_queries, track_anchors
+        from labelers.tracking.lk import FlowTracker, LKTracker, grid_queries, track_anchors
 
         c = self.config
         where = episode.provenance.describe()

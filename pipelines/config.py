@@ -140,11 +140,11 @@ class JobConfig:
         d = self.to_dict()
         d["labels"] = self.label_config().to_dict()
         if d["curation"]["filters"] is not None:
-            from curation.filters import FilterConfig
+            from curation.selection.filters import FilterConfig
 
             d["curation"]["filters"] = FilterConfig.from_dict(d["curation"]["filters"]).to_dict()
         if d["curation"]["dedup"] is not None:
-            from curation.dedup import DedupConfig
+            from curation.selection.dedup import DedupConfig
 
             d["curation"]["dedup"] = DedupConfig.from_dict(d["curation"]["dedup"]).to_dict()
         return JobConfig.from_dict(d)

@@ -23,11 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.config import JobConfig
-from pipelines.engine_local import Failure
+from pipelines.engines.local import Failure
 from pipelines.stages import (
     ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row, read_attempts,
 )
-from pipelines.writer import (
+from curation.store.writer import (
     COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
 )
 from schemas.dataset import (
@@ -67,15 +67,15 @@ def dataset_lock(out_dir: Path):
 def make_engine(cfg: JobConfig, job_dir: Path):
     runner = cfg.engine.runner
     if runner == "local":
-        from pipelines.engine_local import LocalEngine
+        from pipelines.engines.local import LocalEngine
 
         return LocalEngine(cfg)
     if runner == "ray":
-        from pipelines.engine_ray import RayEngine
+        from pipelines.engines.ray import RayEngine
 
         return RayEngine(cfg, job_dir)
     if runner == "beam":
-        from pipelines.engine_beam import BeamEngine
+        from pipelines.engines.beam import BeamEngine
 
         return BeamEngine(cfg, job_dir)
     raise JobError(f"unknown runner {runner!r}")
@@ -164,7 +164,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
     path = job_dir / "dedup.json"
     if path.is_file():
         return json.loads(path.read_text())["dropped"], 0.0
-    from curation.dedup import DedupConfig, find_duplicates
+    from curation.selection.dedup import DedupConfig, find_duplicates
 
     t0 = time.perf_counter()
     fps: dict = {}
@@ -205,7 +205,9 @@ def _write_table(rows: list[dict], schema, path: Path) -> None:
 def _hooks_available() -> dict:
     import importlib.util
 
-    return {m: importlib.util.find_spec(f"curation.{m}") is not None for m in ("dedup", "filters", "stats", "card")}
+    modules = {"dedup": "curation.selection.dedup", "filters": "curation.selection.filters",
+               "stats": "curation.describe.stats", "card": "curation.describe.card"}
+    return {m: importlib.util.find_spec(name) is not None for m, name in modules.items()}
 
 
 def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
@@ -379,7 +381,7 @@ def _finalize_extras(cfg: JobConfig, out_dir: Path) -> dict:
     import importlib.util
 
     done = {}
-    for flag, module, fn in (("stats", "curation.stats", "compute_stats"), ("card", "curation.card", "write_card")):
+    for flag, module, fn in (("stats", "curation.describe.stats", "compute_stats"), ("card", "curation.describe.card", "write_card")):
         if not getattr(cfg.curation, flag):
             done[flag] = "off"
             continue

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from pipelines.config import JobConfig
-from pipelines.writer import EpisodePayload, commit_unit
+from curation.store.writer import EpisodePayload, commit_unit
 from schemas.episode import Episode, EpisodeError, Provenance
 from schemas.triplet import EpisodeLabels
 
@@ -64,7 +64,7 @@ _LABELERS: dict[str, Any] = {}
 def open_source(path: str, split: str, decode_threads: int | None = None):
     key = (path, split, decode_threads)
     if key not in _SOURCES:
-        from curation.rlds import RLDSSource
+        from curation.sources.rlds import RLDSSource
 
         _SOURCES[key] = RLDSSource(path, split, decode_threads=decode_threads)
     return _SOURCES[key]
@@ -147,7 +147,7 @@ class FingerprintUnit:
         self.cfg = cfg
 
     def __call__(self, task: UnitTask) -> dict:
-        from curation.dedup import DedupConfig, fingerprint
+        from curation.selection.dedup import DedupConfig, fingerprint
 
         dcfg = DedupConfig.from_dict(self.cfg.curation.dedup)
         t0 = time.perf_counter()
@@ -208,7 +208,7 @@ def episode_arrays(ep: Episode, labels: EpisodeLabels) -> dict[str, np.ndarray]:
 
 def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarray]) -> dict:
     """The manifest row of an episode, less shard, offsets and checksum (the writer's)."""
-    from curation.filters import mean_visibility, track_displacement_px
+    from curation.selection.filters import mean_visibility, track_displacement_px
 
     p = ep.provenance
     prim = ep.frames[ep.primary_camera]
@@ -281,12 +281,12 @@ class ProcessUnit:
     def _filter_config(self):
         if self.cfg.curation.filters is None:
             return None
-        from curation.filters import FilterConfig
+        from curation.selection.filters import FilterConfig
 
         return FilterConfig.from_dict(self.cfg.curation.filters)
 
     def __call__(self, task: UnitTask) -> dict:
-        from curation.filters import apply_filters
+        from curation.selection.filters import apply_filters
 
         mark_attempt(self.out_dir, task.group)
         started_at = time.time()
@@ -336,7 +336,7 @@ class ProcessUnit:
                 stage = "contract"
                 t = time.perf_counter()
                 arrays = episode_arrays(ep, labels)
-                from curation.validate import check_episode_arrays
+                from curation.store.validate import check_episode_arrays
 
                 problems = check_episode_arrays(arrays)
                 if problems:

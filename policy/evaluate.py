@@ -5,7 +5,7 @@
         reset(seed_i) ─► loop: render RGB + proprio ─► select_action ─► step ─► success?
     ─► per task: successes / episodes, 95% Wilson interval, a rollout image strip (PNG)
 
-Evaluation layouts come from curation.simulate.episode_seed(eval_seed, task, i) with
+Evaluation layouts come from curation.sources.metaworld.rollout.episode_seed(eval_seed, task, i) with
 eval_seed (default 10_000) different from the curation seed, so the policy sees held-out
 object/goal placements.
 """
@@ -76,7 +76,7 @@ def evaluate(checkpoint: str, tasks: Sequence[str], episodes: int, max_steps: in
     import torch
     from tqdm import tqdm
 
-    from curation.simulate import DEFAULT_CAMERA, MetaWorldScene, episode_seed
+    from curation.sources.metaworld.rollout import DEFAULT_CAMERA, MetaWorldScene, episode_seed
     from policy.train import load_policy
 
     policy, state = load_policy(checkpoint)

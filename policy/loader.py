@@ -11,7 +11,7 @@ shards in the same order and keeps triplets i with i % G == g. Either way each t
 epoch is yielded by exactly one worker, and the stream is a pure function of
 (seed, epoch, rank, world_size, num_workers).
 
-The one reader. Triplets come from curation.dataset_reader.open_dataset (or any object with the
+The one reader. Triplets come from curation.store.reader.open_dataset (or any object with the
 same interface: `shard_names`, `stats`, `manifest`, `iter_triplets(shards=...)`); nothing here
 reads Zarr.
 
@@ -257,7 +257,7 @@ class TripletStream(IterableDataset):
         if not isinstance(self.ref, (str, bytes)) and hasattr(self.ref, "iter_triplets"):
             return self.ref
         if getattr(self, "_ds", None) is None:
-            from curation.dataset_reader import open_dataset
+            from curation.store.reader import open_dataset
 
             self._ds = open_dataset(self.ref)
         return self._ds

@@ -203,7 +203,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     if not isinstance(data, (str, Path)):
         ds = data
     else:
-        from curation.dataset_reader import open_dataset
+        from curation.store.reader import open_dataset
 
         ds = open_dataset(str(data))
     if resume is None and not init:

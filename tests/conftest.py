@@ -27,7 +27,7 @@ def bridge_dir() -> Path:
 def sim_dataset_dir(tmp_path_factory) -> Path:
     """A small simulated Meta-World dataset with ground truth, in Open-X RLDS format:
     pick-place-v3 and drawer-open-v3, 2 episodes each, 24 steps, 64 px."""
-    from curation.simulate import simulate_dataset
+    from curation.sources.metaworld.rollout import simulate_dataset
 
     root = tmp_path_factory.mktemp("sim")
     return Path(

@@ -36,7 +36,7 @@ SPARK = ["--runner=SparkRunner", "--spark_master_url=spark://spark-master:7077",
 
 
 def test_corrupt_episodes_are_quarantined_under_multiprocess_beam(tmp_path):
-    from pipelines.engine_beam import pipeline_options
+    from pipelines.engines.beam import pipeline_options
     from pipelines.job import run_job
 
     src = write_bad_dataset(tmp_path / "src", n=6, T=10, nan_episode=4, episodes_per_shard=3)
@@ -64,7 +64,7 @@ def test_corrupt_episodes_are_quarantined_under_multiprocess_beam(tmp_path):
 
 def _cli_config(tmp_path, beam_args: list[str]):
     """What `curate run` builds from its command line (cmd_run's own parsing path)."""
-    from curation.cli import build_parser
+    from cli.main import build_parser
     from pipelines.config import JobConfig
 
     args = build_parser().parse_args(["run", "src/bridge/1.0.0", "--out", str(tmp_path / "ds"), "--runner", "beam"]
@@ -79,7 +79,7 @@ def test_dataflow_options_pass_through_and_validate(tmp_path, monkeypatch):
         DirectOptions, GoogleCloudOptions, SetupOptions, StandardOptions, WorkerOptions)
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
-    from pipelines.engine_beam import BeamEngine, pipeline_options
+    from pipelines.engines.beam import BeamEngine, pipeline_options
 
     cfg = _cli_config(tmp_path, DATAFLOW)
     assert cfg.engine.beam_options == DATAFLOW
@@ -111,7 +111,7 @@ def test_flink_and_spark_options_pass_through(tmp_path, name, args):
     from apache_beam.options.pipeline_options import (
         FlinkRunnerOptions, PortableOptions, SparkRunnerOptions, StandardOptions)
 
-    from pipelines.engine_beam import pipeline_options
+    from pipelines.engines.beam import pipeline_options
 
     cfg = _cli_config(tmp_path, args)
     opts = pipeline_options(cfg.engine.beam_options, cfg.engine.workers)
@@ -131,7 +131,7 @@ def test_beam_options_from_a_config_file(tmp_path):
     from apache_beam.options.pipeline_options import FlinkRunnerOptions
 
     from pipelines.config import JobConfig
-    from pipelines.engine_beam import pipeline_options
+    from pipelines.engines.beam import pipeline_options
 
     path = tmp_path / "job.yaml"
     path.write_text("engine:\n  runner: beam\n  beam_options:\n" + "".join(f"    - '{a}'\n" for a in FLINK))

@@ -12,8 +12,8 @@ import json
 import psutil
 import pytest
 
-from curation.cmd_bench_cluster import VICTIM, compare_datasets, run_cluster_job, run_local
-from pipelines.cluster import GPU_STANDIN, LocalCluster
+from cli.bench.cluster import VICTIM, compare_datasets, run_cluster_job, run_local
+from pipelines.testing.cluster import GPU_STANDIN, LocalCluster
 
 SHARD_EPISODES = 3
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from curation.card import write_card
+from curation.describe.card import write_card
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from curation.dedup import DedupConfig, Fingerprint, find_duplicates, fingerprint, normalise_language
+from curation.selection.dedup import DedupConfig, Fingerprint, find_duplicates, fingerprint, normalise_language
 from test_curation_helpers import make_episode
 
 
@@ -125,7 +125,7 @@ def test_scales_to_many_fingerprints():
 
 @pytest.fixture(scope="module")
 def bridge_fingerprints(bridge_dir):
-    from curation.rlds import read_episodes
+    from curation.sources.rlds import read_episodes
 
     fps = {}
     for split in ("train", "val"):

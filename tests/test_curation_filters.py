@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from curation.filters import REASONS, FilterConfig, apply_filters, mean_visibility, motion_px
+from curation.selection.filters import REASONS, FilterConfig, apply_filters, mean_visibility, motion_px
 from test_curation_helpers import make_episode, make_labels
 
 

@@ -1,6 +1,6 @@
 """Small synthetic episodes, labels and written datasets for the curation and
 publishing tests. Shards are written by the job's own shard writer
-(pipelines.writer); the manifest and dataset.json are assembled here so the
+(curation.store.writer); the manifest and dataset.json are assembled here so the
 tests need no labelers or sources."""
 
 from __future__ import annotations
@@ -139,11 +139,11 @@ FILTERED_SCHEMA_FIELDS = [("episode_id", "string"), ("dataset", "string"), ("spl
 
 def write_dataset(root: Path, pairs: list[tuple[Episode, EpisodeLabels]], episodes_per_shard: int = 2, filtered: list[dict] | None = None) -> Path:
     """Write `pairs` as a curated dataset directory with the job's shard writer
-    (pipelines.writer.commit_unit), then the manifest and dataset.json."""
+    (curation.store.writer.commit_unit), then the manifest and dataset.json."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.writer import EpisodePayload, commit_unit, iter_manifest_rows
+    from curation.store.writer import EpisodePayload, commit_unit, iter_manifest_rows
 
     root = Path(root)
     records = []

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from curation.stats import QUANTILE_ALPHA, RunningStats, compute_stats
+from curation.describe.stats import QUANTILE_ALPHA, RunningStats, compute_stats
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
 

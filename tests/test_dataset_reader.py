@@ -10,8 +10,8 @@ from test_pipeline_helpers import cached_run
 
 
 def test_triplets_match_the_source_episodes(bridge_dir):
-    from curation.dataset_reader import open_dataset
-    from curation.rlds import RLDSSource
+    from curation.store.reader import open_dataset
+    from curation.sources.rlds import RLDSSource
 
     out, _ = cached_run("bridge-local", bridge_dir)
     ds = open_dataset(str(out))
@@ -46,8 +46,8 @@ def test_triplets_match_the_source_episodes(bridge_dir):
 
 
 def test_open_by_url_shard_subset_and_published_version(bridge_dir, tmp_path, monkeypatch):
-    from curation import publish as P
-    from curation.dataset_reader import open_dataset
+    from curation.registry import publish as P
+    from curation.store.reader import open_dataset
 
     out, _ = cached_run("bridge-local", bridge_dir)
     ds = open_dataset(f"file://{out}")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.simulate import RolloutWorkers, _Request
-from labelers.ground_truth import (
+from curation.sources.metaworld.rollout import RolloutWorkers, _Request
+from labelers.eval.ground_truth import (
     grid_queries,
     project,
     true_labels,
@@ -245,7 +245,7 @@ def test_ground_truth_on_an_episode_read_from_disk(sim_dataset_dir):
     """The labelers' path: an episode read back through the RLDS reader (float32 poses,
     depth 0 -> NaN) gives the same evidence: exact zero flow on static bodies and
     moving points landing on their body."""
-    from curation.rlds import read_episodes
+    from curation.sources.rlds import read_episodes
 
     ep = next(iter(read_episodes(str(sim_dataset_dir), "train", 2, 3)))  # drawer-open, episode 0
     assert ep.ground_truth is not None and ep.ground_truth.body_names

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelers import metrics
+from labelers.eval import metrics
 from labelers.depth import (
     DatasetDepth,
     disparity_to_depth,
@@ -24,7 +24,7 @@ from labelers.flow import (
     motion_image_error_bound,
 )
 from labelers.sceneflow import estimate_intrinsics, lift_tracks, sample_depth, statistical_inliers
-from labelers.tracks import LKTracker, check_frames, get_tracker, grid_queries
+from labelers.tracking.lk import LKTracker, check_frames, get_tracker, grid_queries
 from schemas.episode import CameraIntrinsics
 
 # ---------------------------------------------------------------- synthetic scenes
@@ -449,7 +449,7 @@ class FakeCoTracker:
 
 
 def test_cotracker_adapter_with_injected_predictor():
-    from labelers.cotracker import CoTrackerTracker
+    from labelers.tracking.cotracker import CoTrackerTracker
 
     fake = FakeCoTracker()
     tracker = CoTrackerTracker(predictor=fake)
@@ -498,7 +498,7 @@ class FakeOnlineCoTracker:
 
 
 def test_cotracker_online_protocol():
-    from labelers.cotracker import CoTrackerTracker
+    from labelers.tracking.cotracker import CoTrackerTracker
 
     fake = FakeOnlineCoTracker()
     tracker = CoTrackerTracker(predictor=fake, variant="online")
@@ -511,7 +511,7 @@ def test_cotracker_online_protocol():
 
 
 def test_cotracker_needs_repo_and_checkpoint():
-    from labelers.cotracker import CoTrackerTracker
+    from labelers.tracking.cotracker import CoTrackerTracker
 
     with pytest.raises(ValueError, match="checkpoint"):
         get_tracker("cotracker", repo="/nowhere")

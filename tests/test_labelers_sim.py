@@ -9,8 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from labelers import ground_truth as gt
-from labelers import metrics
+from labelers.eval import ground_truth as gt
+from labelers.eval import metrics
 from labelers.episode_labeler import EpisodeLabeler, LabelConfig
 from labelers.flow import decode_motion_image, get_flow_backend
 from schemas.episode import EpisodeError
@@ -19,7 +19,7 @@ from schemas.triplet import LATENT_PAD_TOKEN, anchor_steps
 
 @pytest.fixture(scope="module")
 def sim_episodes(sim_dataset_dir):
-    from curation.rlds import read_episodes
+    from curation.sources.rlds import read_episodes
 
     eps = list(read_episodes(str(sim_dataset_dir)))
     assert len(eps) == 4 and all(e.ground_truth is not None for e in eps)
@@ -256,7 +256,7 @@ def test_label_config_round_trip_and_errors():
 
 
 class _FakeLatent:
-    """Stands in for labelers.latent_action.LatentActionLabeler's call signature
+    """Stands in for labelers.latent.labeler.LatentActionLabeler's call signature
     (frames T H W 3, anchors N, gap=None: the trained gap) -> (tokens N L int16, valid N bool)."""
 
     trained_gap = 2
@@ -309,7 +309,7 @@ def test_depth_anything_in_the_labeler(sim_episodes, tmp_path):
 def test_bench_labels_on_the_simulated_dataset(sim_dataset_dir, tmp_path, capsys):
     import json
 
-    from curation.cli import main
+    from cli.main import main
 
     out = tmp_path / "labels.json"
     rc = main(["bench", "labels", "--source", str(sim_dataset_dir), "--stride", "12", "--horizon", "8",
@@ -334,7 +334,7 @@ def test_bench_labels_on_the_simulated_dataset(sim_dataset_dir, tmp_path, capsys
 def test_bench_labelers_speed_rows(sim_dataset_dir, tmp_path):
     import json
 
-    from curation.cli import main
+    from cli.main import main
 
     out = tmp_path / "labelers.json"
     assert main(["bench", "labelers", "--source", str(sim_dataset_dir), "--repeats", "1", "--out-json", str(out)]) == 0
@@ -346,7 +346,7 @@ def test_bench_labelers_speed_rows(sim_dataset_dir, tmp_path):
 
 
 def test_real_bridge_episode_without_depth_or_intrinsics(bridge_dir):
-    from curation.rlds import read_episodes
+    from curation.sources.rlds import read_episodes
 
     ep = next(iter(read_episodes(str(bridge_dir), stop=1)))
     lab = EpisodeLabeler(LabelConfig())(ep)
@@ -385,9 +385,9 @@ def test_latent_tokens_from_a_real_checkpoint(sim_episodes, tmp_path):
     path (a small random model saved as safetensors) and fills the token fields."""
     import torch
 
-    from labelers.lam.checkpoint import save_weights
-    from labelers.lam.config import get_config
-    from labelers.lam.model import LatentActionModel
+    from labelers.latent.checkpoint import save_weights
+    from labelers.latent.config import get_config
+    from labelers.latent.model import LatentActionModel
 
     torch.manual_seed(0)
     cfg = get_config("small", image_size=32, patch_size=8, width=32, heads=2, enc_spatial_depth=1, dec_depth=1)

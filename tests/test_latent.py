@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from labelers.lam import checkpoint as ckpt
-from labelers.lam.config import LAMConfig, get_config
-from labelers.lam.data import moving_squares, store_from_episodes
-from labelers.lam.evaluate import evaluate
-from labelers.lam.model import LatentActionModel, count_parameters
-from labelers.lam.nsvq import NSVQ, is_replacement_step, replacement_steps
-from labelers.lam.train import ResumeMismatch, TrainSettings, train_lam
-from labelers.latent_action import LatentActionLabeler
+from labelers.latent import checkpoint as ckpt
+from labelers.latent.config import LAMConfig, get_config
+from labelers.latent.data import moving_squares, store_from_episodes
+from labelers.latent.probe import evaluate
+from labelers.latent.model import LatentActionModel, count_parameters
+from labelers.latent.nsvq import NSVQ, is_replacement_step, replacement_steps
+from labelers.latent.train import ResumeMismatch, TrainSettings, train_lam
+from labelers.latent.labeler import LatentActionLabeler
 from schemas.triplet import LATENT_PAD_TOKEN
 
 # 16 px frames, 4 px patches: 16 patches, so a training step costs a few milliseconds.
@@ -168,7 +168,7 @@ def test_labeler_pads_steps_without_t_plus_gap(tmp_path):
     assert (tokens[~valid] == LATENT_PAD_TOKEN).all()
     assert ((tokens[valid] >= 0) & (tokens[valid] < 8)).all()
     # the same tokens as the model gives on the cropped, resized pair
-    from labelers.lam.data import square_resize
+    from labelers.latent.data import square_resize
 
     small = torch.from_numpy(square_resize(frames, 16)).permute(0, 3, 1, 2).float() / 255.0
     direct = model.eval().tokens(small[[0, 4, 7]], small[[2, 6, 9]]).numpy()
@@ -228,7 +228,7 @@ def test_trained_tokens_beat_random_on_the_action_probe(trained_tiny):
 
 
 def test_action_probe_scores_informative_tokens_high_and_random_tokens_near_zero():
-    from labelers.lam.evaluate import action_probe, codebook_stats, r2_per_dim
+    from labelers.latent.probe import action_probe, codebook_stats, r2_per_dim
 
     rng = np.random.default_rng(0)
     episodes = np.repeat(np.arange(20), 30)

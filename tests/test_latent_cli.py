@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from curation.cli import main
+from cli.main import main
 
 
 def _run(capsys, argv):
@@ -56,9 +56,9 @@ def test_bad_inputs_are_clear_errors(bridge_dir, tmp_path, capsys):
 
 
 def test_bench_run_dir_depends_on_config_and_resume_settings_not_steps(tmp_path):
-    from curation.cmd_latent import _run_dir
-    from labelers.lam.config import get_config
-    from labelers.lam.train import TrainSettings
+    from cli.commands.latent import _run_dir
+    from labelers.latent.config import get_config
+    from labelers.latent.train import TrainSettings
 
     small = get_config("small")
     a = _run_dir(tmp_path, "sim", small, TrainSettings(steps=100, gap=8))

@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from pipelines.config import JobConfig
-from pipelines.writer import committed_groups
+from curation.store.writer import committed_groups
 from test_pipeline_helpers import cached_run, job_config, manifest_rows
 
 
@@ -35,7 +35,7 @@ def test_config_file_overrides_and_hash(tmp_path):
 
 
 def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
-    from pipelines.writer import CHUNK_KEY_ENCODING, _chunk_len, _fill, _write_array_fast, spec_by_name, write_group_json
+    from curation.store.writer import CHUNK_KEY_ENCODING, _chunk_len, _fill, _write_array_fast, spec_by_name, write_group_json
 
     rng = np.random.default_rng(0)
     arrays = {"frames/cam": rng.integers(0, 255, (37, 8, 8, 3), dtype=np.uint8),
@@ -67,7 +67,7 @@ def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
 
 
 def test_local_run_on_bridge_is_complete_valid_and_readable(bridge_dir):
-    from curation.validate import validate_dataset
+    from curation.store.validate import validate_dataset
 
     out, s = cached_run("bridge-local", bridge_dir)
     c = s["counts"]
@@ -121,7 +121,7 @@ def test_rerun_is_a_noop_and_other_config_is_refused(bridge_dir, tmp_path):
 
 
 def test_cli_run_json(bridge_dir, tmp_path, capsys):
-    from curation.cli import main
+    from cli.main import main
 
     rc = main(["run", str(bridge_dir), "--out", str(tmp_path / "ds"), "--stop", "3", "--no-progress", "--json",
                "--set", "labels.grid=4", "--set", "labels.horizon=4", "--set", "curation.card=false"])
@@ -135,7 +135,7 @@ def test_cli_run_json(bridge_dir, tmp_path, capsys):
 
 
 def _payload(i: int, size: int):
-    from pipelines.writer import EpisodePayload
+    from curation.store.writer import EpisodePayload
 
     F, N, K, T = 6, 2, 3, 4
     inr = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
@@ -148,8 +148,8 @@ def _payload(i: int, size: int):
 
 
 def test_unit_with_two_image_sizes_commits_as_primary_plus_sub_shard(tmp_path):
-    from curation.validate import check_episode_arrays
-    from pipelines.writer import clean_stale, commit_unit, committed_groups, iter_manifest_rows, read_commit
+    from curation.store.validate import check_episode_arrays
+    from curation.store.writer import clean_stale, commit_unit, committed_groups, iter_manifest_rows, read_commit
 
     payloads = [_payload(0, 8), _payload(1, 16), _payload(2, 8)]
     assert all(check_episode_arrays(p.arrays) == [] for p in payloads)
@@ -171,7 +171,7 @@ def test_unit_with_two_image_sizes_commits_as_primary_plus_sub_shard(tmp_path):
 
 
 def test_print_config_round_trips_to_the_same_dataset_hash(tmp_path, capsys):
-    from curation.cli import main
+    from cli.main import main
 
     assert main(["run", "/data/x", "--out", str(tmp_path / "o"), "--print-config", "--set", "labels.stride=8"]) == 0
     (tmp_path / "job.yaml").write_text(capsys.readouterr().out)

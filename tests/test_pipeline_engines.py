@@ -19,7 +19,7 @@ def test_sim_local_run_has_ground_truth_depth(sim_local):
     rows = manifest_rows(out)
     assert all(r["depth_kind"] == "metric" for r in rows)
     assert all(r["intrinsics_estimated"] is False for r in rows)
-    from curation.dataset_reader import open_dataset
+    from curation.store.reader import open_dataset
 
     arrays = open_dataset(str(out)).read_shard(rows[0]["shard"])
     assert any(n.startswith("depth_m/") for n in arrays) and "points_cam_m" in arrays
@@ -49,7 +49,7 @@ def test_ray_and_beam_equal_local_on_bridge(bridge_dir):
 
 
 def test_ray_redoes_the_work_of_a_lost_worker(tmp_path):
-    from pipelines.engine_ray import RayEngine
+    from pipelines.engines.ray import RayEngine
 
     def crash_once(item):  # a closure: pickled by value, as job stages are importable anyway
         """Kill the worker process the first time an item is seen (a lost worker)."""

@@ -15,7 +15,7 @@ def _files(path):
 
 
 def test_corrupt_input_is_quarantined_and_the_job_goes_on(tmp_path):
-    from curation.validate import validate_dataset
+    from curation.store.validate import validate_dataset
     from pipelines.job import run_job
 
     src = write_bad_dataset(tmp_path / "src", n=8, T=10, nan_episode=2, episodes_per_shard=4)
@@ -70,8 +70,8 @@ def test_labeler_error_and_bad_labels_are_quarantined(tmp_path):
 
 
 def test_failing_unit_goes_to_dead_letter_on_every_engine(tmp_path):
-    from pipelines.engine_beam import BeamEngine
-    from pipelines.engine_local import Failure, LocalEngine
+    from pipelines.engines.beam import BeamEngine
+    from pipelines.engines.local import Failure, LocalEngine
 
     def stage(x):
         if x == 2:

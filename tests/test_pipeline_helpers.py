@@ -43,7 +43,7 @@ def manifest_rows(out: Path) -> list[dict]:
 
 def assert_same_dataset(a: Path, b: Path) -> None:
     """Same manifest rows (ids, offsets, checksums, quality figures) and array contents."""
-    from curation.dataset_reader import open_dataset
+    from curation.store.reader import open_dataset
 
     ra, rb = manifest_rows(a), manifest_rows(b)
     assert len(ra) == len(rb) > 0
@@ -73,7 +73,7 @@ def write_bad_dataset(root: Path, n: int = 6, T: int = 10, nan_episode: int | No
     """A contributed-style dataset (JPEG frames) with textured moving frames."""
     import tensorflow_datasets as tfds
 
-    from curation.rlds_write import write_rlds_dataset
+    from curation.sources.rlds_write import write_rlds_dataset
 
     obs = {"image": tfds.features.Image(shape=(32, 32, 3), dtype=np.uint8, encoding_format="jpeg"),
            "state": tfds.features.Tensor(shape=(3,), dtype=np.float32)}

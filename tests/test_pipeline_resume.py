@@ -14,11 +14,11 @@ from pathlib import Path
 
 from test_pipeline_helpers import FAST, assert_same_dataset, cached_run
 
-CURATE = [sys.executable, "-m", "curation.cli"]
+CURATE = [sys.executable, "-m", "cli.main"]
 
 
 def _committed(out: Path) -> list[str]:
-    from pipelines.writer import read_commit
+    from curation.store.writer import read_commit
 
     d = out / "shards"
     return sorted(p.name for p in d.iterdir() if read_commit(p) is not None) if d.is_dir() else []

@@ -12,7 +12,7 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from policy import flow_matching as fm
-from policy.bench import synthetic_batch
+from cli.bench.policy import synthetic_batch
 from policy.config import LaMPConfig
 from policy.gated_xattn import GatedCrossAttention, build_fusion
 from policy.modeling_lamp import LaMPPolicy

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from policy.config import LaMPConfig, TrainConfig
 from policy.loader import TripletStream, collate, make_loader, relative_motion
-from policy.synthetic import SyntheticDataset
+from policy.testing.synthetic import SyntheticDataset
 
 TINY = dict(image_patch=8, d_model=32, n_heads=2, vl_layers=1, motion_layers=1, action_layers=1,
             motion_points=9, motion_horizon=4, text_max_len=24)
@@ -168,7 +168,7 @@ def test_hf_vl_encoder_with_a_tiny_random_clip(tmp_path):
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
     from policy.modeling_lamp import LaMPPolicy
-    from policy.bench import synthetic_batch
+    from cli.bench.policy import synthetic_batch
 
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "pick", "up", "the", "puck", "move", "block", "left"])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -198,7 +198,7 @@ def test_hf_vl_encoder_with_a_tiny_random_clip(tmp_path):
 @pytest.fixture(scope="module")
 def curated_dir(tmp_path_factory, sim_dataset_dir):
     """The shared simulated fixture curated by our pipeline (`curate run`, local runner)."""
-    from curation.cli import main
+    from cli.main import main
 
     out = tmp_path_factory.mktemp("curated") / "ds"
     assert main(["run", str(sim_dataset_dir), "--out", str(out), "--runner", "local", "--shard-episodes", "1",
@@ -207,7 +207,7 @@ def curated_dir(tmp_path_factory, sim_dataset_dir):
 
 
 def test_cli_train_both_phases_and_eval_on_curated_data(curated_dir, tmp_path, capsys):
-    from curation.cli import main
+    from cli.main import main
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text("policy: {d_model: 32, n_heads: 2, vl_layers: 1, motion_layers: 1, action_layers: 1, "
@@ -227,7 +227,7 @@ def test_cli_train_both_phases_and_eval_on_curated_data(curated_dir, tmp_path, c
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "curation.cli", "policy", "eval", "--checkpoint", str(a),
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "policy", "eval", "--checkpoint", str(a),
                            "--task", "drawer-open-v3", "--episodes", "1", "--max-steps", "12", "--threads", "1",
                            "--strips", str(tmp_path / "strips"), "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -241,7 +241,7 @@ def test_cli_train_both_phases_and_eval_on_curated_data(curated_dir, tmp_path, c
 def test_train_from_a_published_version_records_its_reference(curated_dir, tmp_path, capsys):
     """`--data URL/NAME@V`: the trainer reads the published copy and the checkpoint names that
     reference (not the source dataset's own name), so a policy can be traced to its data."""
-    from curation.cli import main
+    from cli.main import main
 
     reg = f"file://{tmp_path / 'registry'}"
     assert main(["publish", str(curated_dir), "--name", "mw-tiny", "--version", "2.0.0", "--to", reg, "--json"]) == 0
@@ -281,7 +281,7 @@ def test_curves_png(tmp_path):
 
 
 def test_loader_on_the_real_reader_covers_each_triplet_once(curated_dir):
-    from curation.dataset_reader import open_dataset
+    from curation.store.reader import open_dataset
     from policy.train import config_for_data
 
     ds = open_dataset(str(curated_dir))

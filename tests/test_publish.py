@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from curation import publish as P
-from curation.cli import main as curate
+from curation.registry import publish as P
+from cli.main import main as curate
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
 

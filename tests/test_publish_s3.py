@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from curation import publish as P
-from curation.cli import main as curate
+from curation.registry import publish as P
+from cli.main import main as curate
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
 BUCKET = "curation-test"
@@ -165,9 +165,9 @@ def test_exclusive_create_on_s3_never_overwrites(s3_endpoint):
 
 def test_trainer_reader_streams_a_published_version_from_s3(s3_endpoint, datasets):
     """The published files are a complete dataset: the trainer-facing reader
-    (curation.dataset_reader, resolving the ref through curation.publish.resolve)
+    (curation.store.reader, resolving the ref through curation.registry.publish.resolve)
     iterates every triplet straight from s3://."""
-    from curation.dataset_reader import open_dataset
+    from curation.store.reader import open_dataset
 
     a, _, _ = datasets
     url = f"s3://{BUCKET}/reader"
@@ -186,7 +186,7 @@ def test_trainer_reader_streams_a_published_version_from_s3(s3_endpoint, dataset
 
 
 def test_stats_of_a_published_version_read_from_s3(s3_endpoint, datasets):
-    from curation.stats import compute_stats
+    from curation.describe.stats import compute_stats
 
     a, _, _ = datasets
     url = f"s3://{BUCKET}/stats"

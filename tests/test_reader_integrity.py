@@ -14,7 +14,7 @@ from test_pipeline_helpers import cached_run
 
 
 def _published(bridge_dir, tmp_path) -> tuple[str, Path]:
-    from curation.publish import publish
+    from curation.registry.publish import publish
 
     out, _ = cached_run("bridge-local", bridge_dir)
     pv = publish(out, "bridge", "1.0.0", to_url=str(tmp_path / "reg"), progress=False)
@@ -36,7 +36,7 @@ def _chunk_files(root: Path) -> list[Path]:
 
 
 def test_flipped_byte_in_a_published_shard_names_the_file(bridge_dir, tmp_path):
-    from curation.dataset_reader import DatasetIntegrityError, open_dataset
+    from curation.store.reader import DatasetIntegrityError, open_dataset
 
     ref, root = _published(bridge_dir, tmp_path)
     assert _read_all(open_dataset(ref)) > 0
@@ -49,7 +49,7 @@ def test_flipped_byte_in_a_published_shard_names_the_file(bridge_dir, tmp_path):
 
 
 def test_damaged_card_or_manifest_is_caught_on_open(bridge_dir, tmp_path):
-    from curation.dataset_reader import DatasetIntegrityError, open_dataset
+    from curation.store.reader import DatasetIntegrityError, open_dataset
 
     ref, root = _published(bridge_dir, tmp_path)
     _flip(root / "README.md", 10)
@@ -63,7 +63,7 @@ def test_damaged_card_or_manifest_is_caught_on_open(bridge_dir, tmp_path):
 
 
 def test_missing_chunk_of_a_dataset_directory_is_an_error_not_fill_values(bridge_dir, tmp_path):
-    from curation.dataset_reader import DatasetIntegrityError, open_dataset
+    from curation.store.reader import DatasetIntegrityError, open_dataset
 
     out, _ = cached_run("bridge-local", bridge_dir)
     copy = tmp_path / "ds"
@@ -78,8 +78,8 @@ def test_missing_chunk_of_a_dataset_directory_is_an_error_not_fill_values(bridge
 
 
 def test_index_names_are_checked_before_paths_are_built(bridge_dir, tmp_path):
-    from curation.dataset_reader import open_dataset
-    from curation.publish import PublishError
+    from curation.store.reader import open_dataset
+    from curation.registry.publish import PublishError
 
     ref, root = _published(bridge_dir, tmp_path)
     index_path = root.parent / "index.json"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from curation.cli import main as curate
-from curation.rlds import RLDSSource, read_episodes
-from curation.rlds_write import write_rlds_dataset
+from cli.main import main as curate
+from curation.sources.rlds import RLDSSource, read_episodes
+from curation.sources.rlds_write import write_rlds_dataset
 from schemas.episode import Episode, EpisodeError
 from test_pipeline_helpers import edit_record
 from test_rlds_helpers import contributed_episode, contributed_features, write_contributed

@@ -1,5 +1,5 @@
 """Helpers for the rlds tests: small Open-X-style datasets written in the real TFDS format
-through curation.rlds_write (no tests here)."""
+through curation.sources.rlds_write (no tests here)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from curation.rlds_write import write_rlds_dataset
+from curation.sources.rlds_write import write_rlds_dataset
 
 H = W = 16
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from curation.cli import main as curate
+from cli.main import main as curate
 
 
 def test_inspect_bridge_json(bridge_dir, capsys):
@@ -37,7 +37,7 @@ def test_simulated_dataset_reads_through_the_same_reader(sim_dataset_dir, capsys
     """The simulator's dataset, read like any Open-X dataset: ground truth arrives intact."""
     import numpy as np
 
-    from curation.rlds import RLDSSource
+    from curation.sources.rlds import RLDSSource
 
     src = RLDSSource(str(sim_dataset_dir))
     assert src.name == "metaworld_sim" and not src.config.inferred

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from curation.rlds import RLDSSource, WorkUnit, read_episodes
+from curation.sources.rlds import RLDSSource, WorkUnit, read_episodes
 from schemas.episode import Episode, EpisodeError
 from test_rlds_helpers import write_contributed
 
@@ -115,7 +115,7 @@ def test_camera_subset(bridge_dir):
 
 def test_layout_mismatch_is_an_episode_error(tmp_path):
     """A dataset registered under a name whose layout differs: clear error, no traceback."""
-    from curation.openx_registry import get_dataset_config
+    from curation.sources.openx.registry import get_dataset_config
 
     path = write_contributed(tmp_path, "metaworld_sim", n=2)  # our sim's name, a contributed layout
     with pytest.raises(EpisodeError, match=r"episode=0 .*missing episode_metadata/intrinsics"):

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from curation.openx_registry import REGISTRY, get_dataset_config, infer_dataset_config
-from curation.rlds import RLDSSource, read_episodes
-from curation.rlds_write import write_rlds_dataset
+from curation.sources.openx.registry import REGISTRY, get_dataset_config, infer_dataset_config
+from curation.sources.rlds import RLDSSource, read_episodes
+from curation.sources.rlds_write import write_rlds_dataset
 from test_rlds_helpers import H, W, colour_frames, contributed_episode, contributed_features, image, zlib_floats
 
 Tensor = tfds.features.Tensor
@@ -202,7 +202,7 @@ def test_infer_from_bridge_features_json(bridge_dir):
 
 
 def _sim_features(size, num_bodies):
-    from curation.simulate import rlds_features
+    from curation.sources.metaworld.rollout import rlds_features
 
     return rlds_features(size, num_bodies)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from curation.rlds_write import write_rlds_dataset
+from curation.sources.rlds_write import write_rlds_dataset
 
 
 def _features():

@@ -21,7 +21,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from curation.cmd_bench_cluster import curate_cmd
+from cli.bench.cluster import curate_cmd
 from test_pipeline_helpers import cached_run
 
 BUCKET = "curated"
@@ -96,7 +96,7 @@ def test_publish_verify_and_stream_from_s3_equal_local(s3_env, curated):
     assert res.returncode == 0 and [v["version"] for v in _json(res)["versions"]] == ["0.1.0"]
 
     # The trainer-facing reader: no storage options, the endpoint comes from the environment.
-    from curation.dataset_reader import open_dataset
+    from curation.store.reader import open_dataset
 
     remote = open_dataset(f"{url}/bridge@0.1.0")
     local = open_dataset(str(curated))

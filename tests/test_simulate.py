@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.simulate import (
+from curation.sources.metaworld.rollout import (
     CAMERAS,
     DATASET_NAME,
     METAWORLD_CONTROL_HZ,
@@ -195,7 +195,7 @@ def test_worker_failure_names_the_episode():
 _LIVE_CHECKS = r"""
 import json, os, sys
 os.environ["MUJOCO_GL"] = "osmesa"
-from curation import simulate as S
+from curation.sources.metaworld import rollout as S
 from metaworld.policies import ENV_POLICY_MAP
 scene = S.MetaWorldScene("reach-v3", size=32)
 out = {
@@ -275,7 +275,7 @@ def test_dataset_on_disk_layout(sim_dataset_dir):
 def test_dataset_matches_standalone_rollout(sim_dataset_dir):
     """Episode 1 of the dataset (written after episode 0 in the same worker) equals a
     fresh rollout of its seed, read back through the project's RLDS reader."""
-    from curation.rlds import read_episodes
+    from curation.sources.rlds import read_episodes
 
     eps = list(read_episodes(str(sim_dataset_dir), "train", 1, 2))
     assert len(eps) == 1
@@ -297,7 +297,7 @@ def test_dataset_matches_standalone_rollout(sim_dataset_dir):
 def test_cli_simulate_json(tmp_path):
     env = dict(os.environ, MUJOCO_GL="osmesa", PYOPENGL_PLATFORM="osmesa", TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "curation.cli", "simulate", "--task", "reach-v3", "--episodes", "2", "--size", "32",
+        [sys.executable, "-m", "cli.main", "simulate", "--task", "reach-v3", "--episodes", "2", "--size", "32",
          "--max-steps", "5", "--out", str(tmp_path), "--json"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
     )
@@ -307,7 +307,7 @@ def test_cli_simulate_json(tmp_path):
     assert out["per_task"][0]["task"] == "reach-v3"
     assert Path(out["path"]) == tmp_path / "metaworld_sim" / "1.0.0"
     bad = subprocess.run(
-        [sys.executable, "-m", "curation.cli", "simulate", "--task", "nope-v3", "--out", str(tmp_path)],
+        [sys.executable, "-m", "cli.main", "simulate", "--task", "nope-v3", "--out", str(tmp_path)],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=120,
     )
     assert bad.returncode == 2 and "unknown Meta-World task" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from curation.rlds import RLDSSource
-from curation.tfrecord_scan import HEADER_BYTES, assign_indices, scan_buffer
+from curation.sources.rlds import RLDSSource
+from curation.sources.tfrecord_scan import HEADER_BYTES, assign_indices, scan_buffer
 from schemas.episode import Episode, EpisodeError
 from test_rlds_helpers import write_contributed
 

@@ -25,7 +25,7 @@ def ds(bridge_dir, tmp_path):
 
 def _rewrite(ds, shard, name, data):
     """Replace one array of a shard with `data` (same chunking rules as the writer)."""
-    from pipelines.writer import _write_array
+    from curation.store.writer import _write_array
 
     g = zarr.open_group(str(ds / "shards" / shard), mode="a")
     del g[name]
@@ -33,20 +33,20 @@ def _rewrite(ds, shard, name, data):
 
 
 def _kinds(ds):
-    from curation.validate import validate_dataset
+    from curation.store.validate import validate_dataset
 
     return {(v.kind, v.where.split(" ")[0]) for v in validate_dataset(ds)}, validate_dataset(ds)
 
 
 def test_clean_dataset_is_valid_and_cli_exit_0(ds, capsys):
-    from curation.cli import main
+    from cli.main import main
 
     assert main(["validate", str(ds), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"path": str(ds), "valid": True, "violations": []}
 
 
 def test_every_kind_of_violation_is_listed(ds, capsys):
-    from curation.cli import main
+    from cli.main import main
 
     s0, s1, s2 = "shard-00000", "shard-00001", "shard-00002"
     g0 = zarr.open_group(str(ds / "shards" / s0), mode="r")
@@ -96,7 +96,7 @@ def test_every_kind_of_violation_is_listed(ds, capsys):
 
 
 def test_missing_manifest_and_wrong_ids(ds):
-    from curation.validate import validate_dataset
+    from curation.store.validate import validate_dataset
 
     t = pq.read_table(ds / "manifest.parquet")
     ids = t.column("episode_id").to_pylist()
@@ -109,7 +109,7 @@ def test_missing_manifest_and_wrong_ids(ds):
 
 
 def test_check_episode_arrays_flags_faked_tracks():
-    from curation.validate import check_episode_arrays
+    from curation.store.validate import check_episode_arrays
 
     N, K, T = 2, 3, 4
     arrays = {

@@ -1,0 +1,1 @@
+"""`curate`: the command line (main, output helpers, commands/, bench/)."""

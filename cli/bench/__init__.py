@@ -1,0 +1,1 @@
+"""Every `curate bench` target."""

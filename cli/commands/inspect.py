@@ -1,0 +1,283 @@
+"""`curate inspect PATH [--split S] [--json]`: what an RLDS dataset directory holds.
+
+Reads every episode of the split (or the first --max-episodes) through the same reader the
+pipeline uses and reports episodes, steps, cameras (shape, blank or not), depth keys,
+distinct language instructions, action dimension, control rate and the bad episodes."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+
+def add_commands(subparsers) -> None:
+    from cli.output import add_report_args
+
+    p = subparsers.add_parser("inspect", help="summarise an RLDS dataset directory (Open-X or simulated)")
+    p.add_argument("path", help="dataset directory <root>/<name>/<version> (local path or gs:// URL)")
+    p.add_argument("--split", default="train", help="TFDS split (default train)")
+    p.add_argument("--max-episodes", type=int, default=None, help="read only the first N episodes")
+    add_report_args(p)
+    p.set_defaults(func=run_inspect)
+
+
+def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = None, progress: bool = True) -> dict:
+    """Read the split and return the summary dict `curate inspect` prints."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from curation.sources.rlds import RLDSSource, dataset_summary_features
+    from schemas.episode import EpisodeError
+
+    t0 = time.perf_counter()
+    source = RLDSSource(path, split)
+    cfg = source.config
+    stop = source.num_episodes if max_episodes is None else min(max_episodes, source.num_episodes)
+    feats = dataset_summary_features(source)
+
+    n_ok = 0
+    steps = 0
+    lengths = []
+    blank = Counter()
+    shapes: dict[str, tuple] = {}
+    instructions = Counter()
+    action_dims = set()
+    proprio_dims = set()
+    depth_valid = Counter()
+    depth_px = Counter()
+    success = Counter()
+    bad = []
+    for item in tqdm(source.read(0, stop, on_error="yield"), total=stop, desc=f"inspect {source.name}",
+                     unit="ep", disable=not progress):
+        if isinstance(item, EpisodeError):
+            bad.append({"where": item.where, "reason": item.reason})
+            continue
+        ep = item
+        n_ok += 1
+        steps += ep.num_steps
+        lengths.append(ep.num_steps)
+        for cam, fr in ep.frames.items():
+            shapes.setdefault(cam, tuple(fr.shape[1:]))
+        blank.update(ep.blank_cameras)
+        instructions[ep.language] += 1
+        action_dims.add(int(ep.actions.shape[1]))
+        if ep.proprio is not None:
+            proprio_dims.add(int(ep.proprio.shape[1]))
+        for cam, d in ep.depth_m.items():
+            depth_valid[cam] += int(np.isfinite(d).sum())
+            depth_px[cam] += int(d.size)
+        if ep.success is not None:
+            success[bool(ep.success)] += 1
+
+    roles = {cfg.primary_camera: "primary", cfg.secondary_camera: "secondary", cfg.wrist_camera: "wrist"}
+    cameras = []
+    for cam in cfg.cameras:
+        shape = list(shapes.get(cam) or feats["cameras"].get(cam, []))
+        cameras.append({
+            "name": cam,
+            "role": roles.get(cam, "extra"),
+            "shape": shape,
+            "blank": n_ok > 0 and blank[cam] == n_ok,
+            "blank_episodes": int(blank[cam]),
+            "bgr_flipped": cam in cfg.bgr_cameras,
+        })
+    depth = [
+        {"key": d.key, "camera": d.camera, "units": d.units, "scale_to_m": d.scale_to_m,
+         "valid_fraction": (depth_valid[d.camera] / depth_px[d.camera]) if depth_px[d.camera] else None}
+        for d in cfg.depth
+    ]
+    distinct = sorted(t for t in instructions if t)
+    return {
+        "path": str(path),
+        "dataset": source.name,
+        "version": source.version,
+        "split": split,
+        "registered": not cfg.inferred,
+        "files": len(source.files),
+        "episodes_in_split": source.num_episodes,
+        "episodes": n_ok,
+        "bad_episodes": bad,
+        "steps": steps,
+        "steps_per_episode": {"min": min(lengths), "max": max(lengths), "mean": steps / len(lengths)} if lengths else {},
+        "cameras": cameras,
+        "depth": depth,
+        "instructions": distinct,
+        "num_instructions": len(distinct),
+        "episodes_without_language": int(instructions.get("", 0)),
+        "language_informative": cfg.language_informative,
+        "action_dim": sorted(action_dims)[0] if len(action_dims) == 1 else sorted(action_dims),
+        "action_keys": list(cfg.action_keys),
+        "action_encoding": cfg.action_encoding,
+        "proprio_dim": (sorted(proprio_dims)[0] if len(proprio_dims) == 1 else sorted(proprio_dims)) if proprio_dims else None,
+        "proprio_encoding": cfg.proprio_encoding,
+        "control_hz": None if math.isnan(cfg.control_hz) else cfg.control_hz,
+        "success_rate": (success[True] / sum(success.values())) if success else None,
+        "notes": cfg.notes,
+        "read_s": time.perf_counter() - t0,
+    }
+
+
+def format_inspect(r: dict) -> str:
+    from cli.output import format_table
+
+    hz = "unknown" if r["control_hz"] is None else f"{r['control_hz']:g} Hz"
+    lines = [
+        f"{r['dataset']} {r['version']}  split={r['split']}  ({r['path']})"
+        + ("" if r["registered"] else "  [not in registry: keys inferred]"),
+        f"episodes: {r['episodes']} read of {r['episodes_in_split']} in {r['files']} file(s), "
+        f"{len(r['bad_episodes'])} bad",
+        f"steps: {r['steps']}" + (f"  (per episode {r['steps_per_episode']['min']}..{r['steps_per_episode']['max']})"
+                                   if r["steps_per_episode"] else ""),
+        f"control rate: {hz}",
+        f"action: dim {r['action_dim']} ({r['action_encoding']}) from {', '.join(r['action_keys'])}",
+        f"proprio: " + ("none" if r["proprio_dim"] is None else f"dim {r['proprio_dim']} ({r['proprio_encoding']})"),
+        "",
+        "cameras:",
+        format_table([
+            {"camera": c["name"], "role": c["role"], "shape": "x".join(map(str, c["shape"])),
+             "blank": "BLANK" if c["blank"] else (f"blank in {c['blank_episodes']}" if c["blank_episodes"] else "no"),
+             "bgr->rgb": "yes" if c["bgr_flipped"] else ""}
+            for c in r["cameras"]
+        ]),
+        "",
+        "depth: " + (", ".join(f"{d['key']} -> {d['camera']} ({d['units']})" for d in r["depth"]) or "none"),
+        f"language: {r['num_instructions']} distinct instruction(s)"
+        + ("" if r["language_informative"] else " [dataset language is uninformative]")
+        + (f", {r['episodes_without_language']} episode(s) without" if r["episodes_without_language"] else ""),
+    ]
+    lines += [f"  - {t}" for t in r["instructions"][:20]]
+    if len(r["instructions"]) > 20:
+        lines.append(f"  ... {len(r['instructions']) - 20} more")
+    if r["success_rate"] is not None:
+        lines.append(f"success rate: {r['success_rate']:.2f}")
+    if r["bad_episodes"]:
+        lines.append("bad episodes:")
+        lines += [f"  - {b['where']}: {b['reason']}" for b in r["bad_episodes"]]
+    lines.append(f"read in {r['read_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def run_inspect(args) -> int:
+    from cli.output import emit
+    from schemas.episode import EpisodeError
+
+    try:
+        result = inspect_dataset(args.path, args.split, args.max_episodes)
+    except EpisodeError as e:
+        import sys
+
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    emit(result, args.json, format_inspect(result))
+    return 0  # bad episodes are reported, not fatal: inspect is a report
+
+
+# ---------------------------------------------------------------------- curate bench read
+
+
+def add_bench(bench_subparsers) -> None:
+    from cli.output import add_report_args
+
+    p = bench_subparsers.add_parser(
+        "read", help="RLDS read throughput (episodes/s, frames/s) of curation.sources.rlds vs TFDS's own decoding")
+    p.add_argument("path", nargs="?", default=None,
+                   help="dataset directory (default: write a synthetic 256 px JPEG dataset to a temp dir)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--episodes", type=int, default=12, help="synthetic episodes (default 12)")
+    p.add_argument("--steps", type=int, default=50, help="steps per synthetic episode (default 50)")
+    p.add_argument("--size", type=int, default=256, help="synthetic image size in px (default 256)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the TFDS as_dataset baseline")
+    add_report_args(p, bench="read")
+    p.set_defaults(func=run_bench_read)
+
+
+def write_synthetic_jpeg_dataset(root, episodes: int, steps: int, size: int):
+    """A contributed-style dataset with two 256 px JPEG cameras and smooth, textured frames."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    from curation.sources.rlds_write import write_rlds_dataset
+
+    img = tfds.features.Image(shape=(size, size, 3), dtype=np.uint8, encoding_format="jpeg")
+    feats = tfds.features.FeaturesDict({
+        "steps": tfds.features.Dataset({
+            "observation": tfds.features.FeaturesDict({
+                "image": img, "wrist_image": img, "state": tfds.features.Tensor(shape=(8,), dtype=np.float32)}),
+            "action": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+            "language_instruction": tfds.features.Text(),
+        }),
+        "episode_metadata": tfds.features.FeaturesDict({"file_path": tfds.features.Text()}),
+    })
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+
+    def episode(i):
+        t = np.arange(steps)[:, None, None]
+        base = ((xx[None] + 3 * t + 17 * i) % 256).astype(np.uint8)
+        frames = np.stack([base, ((yy[None] + 2 * t) % 256).astype(np.uint8), (base // 2 + 40)], -1)
+        frames = np.clip(frames + rng.integers(0, 24, frames.shape, dtype=np.uint8), 0, 255).astype(np.uint8)
+        return {"steps": {"observation": {"image": frames, "wrist_image": frames[:, ::-1],
+                                          "state": rng.normal(size=(steps, 8)).astype(np.float32)},
+                          "action": rng.uniform(-1, 1, (steps, 7)).astype(np.float32),
+                          "language_instruction": [f"task {i % 3}"] * steps},
+                "episode_metadata": {"file_path": f"synthetic/{i}"}}
+
+    return write_rlds_dataset(root, "bench_read_synthetic", "1.0.0", feats,
+                              {"train": (episode(i) for i in range(episodes))}, episodes_per_shard=4)
+
+
+def run_bench_read(args) -> int:
+    import os
+    import tempfile
+
+    import tensorflow_datasets as tfds
+    from tqdm import tqdm
+
+    from cli.output import emit, format_table, write_bench_json
+    from curation.sources.rlds import RLDSSource
+
+    tmp = None
+    path = args.path
+    if path is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_read_")
+        t = time.perf_counter()
+        path = str(write_synthetic_jpeg_dataset(tmp.name, args.episodes, args.steps, args.size))
+        print(f"wrote synthetic dataset in {time.perf_counter() - t:.1f} s: {path}", file=__import__("sys").stderr)
+    try:
+        src = RLDSSource(path, args.split)
+        nbytes = sum(os.path.getsize(f.path) for f in src.files if "://" not in f.path)
+        rows = []
+        t = time.perf_counter()
+        episodes = frames = steps = 0
+        for ep in tqdm(src.read(), total=src.num_episodes, desc="curation.sources.rlds", unit="ep"):
+            episodes += 1
+            steps += ep.num_steps
+            frames += ep.num_steps * len(ep.frames)
+        dt = time.perf_counter() - t
+        rows.append({"reader": "curation.sources.rlds (bulk parse + cv2)", "episodes": episodes, "frames": frames,
+                     "seconds": dt, "episodes_per_s": episodes / dt, "frames_per_s": frames / dt,
+                     "MB_per_s": nbytes / 1e6 / dt})
+        if not args.no_baseline:
+            cams = [f"observation/{c}" for c in src.config.cameras]
+            builder = tfds.builder_from_directory(path)
+            t = time.perf_counter()
+            n = f = 0
+            for ep in tqdm(tfds.as_numpy(builder.as_dataset(split=args.split)), total=src.num_episodes,
+                           desc="tfds as_dataset", unit="ep"):
+                n += 1
+                for s in ep["steps"]:
+                    obs = s["observation"]
+                    f += sum(1 for c in cams if c.split("/", 1)[1] in obs)
+            dt = time.perf_counter() - t
+            rows.append({"reader": "tfds as_dataset (per-step)", "episodes": n, "frames": f, "seconds": dt,
+                         "episodes_per_s": n / dt, "frames_per_s": f / dt, "MB_per_s": nbytes / 1e6 / dt})
+        result = {"path": path, "dataset": src.name, "split": args.split, "episodes": src.num_episodes,
+                  "steps": steps, "cameras": list(src.config.cameras), "tfrecord_MB": nbytes / 1e6,
+                  "cpu_count": os.cpu_count(), "rows": rows}
+        out = write_bench_json("read", result, args.out_json)
+        emit(result, args.json, format_table(rows) + f"\n\nwrote {out}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return 0

@@ -1,0 +1,174 @@
+"""`curate policy train|eval|curves` and `curate bench policy|loader`: the dual-expert policy (policy/)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from cli.output import add_report_args, emit, format_table, write_bench_json
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("policy", help="train and evaluate the LaMP-style dual-expert policy")
+    psub = p.add_subparsers(dest="policy_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    t = psub.add_parser("train", help="train one phase (motion | action) on a curated dataset")
+    t.add_argument("--data", required=True, help="dataset directory, fsspec URL or URL/NAME@V")
+    t.add_argument("--phase", required=True, choices=["motion", "action"])
+    t.add_argument("--config", default=None, help="YAML/JSON with policy: and train: sections")
+    t.add_argument("--out", default=None, help="output directory (default runs/<phase>-<fusion>-s<seed>)")
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--init", default=None, help="checkpoint (or training OUT dir) to start from, e.g. the motion phase")
+    t.add_argument("--fusion", default=None, choices=["gated_sigmoid", "gated_tanh", "concat", "add", "none"])
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--num-workers", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 on a busy CPU)")
+    t.add_argument("--dataset-name", default=None, help="source dataset whose statistics to use (multi-source data)")
+    add_report_args(t)
+    t.set_defaults(func=cmd_train)
+
+    e = psub.add_parser("eval", help="closed-loop success rate in Meta-World")
+    e.add_argument("--checkpoint", required=True, help="checkpoint directory or training OUT dir")
+    e.add_argument("--task", action="append", required=True, help="Meta-World task, repeatable (e.g. pick-place-v3)")
+    e.add_argument("--episodes", type=int, default=50)
+    e.add_argument("--max-steps", type=int, default=150)
+    e.add_argument("--camera", default=None, help="simulation camera (default: curation.sources.metaworld.rollout.DEFAULT_CAMERA)")
+    e.add_argument("--eval-seed", type=int, default=None, help="base seed of the evaluation layouts (default 10000)")
+    e.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    e.add_argument("--strips", default=None, help="directory for rollout image strips (default <checkpoint>/eval)")
+    add_report_args(e)
+    e.set_defaults(func=cmd_eval)
+
+    c = psub.add_parser("curves", help="plot training curves of runs into one PNG")
+    c.add_argument("runs", nargs="+", help="LABEL=OUT_DIR (or just OUT_DIR)")
+    c.add_argument("--png", required=True)
+    c.add_argument("--key", default="loss")
+    add_report_args(c)
+    c.set_defaults(func=cmd_curves)
+
+
+def add_bench(bench_sub) -> None:
+    b = bench_sub.add_parser("policy", help="training steps/s and action-chunk latency of the policy on this CPU")
+    b.add_argument("--config", default=None, help="YAML/JSON with a policy: section (default: the shipped defaults)")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    add_report_args(b, bench="policy")
+    b.set_defaults(func=cmd_bench_policy)
+
+    lb = bench_sub.add_parser("loader", help="triplets/s of the training loader with 0/1/2 workers vs memory")
+    lb.add_argument("--ref", default=None, help="curated dataset (default: an in-memory synthetic dataset)")
+    lb.add_argument("--triplets", type=int, default=512)
+    lb.add_argument("--batch-size", type=int, default=16)
+    lb.add_argument("--config", default=None, help="YAML/JSON with a policy: section (K, T, image size of the samples)")
+    add_report_args(lb, bench="loader")
+    lb.set_defaults(func=cmd_bench_loader)
+
+
+def _configs(args):
+    from policy.config import LaMPConfig, TrainConfig, load_config_file
+
+    pol, tr = load_config_file(args.config) if getattr(args, "config", None) else ({}, {})
+    return LaMPConfig(**pol), tr, TrainConfig
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from policy.train import train
+
+    cfg, tr, TrainConfig = _configs(args)
+    if args.fusion:
+        cfg = dataclasses.replace(cfg, fusion=args.fusion)
+    tr = dict(tr, phase=args.phase)
+    for key, val in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size), ("num_workers", args.num_workers),
+                     ("torch_threads", args.threads)):
+        if val is not None:
+            tr[key] = val
+    tc = TrainConfig(**tr)
+    out = args.out or str(Path("runs") / f"{args.phase}-{cfg.fusion}-s{tc.seed}")
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # launched by torchrun
+        dist.init_process_group("gloo")
+    result = train(args.data, out, cfg, tc, init=args.init, dataset_name=args.dataset_name)
+    result["out"] = out
+    text = format_table([{k: v for k, v in result.items() if k not in ("checkpoint", "state_sha1", "rank", "world_size")}]) + f"\ncheckpoint: {result['checkpoint']}"
+    emit(result, args.json, text)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from policy.evaluate import DEFAULT_EVAL_SEED, evaluate
+    from policy.train import resolve_checkpoint
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    strips = args.strips or str(Path(ckpt) / "eval")
+    result = evaluate(str(ckpt), args.task, args.episodes, max_steps=args.max_steps, camera=args.camera,
+                      eval_seed=args.eval_seed if args.eval_seed is not None else DEFAULT_EVAL_SEED, strip_dir=strips)
+    cols = ["task", "episodes", "successes", "success_rate", "ci95_low", "ci95_high", "mean_steps", "strip"]
+    o = result["overall"]
+    text = (format_table(result["tasks"], cols)
+            + f"\noverall: {o['successes']}/{o['episodes']} = {o['success_rate']:.3f} (95% CI {o['ci95_low']:.3f}-{o['ci95_high']:.3f})"
+            + f"  fusion={result['fusion']} step={result['step']}")
+    emit(result, args.json, text)
+    return 0
+
+
+def cmd_curves(args) -> int:
+    from policy.train import plot_curves
+
+    runs = {}
+    for r in args.runs:
+        label, _, path = r.partition("=") if "=" in r else (r, "", r)
+        runs[label] = path
+    png = plot_curves(runs, args.png, key=args.key)
+    emit({"png": str(png), "runs": runs}, args.json, f"wrote {png}")
+    return 0
+
+
+def cmd_bench_policy(args) -> int:
+    from cli.bench.policy import bench_policy
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg, _, _ = _configs(args)
+    result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps)
+    path = write_bench_json("policy", result, args.out_json)
+    text = format_table(result["rows"], ["measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
+    emit(result, args.json, text + f"\nparameters: {result['parameters']:,}  torch threads: {result['torch_threads']}  -> {path}")
+    return 0
+
+
+def cmd_bench_loader(args) -> int:
+    from cli.bench.policy import bench_loader
+
+    ref = args.ref
+    if ref is None:
+        from policy.testing.synthetic import SyntheticDataset
+
+        log.info("no --ref: benchmarking on an in-memory synthetic dataset (64 px)")
+        ref = SyntheticDataset(num_shards=8, episodes_per_shard=4, anchors_per_episode=16, size=64, grid=20, horizon=32)
+    cfg, _, _ = _configs(args)
+    result = bench_loader(ref, cfg, num_triplets=args.triplets, batch_size=args.batch_size)
+    if args.ref is None:
+        result["dataset"] = "synthetic (in memory, 64 px, K=400, T=32)"
+    path = write_bench_json("loader", result, args.out_json)
+    text = format_table(result["rows"], ["source", "triplets", "seconds", "triplets_per_s", "ratio_vs_memory"])
+    emit(result, args.json, text + f"\ndataset: {result['dataset']} -> {path}")
+    return 0

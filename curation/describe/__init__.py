@@ -1,0 +1,1 @@
+"""Description of a dataset: training statistics and the dataset card."""

@@ -1,0 +1,453 @@
+"""The dataset card: README.md (Hugging Face style) plus pictures in card/.
+
+Everything on the card is read back from the written dataset (dataset.json,
+manifest.parquet, filtered.parquet, quarantine.parquet, stats.json, the Zarr
+shards), so the card describes what is on disk, not what a job meant to do.
+
+Pictures (PNG, matplotlib Agg):
+    card/sample_tracks.png       anchor frames with the point tracks drawn as
+                                 polylines coloured by depth (metres) where the
+                                 episode has depth, else by horizon step
+    card/motion_images.png       motion images (labelers.flow.decode_motion_image)
+                                 rendered with the Middlebury colour wheel
+                                 (labelers.flow.flow_to_color), one radius for all
+                                 panels (the 99th percentile of |flow| shown)
+    card/action_histograms.png   per source dataset, a histogram per action dimension
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from schemas.dataset import DATASET_JSON, FILTERED, MANIFEST, QUARANTINE, SHARDS_DIR, STATS_JSON
+
+log = logging.getLogger(__name__)
+
+CARD_DIR = "card"
+README = "README.md"
+SAMPLES = 4  # episodes shown in the pictures
+_HIST_FRAMES = 200_000  # action values read per dataset for the histograms
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    for bound, label in bounds:
+        if n < bound:
+            return label
+    return "n>1T"
+
+
+def _read_table(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist() if path.is_file() else []
+
+
+def _load_accuracy(accuracy: Optional[dict]) -> tuple[Optional[dict], str]:
+    if accuracy is not None:
+        return accuracy, "passed by the caller"
+    for path in (Path("bench-results/labels.json"), _REPO / "bench-results" / "labels.json"):
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()), str(path)
+            except ValueError:
+                log.warning("%s: not valid JSON, label accuracy left out of the card", path)
+    return None, ""
+
+
+def _flatten(d, prefix: str = "", out: Optional[dict] = None, limit: int = 80) -> dict:
+    """Nested dict -> {"a.b.c": number} for numeric leaves (first `limit`)."""
+    out = {} if out is None else out
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if len(out) >= limit:
+                break
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out, limit)
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        out[prefix] = d
+    return out
+
+
+_BENCH_LABELS = ("flow", "tracks", "sceneflow", "depth")
+
+
+def _bench_accuracy_rows(accuracy: dict, used: set[str]) -> list[tuple[str, list[dict]]]:
+    """Rows of a `curate bench labels` result ({label: [{backend, task, metrics...}]}),
+    pooled over tasks (task "all"), marking the backends this dataset used."""
+    out = []
+    for label in _BENCH_LABELS:
+        entries = accuracy.get(label)
+        rows = [r for r in entries if isinstance(r, dict) and r.get("task", "all") == "all"] if isinstance(entries, list) else []
+        table = []
+        for r in rows:
+            backend = str(r.get("backend", ""))
+            first = backend.split(" ")[0]
+            is_used = first in used or any(u and backend.startswith(u) for u in used)
+            metrics = {k: v for k, v in r.items() if k not in ("backend", "task") and isinstance(v, (int, float))}
+            table.append({"backend": backend, "used": "yes" if is_used else "", **metrics})
+        if table:
+            out.append((label, table))
+    return out
+
+
+def _open_shard(dataset_dir: Path, shard: str):
+    import zarr
+
+    return zarr.open_group(str(dataset_dir / SHARDS_DIR / shard.split("/")[-1]), mode="r")
+
+
+def _pick_samples(rows: list[dict], n: int) -> list[dict]:
+    """Up to n episodes, spread over source datasets (round robin), in manifest order."""
+    by_ds: dict[str, list[dict]] = {}
+    for r in rows:
+        by_ds.setdefault(r["dataset"], []).append(r)
+    picks, i = [], 0
+    while len(picks) < n and any(i < len(v) for v in by_ds.values()):
+        for v in by_ds.values():
+            if i < len(v) and len(picks) < n:
+                picks.append(v[i])
+        i += 1
+    return picks
+
+
+def _sample_anchor(group, row: dict) -> Optional[int]:
+    """Index (in the shard) of the episode's anchor with the most visible track motion."""
+    if row["anchor_count"] == 0 or "tracks_px" not in group:
+        return None
+    sl = slice(row["anchor_start"], row["anchor_start"] + row["anchor_count"])
+    tracks = np.asarray(group["tracks_px"][sl])  # n K T 2
+    disp = np.nan_to_num(np.linalg.norm(tracks - tracks[:, :, :1], axis=-1)).max(axis=(1, 2))
+    return int(row["anchor_start"] + int(np.argmax(disp)))
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (cards are written on headless workers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, dpi: int) -> bool:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
+def _draw_tracks(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
+    plt = _pyplot()
+    from matplotlib.collections import LineCollection
+
+    panels = []
+    for r in samples:
+        g = _open_shard(dataset_dir, r["shard"])
+        a = _sample_anchor(g, r)
+        if a is None:
+            continue
+        step = int(g["anchor_step"][a])
+        frame = np.asarray(g[f"frames/{r['primary_camera']}"][r["frame_start"] + step])
+        tracks = np.asarray(g["tracks_px"][a])  # K T 2
+        ok = np.asarray(g["visible"][a]) & np.asarray(g["in_range"][a])[None, :]  # K T
+        depth = np.asarray(g["depth_track_m"][a]) if "depth_track_m" in g else None  # K T
+        panels.append((r, step, frame, tracks, ok, depth))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (r, step, frame, tracks, ok, depth) in zip(axes[0], panels):
+        ax.imshow(frame, extent=(0, frame.shape[1], frame.shape[0], 0))  # pixel centres at +0.5
+        has_depth = depth is not None and np.isfinite(depth[ok]).any()
+        segs, vals = [], []
+        T = tracks.shape[1]
+        for k in range(tracks.shape[0]):
+            for t in range(T - 1):
+                if ok[k, t] and ok[k, t + 1]:
+                    segs.append(tracks[k, t : t + 2])
+                    vals.append(depth[k, t] if has_depth else t)
+        if segs:
+            vals = np.asarray(vals, dtype=np.float64)
+            lc = LineCollection(segs, cmap="turbo" if has_depth else "viridis", linewidths=1.0)
+            lc.set_array(vals)
+            if has_depth:
+                finite = vals[np.isfinite(vals)]
+                lc.set_clim(float(finite.min()), float(finite.max()) + 1e-6)
+            else:
+                lc.set_clim(0, T - 1)  # the same scale on every panel
+            ax.add_collection(lc)
+            fig.colorbar(lc, ax=ax, fraction=0.046, pad=0.02, label="depth (m)" if has_depth else "horizon step")
+        q = ok[:, 0]
+        ax.scatter(tracks[q, 0, 0], tracks[q, 0, 1], s=4, c="white", edgecolors="none")
+        ax.set_xlim(0, frame.shape[1])
+        ax.set_ylim(frame.shape[0], 0)
+        ax.set_title(f"{r['dataset']} ep {r['episode_index']} t={step}\n{(r.get('language') or '')[:40]}", fontsize=7)
+        ax.axis("off")
+    return _save(fig, out, dpi=110)
+
+
+def _draw_motion_images(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
+    plt = _pyplot()
+
+    from labelers.flow import decode_motion_image, flow_to_color
+
+    panels = []
+    for r in samples:
+        g = _open_shard(dataset_dir, r["shard"])
+        if "motion_image" not in g or r["anchor_count"] == 0:
+            continue
+        sl = slice(r["anchor_start"], r["anchor_start"] + r["anchor_count"])
+        valid = np.asarray(g["flow_valid"][sl]) if "flow_valid" in g else np.ones(r["anchor_count"], bool)
+        if not valid.any():
+            continue
+        flows = [decode_motion_image(m) for m in np.asarray(g["motion_image"][sl])]  # n x (H W 2)
+        peaks = [float(np.abs(f).max()) if ok else -1.0 for f, ok in zip(flows, valid)]
+        a = int(np.argmax(peaks))  # the anchor of the episode with the most motion
+        step = int(g["anchor_step"][r["anchor_start"] + a])
+        frame = np.asarray(g[f"frames/{r['primary_camera']}"][r["frame_start"] + step])
+        panels.append((r, step, frame, flows[a]))
+    if not panels:
+        return False
+    # one radius for every panel, so colours compare across the card
+    mags = np.concatenate([np.linalg.norm(f, axis=-1).ravel() for *_, f in panels])
+    radius = max(1.0, float(np.quantile(mags, 0.99)))
+    panels = [(r, step, frame, flow_to_color(f, max_radius=radius), float(np.linalg.norm(f, axis=-1).max())) for r, step, frame, f in panels]
+    fig, axes = plt.subplots(2, len(panels), figsize=(2.8 * len(panels), 5.6), squeeze=False)
+    for i, (r, step, frame, colour, peak) in enumerate(panels):
+        axes[0, i].imshow(frame)
+        axes[0, i].set_title(f"{r['dataset']} ep {r['episode_index']} t={step}", fontsize=7)
+        axes[1, i].imshow(colour)
+        axes[1, i].set_title(f"flow t->t+gap, wheel radius {radius:.1f} px (max |f| {peak:.1f})", fontsize=7)
+        for ax in axes[:, i]:
+            ax.axis("off")
+    return _save(fig, out, dpi=110)
+
+
+def _draw_action_histograms(dataset_dir: Path, rows: list[dict], out: Path) -> bool:
+    plt = _pyplot()
+
+    per_ds: dict[str, list[np.ndarray]] = {}
+    counts: Counter = Counter()
+    shards: dict[str, list[dict]] = {}
+    for r in rows:
+        shards.setdefault(r["shard"], []).append(r)
+    for shard, srows in sorted(shards.items()):
+        g = _open_shard(dataset_dir, shard)
+        actions = np.asarray(g["actions"][:])
+        for r in srows:
+            if counts[r["dataset"]] >= _HIST_FRAMES:
+                continue
+            a = actions[r["frame_start"] : r["frame_start"] + r["frame_count"]]
+            per_ds.setdefault(r["dataset"], []).append(a)
+            counts[r["dataset"]] += len(a)
+    if not per_ds:
+        return False
+    dim = max(np.concatenate(v).shape[1] for v in per_ds.values())
+    fig, axes = plt.subplots(len(per_ds), dim, figsize=(1.9 * dim, 1.7 * len(per_ds)), squeeze=False)
+    for i, (ds, parts) in enumerate(sorted(per_ds.items())):
+        a = np.concatenate(parts)
+        for d in range(dim):
+            ax = axes[i, d]
+            if d < a.shape[1]:
+                v = a[:, d][np.isfinite(a[:, d])]
+                ax.hist(v, bins=40, color="tab:blue")
+                ax.set_title(f"{ds[:18]} a[{d}]", fontsize=7)
+            else:
+                ax.axis("off")
+            ax.tick_params(labelsize=6)
+    return _save(fig, out, dpi=100)
+
+
+def _stats_rows(stats: dict, array: str) -> list[dict]:
+    rows = []
+    for ds, d in stats.get("datasets", {}).items():
+        st = d.get(array)
+        if not st:
+            continue
+        for i in range(st["dim"]):
+            rows.append({"dataset": ds, "dim": i, "mean": st["mean"][i], "std": st["std"][i], "min": st["min"][i],
+                         "q01": st["q01"][i], "q99": st["q99"][i], "max": st["max"][i]})
+    return rows
+
+
+def write_card(
+    dataset_dir: str | Path,
+    accuracy: Optional[dict] = None,
+    name: Optional[str] = None,
+    license: str = "other",
+) -> dict:
+    """Write `<dataset_dir>/README.md` and `<dataset_dir>/card/*.png`.
+
+    accuracy: measured label accuracy ({label or backend: {metric: value}}); when
+    None it is read from bench-results/labels.json if that exists.
+    Returns {"readme": path, "pictures": [paths]}."""
+    import yaml
+
+    from cli.output import markdown_table
+
+    root = Path(dataset_dir)
+    if not (root / MANIFEST).is_file():
+        raise FileNotFoundError(f"{root / MANIFEST}: no manifest (is {root} a written dataset?)")
+    rows = _read_table(root / MANIFEST)
+    filtered = _read_table(root / FILTERED)
+    quarantine = _read_table(root / QUARANTINE)
+    info = json.loads((root / DATASET_JSON).read_text()) if (root / DATASET_JSON).is_file() else {}
+    if (root / STATS_JSON).is_file():
+        stats = json.loads((root / STATS_JSON).read_text())
+    else:
+        from curation.describe.stats import compute_stats
+
+        stats = compute_stats(str(root), progress=False)
+    accuracy, accuracy_from = _load_accuracy(accuracy)
+    name = name or info.get("name") or root.name
+
+    # ---- pictures
+    (root / CARD_DIR).mkdir(exist_ok=True)
+    samples = _pick_samples(rows, SAMPLES)
+    pictures = []
+    for fname, draw in (("sample_tracks.png", lambda p: _draw_tracks(root, samples, p)),
+                        ("motion_images.png", lambda p: _draw_motion_images(root, samples, p)),
+                        ("action_histograms.png", lambda p: _draw_action_histograms(root, rows, p))):
+        try:
+            if draw(root / CARD_DIR / fname):
+                pictures.append(f"{CARD_DIR}/{fname}")
+        except Exception as exc:  # noqa: BLE001 - a picture must not stop the card
+            log.warning("%s: could not draw %s (%s: %s)", root, fname, type(exc).__name__, exc)
+
+    # ---- numbers
+    n_ep = len(rows)
+    n_anchor = sum(r["anchor_count"] for r in rows)
+    n_frames = sum(r["frame_count"] for r in rows)
+    sources: dict[tuple, dict] = {}
+    for r in rows:
+        s = sources.setdefault((r["dataset"], r["version"]), {
+            "dataset": r["dataset"], "version": r["version"], "splits": set(), "episodes": 0, "frames": 0,
+            "triplets": 0, "action": r.get("action_encoding") or "", "hz": r.get("control_hz"),
+            "depth": Counter(), "intrinsics": Counter()})
+        s["splits"].add(r["split"])
+        s["episodes"] += 1
+        s["frames"] += r["frame_count"]
+        s["triplets"] += r["anchor_count"]
+        s["depth"][r.get("depth_kind") or "missing"] += 1
+        s["intrinsics"]["estimated" if r.get("intrinsics_estimated") else "known"] += 1
+    source_rows = [{**s, "splits": ",".join(sorted(s["splits"])), "depth": ", ".join(f"{k} {v}" for k, v in s["depth"].items()),
+                    "intrinsics": ", ".join(f"{k} {v}" for k, v in s["intrinsics"].items())} for s in sources.values()]
+    backends: Counter = Counter()
+    for r in rows:
+        try:
+            for label, backend in json.loads(r.get("backends") or "{}").items():
+                backends[(label, backend)] += 1
+        except ValueError:
+            pass
+    dropped_by: Counter = Counter(f["reason"] for f in filtered)
+    dropped_eps = len({f["episode_id"] for f in filtered})
+    quarantined_by: Counter = Counter(f"{q.get('stage')}: {q.get('reason')}" for q in quarantine)
+    instructions = stats.get("counts", {}).get("per_instruction", {})
+    config = info.get("config", {})
+    filter_cfg = (config.get("curation") or {}).get("filters") if isinstance(config.get("curation"), dict) else config.get("filters")
+
+    tags = ["robotics", "point-tracking", "scene-flow", "optical-flow", "lamp", "triplets"]
+    tags += sorted({r["dataset"].replace("_", "-") for r in rows})[:10]
+    if any(k[0].startswith("latent") for k in backends):
+        tags.append("latent-actions")
+    front = {
+        "license": license,
+        "pretty_name": name,
+        "task_categories": ["robotics"],
+        "tags": tags,
+        "size_categories": [_size_category(n_anchor)],
+        "source_datasets": sorted({f"{r['dataset']}/{r['version']}" for r in rows}),
+    }
+
+    md = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    md.append(
+        f"Observation-language-motion triplets: **{n_ep} episodes**, **{n_anchor} triplets** (anchor steps), "
+        f"{n_frames} frames, from {len(sources)} source dataset(s). Data contract {info.get('contract_version', '?')}. "
+        "Each triplet pairs the camera images and instruction at an anchor step with the motion of a grid of points "
+        "over the next steps (2D tracks, depth, 3D scene flow in the camera frame), the optical-flow motion image "
+        "and latent action tokens where those labels were configured, and the action chunk that follows."
+    )
+    md += ["", "## Sources", "", markdown_table(source_rows, ["dataset", "version", "splits", "episodes", "frames", "triplets", "action", "hz", "depth", "intrinsics"])]
+    md += ["", "Source datasets keep their own licenses; check each before redistribution."]
+
+    md += ["", "## Curation", ""]
+    counts = info.get("counts") or info.get("summary") or {}
+    if counts:
+        md.append("Job counts: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, (dict, list))) + ".")
+        md.append("")
+    md.append(f"{dropped_eps} episode(s) dropped by filters or as duplicates ({sum(dropped_by.values())} reason rows), "
+              f"{len(quarantine)} quarantined (failed to read or label).")
+    if dropped_by:
+        md += ["", markdown_table([{"reason": k, "episodes": v} for k, v in sorted(dropped_by.items())])]
+    if quarantined_by:
+        md += ["", "Quarantined by stage and reason:", "", markdown_table([{"stage: reason": k, "episodes": v} for k, v in sorted(quarantined_by.items())])]
+    if filter_cfg is None and config:
+        md += ["", "Filters were switched off for this dataset."]
+    elif config:
+        try:
+            from curation.selection.filters import FilterConfig
+
+            effective = FilterConfig.from_dict(filter_cfg).to_dict()  # defaults filled in
+        except (TypeError, ValueError):
+            effective = filter_cfg
+        md += ["", "Filter settings (effective, defaults filled in):", "", "```json", json.dumps(effective, indent=1, sort_keys=True), "```"]
+
+    md += ["", "## Labels", ""]
+    if backends:
+        md.append(markdown_table([{"label": k[0], "backend": k[1], "episodes": v} for k, v in sorted(backends.items())]))
+    else:
+        md.append("No label backends recorded in the manifest.")
+    md += ["", "### Measured accuracy", ""]
+    bench_rows = _bench_accuracy_rows(accuracy, {b for _, b in backends}) if accuracy else []
+    # a plain {label: {metric: value}} dict; a bench result's other numbers (seconds, sizes) are not accuracy
+    flat = _flatten({k: v for k, v in accuracy.items() if not isinstance(v, list)}) if accuracy and not bench_rows else {}
+    if bench_rows:
+        md += [f"Against simulator ground truth, all tasks pooled (from {accuracy_from}); `used` marks the backends "
+               "this dataset was labelled with.", ""]
+        for label, rows_ in bench_rows:
+            md += [f"**{label}**", "", markdown_table(rows_, floatfmt=".4g"), ""]
+    if flat:
+        md += [f"From {accuracy_from}.", "", markdown_table([{"metric": k, "value": v} for k, v in flat.items()], floatfmt=".4g")]
+    if not bench_rows and not flat:
+        md.append("Not measured for this dataset (run `curate bench labels` to measure label accuracy on simulated ground truth).")
+
+    md += ["", "## Statistics", "", f"Per dimension, per source dataset ({stats.get('quantile_method', '')}).", ""]
+    for array, title in (("actions", "Actions"), ("proprio", "Proprio"), ("motion/tracks_px_delta", "Track displacement (pixels)"),
+                         ("motion/points_cam_m_delta", "3D scene flow (metres, camera frame)"), ("motion/depth_track_m", "Track depth (metres)")):
+        srows = _stats_rows(stats, array)
+        if srows:
+            md += [f"### {title}", "", markdown_table(srows, floatfmt=".4g"), ""]
+    if instructions:
+        top = list(instructions.items())[:20]
+        md += ["### Instructions", "", f"{len(instructions)} distinct instruction(s); the most frequent:", "",
+               markdown_table([{"instruction": k or "(none)", "episodes": v} for k, v in top]), ""]
+
+    if pictures:
+        md += ["## Pictures", ""]
+        captions = {"sample_tracks.png": "Anchor frames with point tracks (colour: depth in metres, or horizon step without depth)",
+                    "motion_images.png": "Motion images decoded to optical flow (Middlebury colour wheel: hue = direction, saturation = magnitude; one radius for all panels)",
+                    "action_histograms.png": "Action histograms per source dataset and dimension"}
+        for p in pictures:
+            md += [f"![{captions[Path(p).name]}]({p})", ""]
+
+    md += ["## Layout", "", "```",
+           "dataset.json        contract version, config, job counts",
+           "manifest.parquet    one row per episode (offsets into its shard, checksum)",
+           "shards/shard-NNNNN  Zarr v3 groups: frames/<camera>, actions, proprio, tracks_px, visible, ...",
+           "filtered.parquet    dropped episodes and why; quarantine.parquet: failed episodes",
+           "stats.json          the statistics above, machine-readable",
+           "```", ""]
+    if config:
+        md += ["## Configuration used", "", "```json", json.dumps(config, indent=1, sort_keys=True), "```", ""]
+    (root / README).write_text("\n".join(md))
+    return {"readme": str(root / README), "pictures": [str(root / p) for p in pictures]}

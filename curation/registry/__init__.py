@@ -1,0 +1,1 @@
+"""Versions: immutable, checksummed published datasets on any fsspec URL."""

@@ -1,0 +1,1 @@
+"""Selection: episode filters and near-duplicate removal."""

@@ -1,0 +1,1 @@
+"""Sources: the Open-X RLDS reader and writer, the Open-X registry, the Meta-World simulator."""

@@ -1,0 +1,1 @@
+"""The Meta-World simulator: scene, scripted rollouts with ground truth, worker processes."""

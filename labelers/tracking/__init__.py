@@ -1,0 +1,1 @@
+"""2D point trackers: Lucas-Kanade, DIS-chained flow, CoTracker, and the backend registry."""

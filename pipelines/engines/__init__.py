@@ -1,0 +1,1 @@
+"""Engines that map the stage graph over work units: local, Apache Beam, Ray."""

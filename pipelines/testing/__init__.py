@@ -1,0 +1,1 @@
+"""Test harness: a local multi-node Ray cluster with fault injection."""

@@ -1,0 +1,1 @@
+"""Test harness: synthetic triplet data for the policy."""
