@@ -196,8 +196,15 @@ def dataset_files(dataset_dir: str | os.PathLike) -> list[str]:
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.is_file():
-            out.append(rel.as_posix())
+        # A symlink could make publish upload a file from anywhere (say card/x.png -> ~/.aws/credentials);
+        # a device or FIFO has no content to hash. rglob does not follow symlinked directories.
+        if p.is_symlink():
+            raise PublishError(f"{p}: is a symbolic link (to {os.readlink(p)}); a dataset to publish holds regular files only")
+        if p.is_dir():
+            continue
+        if not p.is_file():
+            raise PublishError(f"{p}: not a regular file; a dataset to publish holds regular files only")
+        out.append(rel.as_posix())
     return out
 
 
@@ -278,15 +285,14 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
             os.link(tmp, path)  # atomic, fails with FileExistsError if `path` exists
         except FileExistsError:
             raise
-        except OSError as exc:  # a filesystem without hard links: exclusive create, then write
-            log.warning("%s: hard links unsupported (%s); using O_EXCL create", path, exc)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        except OSError as exc:
+            # Without hard links the only exclusive create writes after creating: a reader (or a
+            # crash) would see an empty index. Refused rather than trusted.
+            raise PublishError(f"{path}: this filesystem offers no hard links ({exc}), so the index cannot be "
+                               "created atomically; publish to a POSIX filesystem or an object store") from exc
         finally:
             os.unlink(tmp)
+        _fsync_dir(posixpath.dirname(path))
         return
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("s3", "s3a"):
@@ -309,6 +315,9 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
                 if attempt == 4:
                     raise
         return
+    if protocol in ("gs", "gcs"):
+        _create_exclusive_gcs(fs, path, data)
+        return
     try:
         with fs.open(path, "xb") as f:
             f.write(data)
@@ -317,6 +326,46 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
             f"{_url(fs, path)}: this storage ({protocol}) offers no exclusive create, so an atomic, race-free publish "
             "cannot be guaranteed"
         ) from exc
+
+
+def _create_exclusive_gcs(fs, path: str, data: bytes) -> None:
+    """GCS: an upload with the precondition ifGenerationMatch=0 succeeds only if no object of
+    that name exists (gcsfs passes `if_generation_match` through to the upload)."""
+    try:
+        fs.pipe_file(path, data, if_generation_match=0)
+    except TypeError as exc:
+        raise PublishError(f"{_url(fs, path)}: this gcsfs cannot send a generation precondition ({exc}); "
+                           "an atomic, race-free publish cannot be guaranteed") from exc
+    except OSError as exc:
+        fs.invalidate_cache(path)
+        if fs.exists(path):  # 412 Precondition Failed: another publisher created it
+            raise FileExistsError(errno.EEXIST, f"{path} exists") from exc
+        raise
+
+
+def _fsync_tree(root: str) -> None:
+    """fsync every file under `root`, then every directory, deepest first."""
+    dirs = []
+    for d, _, names in os.walk(root):
+        dirs.append(d)
+        for n in names:
+            fd = os.open(os.path.join(d, n), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in reversed(dirs):
+        _fsync_dir(d)
+    _fsync_dir(os.path.dirname(root.rstrip("/")))
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename or link in directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- index access
@@ -420,6 +469,8 @@ def publish(
                 for size in pool.map(upload, sorted(files)):
                     bar.update(size)
         _check_uploaded_sizes(fs, staging, files)
+        if local:
+            _fsync_tree(staging)  # the data is durable before the index that makes it a version
     except PublishError:
         _remove_quietly(fs, staging)
         raise
@@ -448,10 +499,15 @@ def publish(
     try:
         _create_exclusive(fs, posixpath.join(version_dir, INDEX), data)
     except FileExistsError:
-        _remove_quietly(fs, staging)  # another publisher won; our copy is garbage
         winner = _read_index(fs, version_dir)
         if winner is None:
             raise PublishError(f"{ref}: index creation reported a conflict but no index exists; retry") from None
+        if winner.get("publish_id") == publish_id:
+            # Our own index: a retried create whose first response was lost. The files it
+            # points at are ours, so they stay.
+            log.info("published %s (the index write was retried)", ref)
+            return _version_from_index(to_url, fs, version_dir, winner, created_now=True)
+        _remove_quietly(fs, staging)  # another publisher won; our copy is garbage
         return _same_or_conflict(to_url, fs, version_dir, winner, checksum, ref, raced=True)
     except PublishError:
         raise
