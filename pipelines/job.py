@@ -10,7 +10,6 @@ so a dataset with a manifest is finished.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
+from curation.store.lock import JOB_DIR, DatasetBusy
+from curation.store.lock import dataset_lock as store_lock
 from pipelines.config import JobConfig
 from pipelines.engines.local import Failure
 from pipelines.stages import (
@@ -38,7 +39,6 @@ from schemas.episode import Provenance
 
 log = logging.getLogger(__name__)
 
-JOB_DIR = ".job"
 
 
 class JobError(RuntimeError):
@@ -47,21 +47,12 @@ class JobError(RuntimeError):
 
 @contextmanager
 def dataset_lock(out_dir: Path):
-    """One job per dataset directory. flock is released by the OS when the holder
-    dies (even by SIGKILL), so a killed run never blocks its restart."""
-    job_dir = out_dir / JOB_DIR
-    job_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(job_dir / "lock", "w")
+    """One job per dataset directory (curation.store.lock, held exclusively)."""
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise JobError(f"{out_dir}: another curate run is writing this dataset (lock {job_dir / 'lock'})") from None
-    try:
-        yield job_dir
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        with store_lock(out_dir) as job_dir:
+            yield job_dir
+    except DatasetBusy as exc:
+        raise JobError(str(exc).replace("a curate run is writing", "another curate run is writing")) from None
 
 
 def make_engine(cfg: JobConfig, job_dir: Path):

@@ -274,3 +274,12 @@ def test_local_index_without_hard_links_is_refused_not_trusted(datasets, registr
         P.publish(datasets[0], "synth", "9.1.0", progress=False)
     with pytest.raises(P.PublishError, match="is not published: no index.json"):
         P.open_version(f"{registry}/synth@9.1.0")
+
+
+def test_publish_waits_for_no_writer_it_refuses_while_a_job_holds_the_lock(datasets, registry):
+    from curation.store.lock import dataset_lock
+
+    with dataset_lock(datasets[0]):  # a running `curate run` holds it exclusively
+        with pytest.raises(P.PublishError, match="refusing to publish: .* a curate run is writing this dataset"):
+            P.publish(datasets[0], "synth", "9.2.0", progress=False)
+    assert P.publish(datasets[0], "synth", "9.2.0", progress=False).created_now

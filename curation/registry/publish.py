@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from curation.store.lock import DatasetBusy, dataset_lock
 from schemas.dataset import CONTRACT_VERSION, DATASET_JSON, MANIFEST
 
 log = logging.getLogger(__name__)
@@ -420,19 +421,34 @@ def publish(
     Returns the version (created_now False when it already existed with the
     same content). Raises PublishError when the dataset is invalid or the
     storage fails, VersionConflict when the version exists with other content."""
-    from tqdm import tqdm
-
     _check_name(name)
     parse_semver(version)
     to_url = to_url or default_registry()
     fs, base = _fs(to_url, storage_options)  # a bad URL fails before any hashing
     dataset_dir = Path(dataset_dir)
-    if validate:
-        problems = check_dataset(dataset_dir)
-        if problems:
-            shown = "\n  ".join(problems[:10])
-            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-            raise PublishError(f"{dataset_dir}: refusing to publish an invalid dataset ({len(problems)} problem(s)):\n  {shown}{more}")
+    if not dataset_dir.is_dir():
+        raise PublishError(f"{dataset_dir}: no such dataset directory")
+    try:
+        with dataset_lock(dataset_dir, shared=True):  # no job may write while it is checked, hashed and copied
+            if validate:
+                _refuse_invalid(dataset_dir)
+            return _publish_locked(dataset_dir, name, version, to_url, fs, base, progress)
+    except DatasetBusy as exc:
+        raise PublishError(f"refusing to publish: {exc}") from None
+
+
+def _refuse_invalid(dataset_dir: Path) -> None:
+    problems = check_dataset(dataset_dir)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise PublishError(f"{dataset_dir}: refusing to publish an invalid dataset ({len(problems)} problem(s)):\n  {shown}{more}")
+
+
+def _publish_locked(dataset_dir: Path, name: str, version: str, to_url: str, fs, base: str,
+                    progress: bool) -> PublishedVersion:
+    from tqdm import tqdm
+
     files = hash_dataset(dataset_dir, progress=progress)
     checksum = content_checksum(files)
     version_dir = posixpath.join(base, name, version)
