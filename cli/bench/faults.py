@@ -161,6 +161,15 @@ def damaged_records(spans: list[tuple[int, int]], what: dict) -> set[int]:
     return {i for i, (a, b) in enumerate(spans) if a < hi and lo < b}
 
 
+# Where an episode sits (its shard and offsets) moves when an earlier episode of its unit is lost;
+# everything else of its manifest row (checksum included) must not.
+POSITION_FIELDS = ("source_file", "shard", "frame_start", "anchor_start")
+
+
+def _content(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in POSITION_FIELDS}
+
+
 def _rows(path: Path, name: str) -> list[dict]:
     import pyarrow.parquet as pq
 
@@ -180,8 +189,7 @@ def corruption_trial(src_copy: Path, tfrecord: Path, clean: bytes, spans, refere
     cfg = JobConfig.load(None, list(FAST_LABELS), **{"source.path": str(src_copy), "engine.runner": "local",
                                                       "writer.shard_episodes": SHARD_EPISODES})
     s = run_job(cfg, out, progress=False)
-    strip = lambda r: {k: v for k, v in r.items() if k != "source_file"}  # noqa: E731
-    written = {r["episode_index"]: strip(r) for r in _rows(out, "manifest.parquet")}
+    written = {r["episode_index"]: _content(r) for r in _rows(out, "manifest.parquet")}
     quarantined = {r["episode_index"]: r["reason"] for r in _rows(out, "quarantine.parquet")}
     undamaged = [i for i in reference_rows if i not in damaged]
     lost = [i for i in undamaged if written.get(i) != reference_rows[i]]
@@ -203,8 +211,7 @@ def corruption_campaign(source: Path, reference: Path, work: Path, n: int, rng: 
     tfrecord = sorted(src_copy.glob("*-train.tfrecord-*"))[0]
     clean = tfrecord.read_bytes()
     spans = record_spans(tfrecord)
-    reference_rows = {r["episode_index"]: {k: v for k, v in r.items() if k != "source_file"}
-                      for r in _rows(reference, "manifest.parquet")}
+    reference_rows = {r["episode_index"]: _content(r) for r in _rows(reference, "manifest.parquet")}
     trials = [{"trial": i, **corruption_trial(src_copy, tfrecord, clean, spans, reference_rows,
                                               work / f"corrupt-{i:02d}", rng)} for i in range(n)]
     return {"file": tfrecord.name, "records": len(spans), "trials": trials}
