@@ -144,7 +144,7 @@ def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) ->
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             for name in (MANIFEST, DATASET_JSON, QUARANTINE, FILTERED):
                 (out_dir / name).unlink(missing_ok=True)
-    state = {"config_hash": h, "config": cfg.to_dict(), "contract_version": CONTRACT_VERSION}
+    state = {"config_hash": h, "config": cfg.to_record(), "contract_version": CONTRACT_VERSION}
     write_json_atomic(state_path, state)
     return state
 
@@ -351,7 +351,7 @@ def finalize(cfg: JobConfig, out_dir: Path, src, units: list[UnitTask], failures
         "contract_version": CONTRACT_VERSION, "created_by": "curate run", "complete": complete,
         "source": {"name": src.name, "version": src.version, "split": cfg.source.split,
                    "path": cfg.source.path, "num_episodes": src.num_episodes},
-        "config": cfg.to_dict(), "config_hash": cfg.content_hash(),
+        "config": cfg.to_record(), "config_hash": cfg.content_hash(),
         "counts": {k: v for k, v in counts.items() if k != "shards"}, "shards": counts["shards"],
     }
     write_json_atomic(out_dir / DATASET_JSON, info)
