@@ -70,6 +70,12 @@ class SourceConfig:
     split: str = "train"
     start: Optional[int] = None  # episode range [start, stop) within the split
     stop: Optional[int] = None
+    # Limits on one episode, so a malformed or hostile record cannot exhaust a worker: an episode past
+    # one is quarantined with reason "limit: ...". The defaults sit far above Open-X (its longest
+    # episodes have a few thousand steps, its largest cameras 1280 x 800) and below a 16 GiB worker.
+    max_steps: int = 50_000
+    max_frame_pixels: int = 4096 * 4096
+    max_episode_bytes: int = 8 << 30  # decoded frames, depth and actions together
 
 
 @dataclass
