@@ -17,10 +17,12 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
+from curation.store.durable import fsync_dir, replace_durably
 from curation.store.lock import JOB_DIR, DatasetBusy
 from curation.store.lock import dataset_lock as store_lock
 from pipelines.config import JobConfig
@@ -129,9 +131,33 @@ class _Progress:
             self._bar.close()
 
 
+TRASH_PREFIX = ".trash-"
+
+
+def _move_aside_and_delete(out_dir: Path, job_dir: Path) -> None:
+    """--overwrite: the old dataset's files are renamed into one hidden trash directory (the
+    manifest first, so it stops being a finished dataset at once), then deleted; a crash midway
+    leaves an unfinished dataset plus a trash directory the next run removes, never half a dataset
+    that looks finished."""
+    trash = out_dir / f"{TRASH_PREFIX}{uuid.uuid4().hex[:8]}"
+    trash.mkdir()
+    for p in (out_dir / MANIFEST, out_dir / DATASET_JSON, out_dir / QUARANTINE, out_dir / FILTERED,
+              out_dir / SHARDS_DIR, job_dir / "dedup.json"):
+        if p.exists():
+            os.rename(p, trash / p.name)
+    fsync_dir(out_dir)
+    shutil.rmtree(trash)
+
+
+def _remove_trash(out_dir: Path) -> None:
+    for p in out_dir.glob(TRASH_PREFIX + "*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) -> dict:
     """Refuse to resume a dataset made with a different content config."""
     state_path = job_dir / "job.json"
+    _remove_trash(out_dir)
     h = cfg.content_hash()
     if state_path.is_file():
         state = json.loads(state_path.read_text())
@@ -140,10 +166,7 @@ def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) ->
                 raise JobError(
                     f"{out_dir} was started with a different config (hash {state.get('config_hash')} != {h}); "
                     "rerun with the same config to resume, or pass --overwrite to start again")
-            for p in (out_dir / SHARDS_DIR, job_dir / "dedup.json"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            for name in (MANIFEST, DATASET_JSON, QUARANTINE, FILTERED):
-                (out_dir / name).unlink(missing_ok=True)
+            _move_aside_and_delete(out_dir, job_dir)
     state = {"config_hash": h, "config": cfg.to_record(), "contract_version": CONTRACT_VERSION}
     write_json_atomic(state_path, state)
     return state
@@ -190,7 +213,7 @@ def _write_table(rows: list[dict], schema, path: Path) -> None:
     table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows], schema=schema)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def _hooks_available() -> dict:

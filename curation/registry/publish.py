@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from curation.store.durable import fsync_dir, fsync_tree
 from curation.store.lock import DatasetBusy, dataset_lock
 from schemas.dataset import CONTRACT_VERSION, DATASET_JSON, MANIFEST
 
@@ -293,7 +294,7 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
                                "created atomically; publish to a POSIX filesystem or an object store") from exc
         finally:
             os.unlink(tmp)
-        _fsync_dir(posixpath.dirname(path))
+        fsync_dir(posixpath.dirname(path))
         return
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("s3", "s3a"):
@@ -342,31 +343,6 @@ def _create_exclusive_gcs(fs, path: str, data: bytes) -> None:
         if fs.exists(path):  # 412 Precondition Failed: another publisher created it
             raise FileExistsError(errno.EEXIST, f"{path} exists") from exc
         raise
-
-
-def _fsync_tree(root: str) -> None:
-    """fsync every file under `root`, then every directory, deepest first."""
-    dirs = []
-    for d, _, names in os.walk(root):
-        dirs.append(d)
-        for n in names:
-            fd = os.open(os.path.join(d, n), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for d in reversed(dirs):
-        _fsync_dir(d)
-    _fsync_dir(os.path.dirname(root.rstrip("/")))
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a rename or link in directory `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- index access
@@ -486,7 +462,8 @@ def _publish_locked(dataset_dir: Path, name: str, version: str, to_url: str, fs,
                     bar.update(size)
         _check_uploaded_sizes(fs, staging, files)
         if local:
-            _fsync_tree(staging)  # the data is durable before the index that makes it a version
+            fsync_tree(staging)
+            fsync_dir(posixpath.dirname(staging))  # the data is durable before the index that makes it a version
     except PublishError:
         _remove_quietly(fs, staging)
         raise
