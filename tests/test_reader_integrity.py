@@ -89,3 +89,17 @@ def test_index_names_are_checked_before_paths_are_built(bridge_dir, tmp_path):
         index_path.write_text(json.dumps(bad))
         with pytest.raises(PublishError, match="is not (of the form|a plain relative path)"):
             open_dataset(ref)
+
+
+def test_declared_shape_shorter_than_the_manifest_says_is_refused(bridge_dir, tmp_path):
+    from curation.store.reader import DatasetIntegrityError, open_dataset
+
+    out, _ = cached_run("bridge-local", bridge_dir)
+    copy = tmp_path / "ds"
+    shutil.copytree(out, copy)
+    meta = copy / "shards" / "shard-00000" / "actions" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][0] -= 1
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(DatasetIntegrityError, match=r"shard-00000/actions: declared shape .* is shorter than the \d+ frames"):
+        open_dataset(str(copy)).read_shard("shard-00000")

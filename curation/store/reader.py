@@ -155,9 +155,22 @@ class CuratedDataset:
         return MemoryStore(contents, read_only=True)
 
     def read_shard(self, shard: str) -> dict[str, np.ndarray]:
-        """Every array of a shard, read in bulk: {name: array over the shard's frames/anchors}."""
+        """Every array of a shard, read in bulk: {name: array over the shard's frames/anchors}.
+        Each array's declared length is checked against the manifest before anything is read."""
         group = self._group(shard)
-        return {name: group[name][...] for name in array_names(group)}
+        rows = [r for r in self._rows if r["shard"] == shard]
+        frames = max((r["frame_start"] + r["frame_count"] for r in rows), default=0)
+        anchors = max((r["anchor_start"] + r["anchor_count"] for r in rows), default=0)
+        out = {}
+        for name in array_names(group):
+            arr = group[name]
+            want = frames if name.split("/")[0] in FRAME_ARRAYS else anchors
+            if not arr.shape or arr.shape[0] < want:
+                raise DatasetIntegrityError(
+                    f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: declared shape {arr.shape} is shorter than "
+                    f"the {want} {'frames' if want == frames else 'anchors'} the manifest places in it")
+            out[name] = arr[...]
+        return out
 
     def _slice(self, r: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         fs, fc, as_, ac = r["frame_start"], r["frame_count"], r["anchor_start"], r["anchor_count"]
