@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import shutil
 import sys
 import threading
@@ -167,9 +168,45 @@ def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) ->
                     f"{out_dir} was started with a different config (hash {state.get('config_hash')} != {h}); "
                     "rerun with the same config to resume, or pass --overwrite to start again")
             _move_aside_and_delete(out_dir, job_dir)
-    state = {"config_hash": h, "config": cfg.to_record(), "contract_version": CONTRACT_VERSION}
+    fingerprint = source_fingerprint(cfg.source.path)
+    if state_path.is_file() and not overwrite:
+        before = json.loads(state_path.read_text()).get("source_fingerprint")
+        if before and before != fingerprint:
+            raise JobError(f"{out_dir}: the source {cfg.source.path} changed since this job started (its files' names "
+                           "and sizes differ); pass --overwrite to curate it again from the start")
+    state = {"config_hash": h, "config": cfg.to_record(), "contract_version": CONTRACT_VERSION,
+             "source_fingerprint": fingerprint}
     write_json_atomic(state_path, state)
     return state
+
+
+def source_fingerprint(path: str) -> str:
+    """sha256 over the source's file names and sizes (a local path or any fsspec URL): a resume
+    must read the same files as the run it continues."""
+    import hashlib
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    files = fs.find(root, detail=True)
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{posixpath.relpath(name, root)}\t{files[name].get('size')}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def check_committed_against_plan(out_dir: Path, committed: dict[int, dict], units) -> None:
+    """A committed unit must be the planned unit of its number: same episode range."""
+    planned = {u.group: u for u in units}
+    for g, record in sorted(committed.items()):
+        u = planned.get(g)
+        rows = list(record.get("episodes", [])) + list(record.get("quarantine", [])) + list(record.get("filtered", []))
+        idx = [int(r["episode_index"]) for r in rows if r.get("episode_index") is not None]
+        if u is None or any(not (u.start <= i < u.stop) for i in idx):
+            want = f"[{u.start}, {u.stop})" if u is not None else "no unit of that number"
+            got = f"[{min(idx)}, {max(idx) + 1})" if idx else "no episodes"
+            raise JobError(f"{out_dir}: committed shard {shard_name(g)} holds episodes {got}, but the plan has {want} "
+                           "for it; the source or the unit size changed: pass --overwrite")
 
 
 def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, progress: bool) -> tuple[dict, float]:
@@ -252,6 +289,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         wrong = [g for g, r in committed.items() if r.get("config_hash") != cfg.content_hash()]
         if wrong:
             raise JobError(f"{out_dir}: shards {wrong[:5]} were written with another config; use --overwrite")
+        check_committed_against_plan(out_dir, committed, units)
         pending = [u for u in units if u.group not in committed]
         log.info("%s: %d episodes in %d units; %d already committed, %d to do (runner %s)",
                  cfg.source.path, sum(u.num_episodes for u in units), len(units), len(units) - len(pending),

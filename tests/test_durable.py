@@ -5,6 +5,8 @@ leaves an unfinished dataset (no manifest) that the next run cleans, never half 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,30 @@ def test_overwrite_crash_midway_leaves_no_finished_dataset(bridge_dir, tmp_path,
     assert len(list(out.glob(".trash-*"))) == 1
     s = job.run_job(job_config(bridge_dir, **{"source.stop": 3, "seed": 1}), out, progress=False, overwrite=True)
     assert s["complete"] and (out / "manifest.parquet").exists() and not list(out.glob(".trash-*"))
+
+
+def test_resume_refuses_a_changed_source(bridge_dir, tmp_path):
+    from pipelines.job import JobError, run_job
+
+    src = tmp_path / "src"
+    shutil.copytree(bridge_dir, src)
+    for p in src.iterdir():
+        p.chmod(0o644)
+    out = tmp_path / "ds"
+    run_job(job_config(src, **{"source.stop": 3}), out, progress=False)
+    val = next(src.glob("*-val.tfrecord-*"))
+    val.write_bytes(val.read_bytes()[:-10])  # another file of the source changed
+    with pytest.raises(JobError, match="changed since this job started"):
+        run_job(job_config(src, **{"source.stop": 3}), out, progress=False)
+
+
+def test_committed_unit_must_match_its_planned_range():
+    from pipelines.job import JobError, check_committed_against_plan
+    from pipelines.stages import UnitTask
+
+    units = [UnitTask(0, "train", 0, 3), UnitTask(1, "train", 3, 6)]
+    ok = {0: {"episodes": [{"episode_index": 0}, {"episode_index": 2}], "quarantine": [{"episode_index": 1}]}}
+    check_committed_against_plan(Path("/out"), ok, units)
+    bad = {1: {"episodes": [{"episode_index": 2}, {"episode_index": 4}]}}
+    with pytest.raises(JobError, match=r"shard-00001 holds episodes \[2, 5\), but the plan has \[3, 6\)"):
+        check_committed_against_plan(Path("/out"), bad, units)
