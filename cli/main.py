@@ -29,6 +29,7 @@ BENCH_MODULES: list[str] = [
     "cli.commands.latent",
     "cli.commands.inspect",
     "cli.bench.cluster",
+    "cli.bench.faults",
 ]
 
 

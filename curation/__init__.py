@@ -15,15 +15,17 @@ from __future__ import annotations
 from typing import Optional
 
 
-def open_dataset(ref: str, storage_options: Optional[dict] = None):
+def open_dataset(ref: str, storage_options: Optional[dict] = None, verify: bool = True):
     """The curated dataset (curation.store.reader.CuratedDataset) at a directory, an fsspec URL,
-    or a published version `URL/NAME@V` (`@latest` for the newest)."""
+    or a published version `URL/NAME@V` (`@latest` for the newest). Reads verify themselves
+    (sizes and sha256 against the version's index.json, every episode against its manifest
+    checksum); verify=False skips that (see curation.store.reader)."""
     from curation.store.reader import CuratedDataset, open_directory
 
     ref = str(ref)
     if "@" not in ref.rstrip("/").rsplit("/", 1)[-1]:
-        return open_directory(ref, storage_options)
-    from curation.registry.publish import resolve
+        return open_directory(ref, storage_options, verify=verify)
+    from curation.registry.publish import resolve_files
 
-    fs, root, version = resolve(ref, storage_options)
-    return CuratedDataset(fs, root, ref, version, storage_options)
+    fs, root, version, files = resolve_files(ref, storage_options)
+    return CuratedDataset(fs, root, ref, version, storage_options, files=files, verify=verify)

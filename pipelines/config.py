@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +29,42 @@ from schemas.config import check_keys, strict_from_dict
 
 RUNNERS = ("local", "beam", "ray")
 
+# What a config, summary or log never shows: values under a key that names a secret, Beam's
+# credential options (S3Options / AzureOptions carry keys and connection strings), and every
+# Ray runtime_env environment variable (a common way to hand credentials to workers).
+REDACTED = "<redacted>"
+SECRET_KEY_RE = re.compile(r"(^|[_.-])(secret|token|password|passwd|credentials?|api[_-]?key|access[_-]?key(_id)?|"
+                           r"private[_-]?key|auth|authorization|session[_-]?token|connection[_-]?string|signature|"
+                           r"cookie)($|[_.-])", re.IGNORECASE)
+BEAM_CREDENTIAL_OPTIONS = ("s3_access_key_id", "s3_secret_access_key", "s3_session_token", "s3_endpoint_url",
+                           "azure_connection_string", "blob_service_endpoint", "azure_managed_identity_client_id")
+
+
+def redact_beam_options(options: list) -> list:
+    """`--name=value` strings (or [name, value] pairs) with credential values replaced."""
+    out = []
+    for opt in options or []:
+        if isinstance(opt, (list, tuple)) and len(opt) == 2:
+            name = str(opt[0]).lstrip("-")
+            secret = name in BEAM_CREDENTIAL_OPTIONS or SECRET_KEY_RE.search(name)
+            out.append([opt[0], REDACTED if secret else opt[1]])
+            continue
+        name, eq, _ = str(opt).lstrip("-").partition("=")
+        secret = eq and (name in BEAM_CREDENTIAL_OPTIONS or SECRET_KEY_RE.search(name))
+        out.append(f"--{name}={REDACTED}" if secret else opt)
+    return out
+
+
+def redact_tree(value: Any, key: str = "") -> Any:
+    """A copy of a JSON-like tree with the value under every secret-named key replaced."""
+    if key and SECRET_KEY_RE.search(key) and value not in (None, "", {}, []):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redact_tree(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_tree(v) for v in value]
+    return value
+
 
 @dataclass
 class SourceConfig:
@@ -35,6 +72,12 @@ class SourceConfig:
     split: str = "train"
     start: Optional[int] = None  # episode range [start, stop) within the split
     stop: Optional[int] = None
+    # Limits on one episode, so a malformed or hostile record cannot exhaust a worker: an episode past
+    # one is quarantined with reason "limit: ...". The defaults sit far above Open-X (its longest
+    # episodes have a few thousand steps, its largest cameras 1280 x 800) and below a 16 GiB worker.
+    max_steps: int = 50_000
+    max_frame_pixels: int = 4096 * 4096
+    max_episode_bytes: int = 8 << 30  # decoded frames, depth and actions together
 
 
 @dataclass
@@ -124,6 +167,16 @@ class JobConfig:
     # ---- serialisation ------------------------------------------------------------
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_record(self) -> dict:
+        """to_dict() for what is written or shown (dataset.json, job state, summaries, logs):
+        secrets redacted (see REDACTED). Not for running a job: the values are gone."""
+        d = self.to_dict()
+        d["engine"] = eng = redact_tree(d["engine"])  # the content sections hold no secrets by design
+        eng["beam_options"] = redact_beam_options(eng.get("beam_options"))
+        if eng.get("runtime_env") and eng["runtime_env"].get("env_vars"):
+            eng["runtime_env"]["env_vars"] = {k: REDACTED for k in eng["runtime_env"]["env_vars"]}
+        return d
 
     def content_hash(self) -> str:
         """Hash of everything that decides the dataset's content (not how it is run):

@@ -10,18 +10,22 @@ so a dataset with a manifest is finished.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
+import posixpath
 import shutil
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
+from curation.store.durable import fsync_dir, replace_durably
+from curation.store.lock import JOB_DIR, DatasetBusy
+from curation.store.lock import dataset_lock as store_lock
 from curation.store.writer import (
     COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
 )
@@ -39,7 +43,6 @@ from schemas.episode import Provenance
 
 log = logging.getLogger(__name__)
 
-JOB_DIR = ".job"
 
 
 class JobError(RuntimeError):
@@ -48,21 +51,12 @@ class JobError(RuntimeError):
 
 @contextmanager
 def dataset_lock(out_dir: Path):
-    """One job per dataset directory. flock is released by the OS when the holder
-    dies (even by SIGKILL), so a killed run never blocks its restart."""
-    job_dir = out_dir / JOB_DIR
-    job_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(job_dir / "lock", "w")
+    """One job per dataset directory (curation.store.lock, held exclusively)."""
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise JobError(f"{out_dir}: another curate run is writing this dataset (lock {job_dir / 'lock'})") from None
-    try:
-        yield job_dir
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+        with store_lock(out_dir) as job_dir:
+            yield job_dir
+    except DatasetBusy as exc:
+        raise JobError(str(exc).replace("a curate run is writing", "another curate run is writing")) from None
 
 
 def make_engine(cfg: JobConfig, job_dir: Path):
@@ -139,9 +133,33 @@ class _Progress:
             self._bar.close()
 
 
+TRASH_PREFIX = ".trash-"
+
+
+def _move_aside_and_delete(out_dir: Path, job_dir: Path) -> None:
+    """--overwrite: the old dataset's files are renamed into one hidden trash directory (the
+    manifest first, so it stops being a finished dataset at once), then deleted; a crash midway
+    leaves an unfinished dataset plus a trash directory the next run removes, never half a dataset
+    that looks finished."""
+    trash = out_dir / f"{TRASH_PREFIX}{uuid.uuid4().hex[:8]}"
+    trash.mkdir()
+    for p in (out_dir / MANIFEST, out_dir / DATASET_JSON, out_dir / QUARANTINE, out_dir / FILTERED,
+              out_dir / SHARDS_DIR, job_dir / "dedup.json"):
+        if p.exists():
+            os.rename(p, trash / p.name)
+    fsync_dir(out_dir)
+    shutil.rmtree(trash)
+
+
+def _remove_trash(out_dir: Path) -> None:
+    for p in out_dir.glob(TRASH_PREFIX + "*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) -> dict:
     """Refuse to resume a dataset made with a different content config."""
     state_path = job_dir / "job.json"
+    _remove_trash(out_dir)
     h = cfg.content_hash()
     if state_path.is_file():
         state = json.loads(state_path.read_text())
@@ -150,13 +168,46 @@ def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) ->
                 raise JobError(
                     f"{out_dir} was started with a different config (hash {state.get('config_hash')} != {h}); "
                     "rerun with the same config to resume, or pass --overwrite to start again")
-            for p in (out_dir / SHARDS_DIR, job_dir / "dedup.json"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            for name in (MANIFEST, DATASET_JSON, QUARANTINE, FILTERED):
-                (out_dir / name).unlink(missing_ok=True)
-    state = {"config_hash": h, "config": cfg.to_dict(), "contract_version": CONTRACT_VERSION}
+            _move_aside_and_delete(out_dir, job_dir)
+    fingerprint = source_fingerprint(cfg.source.path)
+    if state_path.is_file() and not overwrite:
+        before = json.loads(state_path.read_text()).get("source_fingerprint")
+        if before and before != fingerprint:
+            raise JobError(f"{out_dir}: the source {cfg.source.path} changed since this job started (its files' names "
+                           "and sizes differ); pass --overwrite to curate it again from the start")
+    state = {"config_hash": h, "config": cfg.to_record(), "contract_version": CONTRACT_VERSION,
+             "source_fingerprint": fingerprint}
     write_json_atomic(state_path, state)
     return state
+
+
+def source_fingerprint(path: str) -> str:
+    """sha256 over the source's file names and sizes (a local path or any fsspec URL): a resume
+    must read the same files as the run it continues."""
+    import hashlib
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    files = fs.find(root, detail=True)
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{posixpath.relpath(name, root)}\t{files[name].get('size')}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def check_committed_against_plan(out_dir: Path, committed: dict[int, dict], units) -> None:
+    """A committed unit must be the planned unit of its number: same episode range."""
+    planned = {u.group: u for u in units}
+    for g, record in sorted(committed.items()):
+        u = planned.get(g)
+        rows = list(record.get("episodes", [])) + list(record.get("quarantine", [])) + list(record.get("filtered", []))
+        idx = [int(r["episode_index"]) for r in rows if r.get("episode_index") is not None]
+        if u is None or any(not (u.start <= i < u.stop) for i in idx):
+            want = f"[{u.start}, {u.stop})" if u is not None else "no unit of that number"
+            got = f"[{min(idx)}, {max(idx) + 1})" if idx else "no episodes"
+            raise JobError(f"{out_dir}: committed shard {shard_name(g)} holds episodes {got}, but the plan has {want} "
+                           "for it; the source or the unit size changed: pass --overwrite")
 
 
 def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, progress: bool) -> tuple[dict, float]:
@@ -200,7 +251,7 @@ def _write_table(rows: list[dict], schema, path: Path) -> None:
     table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows], schema=schema)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrite: bool = False) -> dict:
@@ -224,6 +275,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         wrong = [g for g, r in committed.items() if r.get("config_hash") != cfg.content_hash()]
         if wrong:
             raise JobError(f"{out_dir}: shards {wrong[:5]} were written with another config; use --overwrite")
+        check_committed_against_plan(out_dir, committed, units)
         pending = [u for u in units if u.group not in committed]
         log.info("%s: %d episodes in %d units; %d already committed, %d to do (runner %s)",
                  cfg.source.path, sum(u.num_episodes for u in units), len(units), len(units) - len(pending),
@@ -346,7 +398,7 @@ def finalize(cfg: JobConfig, out_dir: Path, src, units: list[UnitTask], failures
         "contract_version": CONTRACT_VERSION, "created_by": "curate run", "complete": complete,
         "source": {"name": src.name, "version": src.version, "split": cfg.source.split,
                    "path": cfg.source.path, "num_episodes": src.num_episodes},
-        "config": cfg.to_dict(), "config_hash": cfg.content_hash(),
+        "config": cfg.to_record(), "config_hash": cfg.content_hash(),
         "counts": {k: v for k, v in counts.items() if k != "shards"}, "shards": counts["shards"],
     }
     write_json_atomic(out_dir / DATASET_JSON, info)

@@ -101,6 +101,20 @@ def quarantine_row(prov: Provenance, stage: str, reason: str, error: str = "") -
             "reason": reason, "error": error}
 
 
+def check_limits(ep: Episode, src) -> None:
+    """EpisodeError(reason "limit: ...") for an episode past source.max_steps / max_frame_pixels /
+    max_episode_bytes."""
+    frames = list(ep.frames.values())
+    steps = int(ep.actions.shape[0])
+    pixels = max((f.shape[1] * f.shape[2] for f in frames), default=0)
+    nbytes = sum(a.nbytes for a in frames + list(ep.depth_m.values()) + [ep.actions])
+    for what, value, bound, key in ((f"{steps} steps", steps, src.max_steps, "max_steps"),
+                                    (f"{pixels} pixels per frame", pixels, src.max_frame_pixels, "max_frame_pixels"),
+                                    (f"{nbytes} bytes", nbytes, src.max_episode_bytes, "max_episode_bytes")):
+        if value > bound:
+            raise EpisodeError(ep.provenance.describe(), f"limit: {what} > source.{key} = {bound}", stage="limit")
+
+
 def filtered_row(prov: Provenance, reason: str, detail: str = "", duplicate_of: str | None = None) -> dict:
     return {"episode_id": prov.episode_id, "dataset": prov.dataset, "split": prov.split,
             "episode_index": int(prov.episode_index), "source_file": prov.file, "reason": reason,
@@ -113,8 +127,23 @@ def _reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# A quarantine row keeps the innermost frames of the error, enough to find the failing line.
+TRACEBACK_FRAMES = 4
+TRACEBACK_CHARS = 2000
+
+
 def _short_tb(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))[-2000:]
+    """The last frames of the traceback, for the quarantine row: the home directory shown as ~ and
+    the host name as <host>, so a published quarantine table names no machine or user."""
+    import socket
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES))
+    home, host = os.path.expanduser("~"), socket.gethostname()
+    if home and home != "/":
+        text = text.replace(home, "~")
+    if host:
+        text = text.replace(host, "<host>")
+    return text[-TRACEBACK_CHARS:]
 
 
 def _set_seeds(seed: int, episode_id: str) -> None:
@@ -254,7 +283,7 @@ class ProcessUnit:
         attempts.mark(os.path.join(self.out_dir, ATTEMPTS_DIR), task.group)
         started_at = time.time()
         run = _UnitRun(task, self._filter_config(), self.labeler or local_labeler(self.cfg), self.duplicates,
-                       self.cfg.seed)
+                       self.cfg.seed, self.cfg.source)
         limit_threads(self.cfg.engine.threads_per_worker)
         run.read(open_source(self.cfg.source.path, self.cfg.source.split, self.cfg.engine.threads_per_worker))
         record = {"unit": {"group": task.group, "split": task.split, "start": task.start, "stop": task.stop,
@@ -272,8 +301,9 @@ class _UnitRun:
     `timings`."""
 
     def __init__(self, task: UnitTask, fcfg, labeler: Callable[[Episode], EpisodeLabels], duplicates: dict,
-                 seed: int):
+                 seed: int, limits):
         self.task, self.fcfg, self.labeler, self.duplicates, self.seed = task, fcfg, labeler, duplicates, seed
+        self.limits = limits  # SourceConfig: max_steps, max_frame_pixels, max_episode_bytes
         self.timings: dict[str, float] = defaultdict(float)
         self.payloads: list[EpisodePayload] = []
         self.quarantine: list[dict] = []
@@ -338,6 +368,8 @@ class _UnitRun:
         stage = "check"
         try:
             self._timed("check", ep.check)
+            stage = "limit"
+            check_limits(ep, self.limits)
             stage = "filter"
             if self._dropped_by_filters(ep, None, "before labeling"):
                 return

@@ -20,8 +20,10 @@ of a shard share image size and camera set.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 CONTRACT_VERSION = "1.0.0"
@@ -140,3 +142,14 @@ FILTERED_SCHEMA = pa.schema(
         pa.field("duplicate_of", pa.string()),  # the kept episode_id when reason == "duplicate"
     ]
 )
+
+
+def episode_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """The manifest's `checksum`: sha256 over an episode's array slices, in sorted name order,
+    each prefixed by its name, dtype and shape: independent of where the episode sits in a shard."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()

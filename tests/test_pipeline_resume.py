@@ -21,7 +21,8 @@ def _committed(out: Path) -> list[str]:
     from curation.store.writer import read_commit
 
     d = out / "shards"
-    return sorted(p.name for p in d.iterdir() if read_commit(p) is not None) if d.is_dir() else []
+    # only committed names: a temporary shard holds its commit record before its rename
+    return sorted(p.name for p in d.iterdir() if p.name.startswith("shard-") and read_commit(p) is not None) if d.is_dir() else []
 
 
 def test_sigkill_then_resume_equals_uninterrupted(bridge_dir, tmp_path):

@@ -240,3 +240,46 @@ def test_dataset_modified_during_publish_is_refused(datasets, tmp_path, registry
     with pytest.raises(P.PublishError, match="dataset.json: changed while being published"):
         P.publish(ds, "synth", "0.1.0", progress=False)
     assert P.list_versions("synth") == [] and P.unfinished_publishes("synth") == []  # its upload was removed
+
+
+def test_symlinks_and_non_regular_files_are_refused(datasets, registry, tmp_path):
+    import os
+    import shutil
+
+    v1 = datasets[0]
+    copy = tmp_path / "ds"
+    shutil.copytree(v1, copy)
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = FAKE-SECRET\n")
+    (copy / "card").mkdir(exist_ok=True)
+    os.symlink(secret, copy / "card" / "x.png")
+    with pytest.raises(P.PublishError, match=r"card/x.png: is a symbolic link"):
+        P.publish(copy, "synth", "9.0.0", progress=False, validate=False)
+    (copy / "card" / "x.png").unlink()
+    os.mkfifo(copy / "card" / "pipe")
+    with pytest.raises(P.PublishError, match=r"card/pipe: not a regular file"):
+        P.publish(copy, "synth", "9.0.0", progress=False, validate=False)
+    assert P.list_versions(f"{registry}/synth") == []
+
+
+def test_local_index_without_hard_links_is_refused_not_trusted(datasets, registry, monkeypatch):
+    import errno
+    import os
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(P.PublishError, match="offers no hard links"):
+        P.publish(datasets[0], "synth", "9.1.0", progress=False)
+    with pytest.raises(P.PublishError, match="is not published: no index.json"):
+        P.open_version(f"{registry}/synth@9.1.0")
+
+
+def test_publish_waits_for_no_writer_it_refuses_while_a_job_holds_the_lock(datasets, registry):
+    from curation.store.lock import dataset_lock
+
+    with dataset_lock(datasets[0]):  # a running `curate run` holds it exclusively
+        with pytest.raises(P.PublishError, match="refusing to publish: .* a curate run is writing this dataset"):
+            P.publish(datasets[0], "synth", "9.2.0", progress=False)
+    assert P.publish(datasets[0], "synth", "9.2.0", progress=False).created_now

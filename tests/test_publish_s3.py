@@ -196,3 +196,29 @@ def test_stats_of_a_published_version_read_from_s3(s3_endpoint, datasets):
     local = compute_stats(str(a), write=False, progress=False)
     assert remote["counts"] == local["counts"]
     assert remote["datasets"]["synth"]["actions"] == local["datasets"]["synth"]["actions"]
+
+
+def test_retried_index_put_whose_first_response_was_lost_is_our_success(s3_endpoint, datasets):
+    """The first index PUT reaches the server but its response is lost; the retry gets 412.
+    The index found is our own (same publish id): success, and our files stay."""
+    import s3fs
+
+    a, _, _ = datasets
+    url = f"s3://{BUCKET}/lost-response"
+    opts = _opts(s3_endpoint)
+    real = s3fs.S3FileSystem._pipe_file
+    lost: list[str] = []
+
+    async def put_then_lose_response(self, path, data, *args, **kwargs):
+        out = await real(self, path, data, *args, **kwargs)
+        if path.endswith("/index.json") and not lost:
+            lost.append(path)
+            raise OSError("connection reset before the response arrived")
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(s3fs.S3FileSystem, "_pipe_file", put_then_lose_response)
+        pv = P.publish(a, "ds", "1.0.0", to_url=url, storage_options=opts, progress=False)
+    assert lost and pv.created_now
+    assert P.verify(f"{url}/ds@1.0.0", opts, progress=False).ok
+    assert P.unfinished_publishes(f"{url}/ds", opts) == []

@@ -54,7 +54,7 @@ def cmd_run(args) -> int:
         if args.print_config:
             import yaml
 
-            print(yaml.safe_dump(cfg.effective().to_dict(), sort_keys=False), end="")
+            print(yaml.safe_dump(cfg.effective().to_record(), sort_keys=False), end="")
             return 0
         summary = run_job(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     except (JobError, EpisodeError, ValueError, FileNotFoundError) as exc:

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 
+from curation.store.durable import replace_durably
 from schemas.dataset import CONTRACT_VERSION, MANIFEST, SHARDS_DIR, STATS_JSON
 
 QUANTILE_ALPHA = 0.005
@@ -345,8 +348,15 @@ def compute_stats(
 
         from curation.formats import to_json
 
-        with fsspec.open(posixpath.join(str(dataset_dir), STATS_JSON), "w", **(storage_options or {})) as f:
-            f.write(to_json(result) + "\n")
+        path = posixpath.join(str(dataset_dir), STATS_JSON)
+        fs, local_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            tmp = Path(local_path).with_name(f".tmp-{STATS_JSON}-{os.getpid()}")
+            tmp.write_text(to_json(result) + "\n")
+            replace_durably(tmp, local_path)  # a reader never sees a half-written stats.json
+        else:
+            with fs.open(local_path, "w") as f:  # one PUT: an object store shows all of it or nothing
+                f.write(to_json(result) + "\n")
     return result
 
 

@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from curation.store.durable import fsync_dir, fsync_tree
+from curation.store.lock import DatasetBusy, dataset_lock
 from schemas.dataset import CONTRACT_VERSION, DATASET_JSON, MANIFEST
 
 log = logging.getLogger(__name__)
@@ -196,8 +198,15 @@ def dataset_files(dataset_dir: str | os.PathLike) -> list[str]:
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if p.is_file():
-            out.append(rel.as_posix())
+        # A symlink could make publish upload a file from anywhere (say card/x.png -> ~/.aws/credentials);
+        # a device or FIFO has no content to hash. rglob does not follow symlinked directories.
+        if p.is_symlink():
+            raise PublishError(f"{p}: is a symbolic link (to {os.readlink(p)}); a dataset to publish holds regular files only")
+        if p.is_dir():
+            continue
+        if not p.is_file():
+            raise PublishError(f"{p}: not a regular file; a dataset to publish holds regular files only")
+        out.append(rel.as_posix())
     return out
 
 
@@ -253,15 +262,14 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
             os.link(tmp, path)  # atomic, fails with FileExistsError if `path` exists
         except FileExistsError:
             raise
-        except OSError as exc:  # a filesystem without hard links: exclusive create, then write
-            log.warning("%s: hard links unsupported (%s); using O_EXCL create", path, exc)
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+        except OSError as exc:
+            # Without hard links the only exclusive create writes after creating: a reader (or a
+            # crash) would see an empty index. Refused rather than trusted.
+            raise PublishError(f"{path}: this filesystem offers no hard links ({exc}), so the index cannot be "
+                               "created atomically; publish to a POSIX filesystem or an object store") from exc
         finally:
             os.unlink(tmp)
+        fsync_dir(posixpath.dirname(path))
         return
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("s3", "s3a"):
@@ -284,6 +292,9 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
                 if attempt == 4:
                     raise
         return
+    if protocol in ("gs", "gcs"):
+        _create_exclusive_gcs(fs, path, data)
+        return
     try:
         with fs.open(path, "xb") as f:
             f.write(data)
@@ -292,6 +303,21 @@ def _create_exclusive(fs, path: str, data: bytes) -> None:
             f"{_url(fs, path)}: this storage ({protocol}) offers no exclusive create, so an atomic, race-free publish "
             "cannot be guaranteed"
         ) from exc
+
+
+def _create_exclusive_gcs(fs, path: str, data: bytes) -> None:
+    """GCS: an upload with the precondition ifGenerationMatch=0 succeeds only if no object of
+    that name exists (gcsfs passes `if_generation_match` through to the upload)."""
+    try:
+        fs.pipe_file(path, data, if_generation_match=0)
+    except TypeError as exc:
+        raise PublishError(f"{_url(fs, path)}: this gcsfs cannot send a generation precondition ({exc}); "
+                           "an atomic, race-free publish cannot be guaranteed") from exc
+    except OSError as exc:
+        fs.invalidate_cache(path)
+        if fs.exists(path):  # 412 Precondition Failed: another publisher created it
+            raise FileExistsError(errno.EEXIST, f"{path} exists") from exc
+        raise
 
 
 # ---------------------------------------------------------------- index access
@@ -346,19 +372,34 @@ def publish(
     Returns the version (created_now False when it already existed with the
     same content). Raises PublishError when the dataset is invalid or the
     storage fails, VersionConflict when the version exists with other content."""
-    from tqdm import tqdm
-
     _check_name(name)
     parse_semver(version)
     to_url = to_url or default_registry()
     fs, base = _fs(to_url, storage_options)  # a bad URL fails before any hashing
     dataset_dir = Path(dataset_dir)
-    if validate:
-        problems = check_dataset(dataset_dir)
-        if problems:
-            shown = "\n  ".join(problems[:10])
-            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-            raise PublishError(f"{dataset_dir}: refusing to publish an invalid dataset ({len(problems)} problem(s)):\n  {shown}{more}")
+    if not dataset_dir.is_dir():
+        raise PublishError(f"{dataset_dir}: no such dataset directory")
+    try:
+        with dataset_lock(dataset_dir, shared=True):  # no job may write while it is checked, hashed and copied
+            if validate:
+                _refuse_invalid(dataset_dir)
+            return _publish_locked(dataset_dir, name, version, to_url, fs, base, progress)
+    except DatasetBusy as exc:
+        raise PublishError(f"refusing to publish: {exc}") from None
+
+
+def _refuse_invalid(dataset_dir: Path) -> None:
+    problems = check_dataset(dataset_dir)
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise PublishError(f"{dataset_dir}: refusing to publish an invalid dataset ({len(problems)} problem(s)):\n  {shown}{more}")
+
+
+def _publish_locked(dataset_dir: Path, name: str, version: str, to_url: str, fs, base: str,
+                    progress: bool) -> PublishedVersion:
+    from tqdm import tqdm
+
     files = hash_dataset(dataset_dir, progress=progress)
     checksum = content_checksum(files)
     version_dir = posixpath.join(base, name, version)
@@ -395,6 +436,9 @@ def publish(
                 for size in pool.map(upload, sorted(files)):
                     bar.update(size)
         _check_uploaded_sizes(fs, staging, files)
+        if local:
+            fsync_tree(staging)
+            fsync_dir(posixpath.dirname(staging))  # the data is durable before the index that makes it a version
     except PublishError:
         _remove_quietly(fs, staging)
         raise
@@ -423,10 +467,15 @@ def publish(
     try:
         _create_exclusive(fs, posixpath.join(version_dir, INDEX), data)
     except FileExistsError:
-        _remove_quietly(fs, staging)  # another publisher won; our copy is garbage
         winner = _read_index(fs, version_dir)
         if winner is None:
             raise PublishError(f"{ref}: index creation reported a conflict but no index exists; retry") from None
+        if winner.get("publish_id") == publish_id:
+            # Our own index: a retried create whose first response was lost. The files it
+            # points at are ours, so they stay.
+            log.info("published %s (the index write was retried)", ref)
+            return _version_from_index(to_url, fs, version_dir, winner, created_now=True)
+        _remove_quietly(fs, staging)  # another publisher won; our copy is garbage
         return _same_or_conflict(to_url, fs, version_dir, winner, checksum, ref, raced=True)
     except PublishError:
         raise
@@ -550,7 +599,30 @@ def _resolve_index(ref: str, storage_options: Optional[dict]) -> tuple[Any, str,
         staged = [p for p in fs.glob(posixpath.join(version_dir, FILES_PREFIX + "*"))] if fs.exists(version_dir) else []
         hint = f" ({len(staged)} unfinished publish attempt(s) left files there; they are not a version)" if staged else ""
         raise PublishError(f"{base_url.rstrip('/')}/{name}@{version} is not published: no {INDEX}{hint}")
+    check_index_names(index, _url(fs, posixpath.join(version_dir, INDEX)))
     return fs, version_dir, index, base_url
+
+
+# Names from an index are checked before any path is built from them: an index is input, and a
+# `data_prefix` of "../x" or a file "a/../../b" must not reach outside the version's directory.
+_PREFIX_RE = re.compile(r"^files-\d{8}T\d{6}Z-[0-9a-f]{8}$")
+_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+def check_index_names(index: dict, where: str) -> None:
+    """PublishError unless data_prefix and every file path of `index` match their patterns."""
+    prefix = index.get("data_prefix")
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise PublishError(f"{where}: data_prefix {prefix!r} is not of the form files-<time>-<id>")
+    for rel in index.get("files", {}):
+        if not all(_PATH_PART_RE.match(part) for part in rel.split("/")):
+            raise PublishError(f"{where}: file path {rel!r} in the index is not a plain relative path")
+
+
+def resolve_files(ref: str, storage_options: Optional[dict] = None) -> tuple[Any, str, str, dict[str, dict]]:
+    """As `resolve`, plus the index's file table {relative path: {size, sha256}}."""
+    fs, version_dir, index, _ = _resolve_index(ref, storage_options)
+    return fs, posixpath.join(version_dir, index["data_prefix"]), index["version"], index["files"]
 
 
 def resolve(ref: str, storage_options: Optional[dict] = None) -> tuple[Any, str, str]:

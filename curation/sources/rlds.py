@@ -308,13 +308,11 @@ class RLDSSource:
                 yield err
                 return
             except (tf.errors.DataLossError, tf.errors.OpError) as e:
-                msg = _first_line(e)
-                err = EpisodeError(where, f"truncated or corrupt tfrecord, episodes {file_start + i}.."
-                                          f"{file_start + b - 1} of this file unreadable ({msg})",
-                                  provenance=self._provenance(file_start + i, path))
                 if on_error == "raise":
-                    raise err from None
-                yield err
+                    raise EpisodeError(where, f"truncated or corrupt tfrecord ({_first_line(e)})",
+                                       provenance=self._provenance(file_start + i, path)) from None
+                # TensorFlow stops at the first damaged record: read the rest from the framing.
+                yield from self._salvage_file(path, i, b, file_start, parse)
                 return
             try:
                 yield self._episode(record, file_start + i, path, parse)
@@ -324,6 +322,27 @@ class RLDSSource:
                 e.provenance = e.provenance or self._provenance(file_start + i, path)
                 yield e
             i += 1
+
+    def _salvage_file(self, path: str, a: int, b: int, file_start: int, parse):
+        """Episodes a..b-1 of a damaged tfrecord: each intact record read, each damaged one an
+        EpisodeError naming the byte offset and what is wrong (curation/sources/tfrecord_scan.py)."""
+        import tensorflow as tf
+
+        from curation.sources.tfrecord_scan import assign_indices, scan_records
+
+        log.warning("%s: damaged tfrecord, reading its intact records from the framing", path)
+        slots = assign_indices(scan_records(path), self._file_length(path))
+        for i in range(a, b):
+            data, reason = slots[i]
+            if data is None:
+                yield EpisodeError(self._where(file_start + i, path), reason,
+                                   provenance=self._provenance(file_start + i, path))
+                continue
+            try:
+                yield self._episode(tf.constant(data), file_start + i, path, parse)
+            except EpisodeError as e:
+                e.provenance = e.provenance or self._provenance(file_start + i, path)
+                yield e
 
     def _file_length(self, path: str) -> int:
         return next((f.num_episodes for f in self._files if f.path == path), -1)

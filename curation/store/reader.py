@@ -9,20 +9,37 @@
 A shard's arrays are read in bulk (one Zarr shard file per array), then sliced
 per episode and anchor in memory: reading costs one request per array per shard,
 never one per element. Memory is one shard at a time.
+
+Reads verify themselves (`verify=True`, the default; `verify=False` skips it, for a reader that
+trusts its storage: the cost is in `curate bench loader`):
+- a published version: opening it checks every file's size against `index.json` and the sha256
+  of every file outside `shards/` (manifest, stats, card); a shard's files are fetched once, each
+  checked against its sha256, and decoded from memory. A missing or damaged file is a
+  `DatasetIntegrityError` naming it.
+- any dataset: every episode read is checked against its manifest checksum, so a missing chunk
+  (which Zarr would read as fill values) or a damaged one is an error naming shard and episode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
+import re
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, STATS_JSON
+from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, STATS_JSON, episode_checksum
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
+# Shard names come from the manifest (input): checked before a path is built from one.
+SHARD_NAME_RE = re.compile(r"^shard-\d+(-\d+)?$")
+
+
+class DatasetIntegrityError(RuntimeError):
+    """A file of a curated dataset is missing, of the wrong size, or its bytes do not match."""
 
 
 def array_names(group) -> list[str]:
@@ -36,11 +53,15 @@ class CuratedDataset:
     """A curated dataset on any fsspec filesystem (see open_dataset)."""
 
     def __init__(self, fs, root: str, ref: str = "", version: Optional[str] = None,
-                 storage_options: Optional[dict] = None):
+                 storage_options: Optional[dict] = None, files: Optional[dict[str, dict]] = None,
+                 verify: bool = True):
         import pyarrow.parquet as pq
 
         self.fs, self.root, self.ref, self.version = fs, root.rstrip("/"), ref, version
         self.storage_options = storage_options or {}
+        self.files, self.verify = files, verify  # files: a published version's index table
+        if verify and files is not None:
+            self._check_published_files()
         manifest_path = self._path(MANIFEST)
         if not fs.exists(manifest_path):
             raise FileNotFoundError(f"{ref or root}: no {MANIFEST} (not a finished curated dataset)")
@@ -49,6 +70,28 @@ class CuratedDataset:
         self.info = self._json(DATASET_JSON) or {}
         self._rows = self.manifest.to_pylist()
         self._by_id = {r["episode_id"]: r for r in self._rows}
+        bad = sorted({r["shard"] for r in self._rows if not SHARD_NAME_RE.match(str(r["shard"]))})
+        if bad:
+            raise DatasetIntegrityError(f"{ref or root}: {MANIFEST} names shard(s) {bad[:3]} not of the form shard-NNNNN")
+
+    def _check_published_files(self) -> None:
+        """Every indexed file present with its size; every file outside shards/ hashed."""
+        found = {posixpath.relpath(p, self.root): info.get("size")
+                 for p, info in self.fs.find(self.root, detail=True).items()}
+        where = self.ref or self.root
+        for rel, entry in sorted(self.files.items()):
+            if rel not in found:
+                raise DatasetIntegrityError(f"{where}: {rel} is missing (listed in index.json)")
+            if found[rel] != entry["size"]:
+                raise DatasetIntegrityError(f"{where}: {rel} has {found[rel]} bytes, index.json says {entry['size']}")
+            if not rel.startswith(SHARDS_DIR + "/"):
+                self._checked_bytes(rel)
+
+    def _checked_bytes(self, rel: str) -> bytes:
+        data = self.fs.cat_file(self._path(rel))
+        if hashlib.sha256(data).hexdigest() != self.files[rel]["sha256"]:
+            raise DatasetIntegrityError(f"{self.ref or self.root}: {rel}: sha256 does not match index.json (damaged file)")
+        return data
 
     # ---- metadata ----------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -88,22 +131,63 @@ class CuratedDataset:
         import zarr
         from fsspec.implementations.local import LocalFileSystem
 
+        if not SHARD_NAME_RE.match(shard):
+            raise DatasetIntegrityError(f"{self.ref or self.root}: bad shard name {shard!r}")
+        if self.verify and self.files is not None:
+            return zarr.open_group(self._verified_store(shard), mode="r", zarr_format=3)
         path = self._path(SHARDS_DIR, shard)
         if isinstance(self.fs, LocalFileSystem):
-            return zarr.open_group(path, mode="r")
-        return zarr.open_group(self.fs.unstrip_protocol(path), mode="r", storage_options=self.storage_options)
+            return zarr.open_group(path, mode="r", zarr_format=3)
+        return zarr.open_group(self.fs.unstrip_protocol(path), mode="r", zarr_format=3,
+                               storage_options=self.storage_options)
+
+    def _verified_store(self, shard: str):
+        """The shard's files fetched once each, checked against index.json, in a memory store."""
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.storage import MemoryStore
+
+        prefix = f"{SHARDS_DIR}/{shard}/"
+        proto = default_buffer_prototype()
+        contents = {rel[len(prefix):]: proto.buffer.from_bytes(self._checked_bytes(rel))
+                    for rel in self.files if rel.startswith(prefix)}
+        if "zarr.json" not in contents:
+            raise DatasetIntegrityError(f"{self.ref or self.root}: shard {shard} is not in index.json")
+        return MemoryStore(contents, read_only=True)
 
     def read_shard(self, shard: str) -> dict[str, np.ndarray]:
-        """Every array of a shard, read in bulk: {name: array over the shard's frames/anchors}."""
+        """Every array of a shard, read in bulk: {name: array over the shard's frames/anchors}.
+        Each array's declared length is checked against the manifest before anything is read."""
         group = self._group(shard)
-        return {name: group[name][...] for name in array_names(group)}
+        rows = [r for r in self._rows if r["shard"] == shard]
+        frames = max((r["frame_start"] + r["frame_count"] for r in rows), default=0)
+        anchors = max((r["anchor_start"] + r["anchor_count"] for r in rows), default=0)
+        out = {}
+        for name in array_names(group):
+            arr = group[name]
+            want = frames if name.split("/")[0] in FRAME_ARRAYS else anchors
+            if not arr.shape or arr.shape[0] < want:
+                raise DatasetIntegrityError(
+                    f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: declared shape {arr.shape} is shorter than "
+                    f"the {want} {'frames' if want == frames else 'anchors'} the manifest places in it")
+            out[name] = arr[...]
+        return out
 
-    def episode_arrays(self, episode_id: str, data: Optional[dict] = None) -> dict[str, np.ndarray]:
-        """One episode's arrays (frame arrays F x ..., anchor arrays N x ...)."""
-        r = self._by_id[episode_id]
-        data = data if data is not None else self.read_shard(r["shard"])
+    def _slice(self, r: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         fs, fc, as_, ac = r["frame_start"], r["frame_count"], r["anchor_start"], r["anchor_count"]
         return {n: (a[fs:fs + fc] if n.split("/")[0] in FRAME_ARRAYS else a[as_:as_ + ac]) for n, a in data.items()}
+
+    def _check_episode(self, r: dict, arrays: dict[str, np.ndarray]) -> None:
+        if self.verify and episode_checksum(arrays) != r["checksum"]:
+            raise DatasetIntegrityError(
+                f"{self.ref or self.root}: episode {r['episode_id']} in shard {r['shard']}: its arrays do not match "
+                f"the manifest checksum (a chunk file of {SHARDS_DIR}/{r['shard']} is missing or damaged)")
+
+    def episode_arrays(self, episode_id: str, data: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """One episode's arrays (frame arrays F x ..., anchor arrays N x ...), checked."""
+        r = self._by_id[episode_id]
+        arrays = self._slice(r, data if data is not None else self.read_shard(r["shard"]))
+        self._check_episode(r, arrays)
+        return arrays
 
     # ---- triplets ----------------------------------------------------------------
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = DEFAULT_CHUNK,
@@ -128,6 +212,7 @@ class CuratedDataset:
             motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"]
             actions, proprio = data["actions"], data.get("proprio")
             for r in rows:
+                self._check_episode(r, self._slice(r, data))
                 yield from self._episode_triplets(r, data, cams, motion_names, actions, proprio, chunk)
 
     def _episode_triplets(self, r, data, cams, motion_names, actions, proprio, chunk) -> Iterator[Triplet]:
@@ -155,11 +240,12 @@ class CuratedDataset:
             )
 
 
-def open_directory(ref: str, storage_options: Optional[dict] = None) -> CuratedDataset:
+def open_directory(ref: str, storage_options: Optional[dict] = None, verify: bool = True) -> CuratedDataset:
     """A curated dataset from a directory or an fsspec URL of one. Published versions
-    (`URL/NAME@V`) open through `curation.open_dataset`, which resolves them first."""
+    (`URL/NAME@V`) open through `curation.open_dataset`, which resolves them first.
+    verify=False skips the integrity checks of the module docstring."""
     import fsspec
 
     ref = str(ref)
     fs, root = fsspec.core.url_to_fs(ref, **(storage_options or {}))
-    return CuratedDataset(fs, root, ref, None, storage_options)
+    return CuratedDataset(fs, root, ref, None, storage_options, verify=verify)

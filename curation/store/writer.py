@@ -22,7 +22,6 @@ through zarr.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,7 +36,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from schemas.dataset import CONTRACT_VERSION, SHARDS_DIR, ArraySpec, spec_for
+from curation.store.durable import fsync_dir, fsync_tree, replace_durably
+from schemas.dataset import CONTRACT_VERSION, SHARDS_DIR, ArraySpec, episode_checksum, spec_for
 
 # Shard files are keyed "0.0.0.0" inside the array directory (zarr v3 "v2" chunk key
 # encoding): one directory per array instead of one per dimension, which is most of
@@ -63,17 +63,6 @@ def spec_by_name(name: str) -> ArraySpec:
 # ---------------------------------------------------------------------------------------
 # Checksums
 # ---------------------------------------------------------------------------------------
-
-def episode_checksum(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over an episode's array slices, in sorted name order, each prefixed by
-    its name, dtype and shape: independent of where the episode sits in a shard."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
-        h.update(memoryview(a).cast("B") if a.size else b"")
-    return h.hexdigest()
-
 
 # ---------------------------------------------------------------------------------------
 # Episode payloads
@@ -265,7 +254,7 @@ def write_group_json(group_dir: Path, attrs: dict) -> None:
     doc = {"attributes": json.loads(to_json(attrs)), "zarr_format": 3, "node_type": "group"}
     tmp = group_dir / f"{TMP_PREFIX}zarr.json"
     tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, group_dir / "zarr.json")
+    replace_durably(tmp, group_dir / "zarr.json")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -273,7 +262,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     tmp.write_text(to_json(obj) + "\n")
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def commit_unit(
@@ -323,6 +312,8 @@ def commit_unit(
         )
         write_group_json(tmp_dirs[0][0], {**primary_attrs, "commit": record})
         record = read_commit(tmp_dirs[0][0])  # exactly what a reader of the committed shard sees
+        for tmp, _ in tmp_dirs:
+            fsync_tree(tmp)  # every shard file on disk before any name becomes visible
         # Sub-shards first, the primary last: the primary's rename is the unit's commit.
         for tmp, final in tmp_dirs[1:] + tmp_dirs[:1]:
             try:
@@ -336,6 +327,7 @@ def commit_unit(
                     shutil.rmtree(tmp, ignore_errors=True)
                     return existing
                 shutil.rmtree(tmp, ignore_errors=True)
+        fsync_dir(shards_dir)  # the renames themselves
         return record
     finally:
         for tmp, _ in tmp_dirs:

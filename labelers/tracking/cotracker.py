@@ -78,7 +78,7 @@ class CoTrackerTracker:
         if ckpt is None:
             raise ValueError(f"CoTracker {variant} model requested but no checkpoint for it is configured")
         pred = torch.hub.load(self._repo, entry, source=self._source, pretrained=False)
-        state = torch.load(ckpt, map_location="cpu")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only: never unpickle code
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
         pred.model.load_state_dict(state)

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from pipelines.config import redact_beam_options
 from pipelines.engines.local import Failure, apply_or_fail
 
 log = logging.getLogger(__name__)
@@ -111,5 +112,5 @@ class BeamEngine:
         fs.rm(root, recursive=True)
 
     def stats(self) -> dict:
-        return {"beam_options": list(pipeline_options(self.cfg.engine.beam_options, self.cfg.engine.workers)
-                                     .get_all_options(drop_default=True).items())[:12]}
+        opts = pipeline_options(self.cfg.engine.beam_options, self.cfg.engine.workers)
+        return {"beam_options": redact_beam_options([list(kv) for kv in opts.get_all_options(drop_default=True).items()])[:12]}
