@@ -398,8 +398,6 @@ def _refuse_invalid(dataset_dir: Path) -> None:
 
 def _publish_locked(dataset_dir: Path, name: str, version: str, to_url: str, fs, base: str,
                     progress: bool) -> PublishedVersion:
-    from tqdm import tqdm
-
     files = hash_dataset(dataset_dir, progress=progress)
     checksum = content_checksum(files)
     version_dir = posixpath.join(base, name, version)
@@ -410,59 +408,9 @@ def _publish_locked(dataset_dir: Path, name: str, version: str, to_url: str, fs,
         return _same_or_conflict(to_url, fs, version_dir, existing, checksum, ref)
 
     publish_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-    prefix = FILES_PREFIX + publish_id
-    staging = posixpath.join(version_dir, prefix)
-    local = _is_local(fs)
-    total = sum(f["size"] for f in files.values())
-
-    def upload(rel: str) -> int:
-        # stream and hash what is actually written: the index describes the uploaded bytes,
-        # and a dataset modified since it was hashed is caught instead of published
-        target = posixpath.join(staging, rel)
-        if local:
-            fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        h = hashlib.sha256()
-        with open(dataset_dir / rel, "rb") as src, fs.open(target, "wb") as dst:
-            while chunk := src.read(_CHUNK):
-                h.update(chunk)
-                dst.write(chunk)
-        if h.hexdigest() != files[rel]["sha256"]:
-            raise PublishError(f"{dataset_dir / rel}: changed while being published; publish again when no job writes the dataset")
-        return files[rel]["size"]
-
-    try:
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"publish {name}@{version}", disable=not progress, leave=False) as bar:
-            with ThreadPoolExecutor(max_workers=1 if local else _THREADS) as pool:
-                for size in pool.map(upload, sorted(files)):
-                    bar.update(size)
-        _check_uploaded_sizes(fs, staging, files)
-        if local:
-            fsync_tree(staging)
-            fsync_dir(posixpath.dirname(staging))  # the data is durable before the index that makes it a version
-    except PublishError:
-        _remove_quietly(fs, staging)
-        raise
-    except Exception as exc:  # noqa: BLE001 - storage errors name the URL, never credentials
-        _remove_quietly(fs, staging)
-        raise PublishError(f"{_url(fs, staging)}: upload failed ({type(exc).__name__}: {exc})") from exc
-
-    contract = CONTRACT_VERSION
-    try:
-        contract = json.loads((dataset_dir / DATASET_JSON).read_text()).get("contract_version", CONTRACT_VERSION)
-    except (OSError, ValueError):
-        pass
-    index = {
-        "format": INDEX_FORMAT,
-        "name": name,
-        "version": version,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "contract_version": contract,
-        "publish_id": publish_id,
-        "data_prefix": prefix,
-        "content_checksum": checksum,
-        "episodes": _count_episodes(dataset_dir),
-        "files": {rel: files[rel] for rel in sorted(files)},
-    }
+    staging = posixpath.join(version_dir, FILES_PREFIX + publish_id)
+    _upload_all(dataset_dir, files, fs, staging, f"publish {name}@{version}", progress)
+    index = _new_index(dataset_dir, name, version, publish_id, checksum, files)
     data = (json.dumps(index, indent=1) + "\n").encode()
     try:
         _create_exclusive(fs, posixpath.join(version_dir, INDEX), data)
@@ -481,8 +429,68 @@ def _publish_locked(dataset_dir: Path, name: str, version: str, to_url: str, fs,
         raise
     except Exception as exc:  # noqa: BLE001
         raise PublishError(f"{_url(fs, posixpath.join(version_dir, INDEX))}: index write failed ({type(exc).__name__}: {exc})") from exc
-    log.info("published %s (%d files, %d bytes)", ref, len(files), total)
+    log.info("published %s (%d files, %d bytes)", ref, len(files), sum(f["size"] for f in files.values()))
     return _version_from_index(to_url, fs, version_dir, index, created_now=True)
+
+
+def _upload_all(dataset_dir: Path, files: dict[str, dict], fs, staging: str, label: str, progress: bool) -> None:
+    """Copy every file to `staging`, hashing what is written; on any failure remove `staging`."""
+    from tqdm import tqdm
+
+    local = _is_local(fs)
+
+    def upload(rel: str) -> int:
+        # stream and hash what is actually written: the index describes the uploaded bytes,
+        # and a dataset modified since it was hashed is caught instead of published
+        target = posixpath.join(staging, rel)
+        if local:
+            fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        h = hashlib.sha256()
+        with open(dataset_dir / rel, "rb") as src, fs.open(target, "wb") as dst:
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                dst.write(chunk)
+        if h.hexdigest() != files[rel]["sha256"]:
+            raise PublishError(f"{dataset_dir / rel}: changed while being published; publish again when no job writes the dataset")
+        return files[rel]["size"]
+
+    total = sum(f["size"] for f in files.values())
+    try:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False) as bar:
+            with ThreadPoolExecutor(max_workers=1 if local else _THREADS) as pool:
+                for size in pool.map(upload, sorted(files)):
+                    bar.update(size)
+        _check_uploaded_sizes(fs, staging, files)
+        if local:
+            fsync_tree(staging)
+            fsync_dir(posixpath.dirname(staging))  # the data is durable before the index that makes it a version
+    except PublishError:
+        _remove_quietly(fs, staging)
+        raise
+    except Exception as exc:  # noqa: BLE001 - storage errors name the URL, never credentials
+        _remove_quietly(fs, staging)
+        raise PublishError(f"{_url(fs, staging)}: upload failed ({type(exc).__name__}: {exc})") from exc
+
+
+def _new_index(dataset_dir: Path, name: str, version: str, publish_id: str, checksum: str,
+               files: dict[str, dict]) -> dict:
+    contract = CONTRACT_VERSION
+    try:
+        contract = json.loads((dataset_dir / DATASET_JSON).read_text()).get("contract_version", CONTRACT_VERSION)
+    except (OSError, ValueError):
+        pass
+    return {
+        "format": INDEX_FORMAT,
+        "name": name,
+        "version": version,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "contract_version": contract,
+        "publish_id": publish_id,
+        "data_prefix": FILES_PREFIX + publish_id,
+        "content_checksum": checksum,
+        "episodes": _count_episodes(dataset_dir),
+        "files": {rel: files[rel] for rel in sorted(files)},
+    }
 
 
 def _same_or_conflict(url, fs, version_dir, existing: dict, checksum: str, ref: str, raced: bool = False) -> PublishedVersion:
