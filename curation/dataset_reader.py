@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, STATS_JSON
+from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, STATS_JSON, contract_problem
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
@@ -47,6 +47,9 @@ class CuratedDataset:
         with fs.open(manifest_path, "rb") as f:
             self.manifest = pq.read_table(f)
         self.info = self._json(DATASET_JSON) or {}
+        problem = contract_problem(self.info.get("contract_version"))
+        if problem:
+            raise ValueError(f"{ref or root}: {problem}")
         self._rows = self.manifest.to_pylist()
         self._by_id = {r["episode_id"]: r for r in self._rows}
 
