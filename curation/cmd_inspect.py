@@ -255,7 +255,7 @@ def run_bench_read(args) -> int:
             steps += ep.num_steps
             frames += ep.num_steps * len(ep.frames)
         dt = time.perf_counter() - t
-        rows.append({"reader": "curation.rlds (bulk parse + cv2)", "episodes": episodes, "frames": frames,
+        rows.append({"reader": "curation.rlds (bulk parse + TFDS decoders)", "episodes": episodes, "frames": frames,
                      "seconds": dt, "episodes_per_s": episodes / dt, "frames_per_s": frames / dt,
                      "MB_per_s": nbytes / 1e6 / dt})
         if not args.no_baseline:
