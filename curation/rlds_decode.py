@@ -79,9 +79,11 @@ class FrameDecoder:
         blobs = [bytes(b) for b in encoded]
         try:
             return self._decode_all(tf.constant(blobs, tf.string)).numpy()
-        except (tf.errors.OpError, ValueError):
+        except (tf.errors.OpError, ValueError) as e:
             self._raise_first_bad_frame(blobs, where)
-            raise  # the batch failed although every frame decodes alone: report TF's own error
+            # Every frame decodes alone, yet the batch failed: report TF's own reason.
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EpisodeError(where, f"{self.what}: cannot decode its {len(blobs)} frames ({reason})") from None
 
     def _raise_first_bad_frame(self, blobs: list[bytes], where: str) -> None:
         import tensorflow as tf
