@@ -236,11 +236,13 @@ def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarra
         intr, estimated = None, None
     disp = track_displacement_px(labels)
     disp = disp[np.isfinite(disp)]
+    cameras = [k.split("/", 1)[1] for k in sorted(arrays) if k.startswith("frames/")]
     return {
         "episode_id": ep.episode_id, "dataset": p.dataset, "version": p.version, "split": p.split,
         "episode_index": int(p.episode_index), "source_file": p.file, "language": ep.language,
-        "primary_camera": ep.primary_camera,
-        "cameras": [k.split("/", 1)[1] for k in sorted(arrays) if k.startswith("frames/")],
+        "language_informative": bool(ep.language_informative),
+        "primary_camera": ep.primary_camera, "cameras": cameras,
+        "camera_sizes": [[int(d) for d in arrays[f"frames/{c}"].shape[1:3]] for c in cameras],
         "height": int(prim.shape[1]), "width": int(prim.shape[2]), "action_dim": int(ep.actions.shape[1]),
         "action_encoding": ep.action_encoding,
         "proprio_dim": int(ep.proprio.shape[1]) if ep.proprio is not None else None,

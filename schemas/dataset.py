@@ -15,7 +15,9 @@ Layout of DATASET_DIR (see schemas/CONTRACT.md for the prose version):
 Inside a shard group, arrays are concatenated over the shard's episodes along
 axis 0: frame arrays over frames (offsets frame_start/frame_count in the
 manifest), anchor arrays over anchors (anchor_start/anchor_count). All episodes
-of a shard share image size and camera set.
+of a shard share camera set and each camera's image size; cameras of one episode
+may differ in size (taco_play: rgb_static 150x200, rgb_gripper 84x84), so the
+image symbols H and W are bound per camera.
 """
 
 from __future__ import annotations
@@ -26,8 +28,20 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-CONTRACT_VERSION = "1.0.0"
+# Datasets of another major version are refused by the reader and the validator
+# (2.x: every camera has its own image size, listed in the manifest's camera_sizes).
+CONTRACT_VERSION = "2.0.0"
 SHARDS_DIR = "shards"
+
+
+def contract_problem(version) -> str:
+    """Why a dataset written under contract `version` cannot be read by this code ("" = it can)."""
+    v = str(version or "")
+    if v.split(".")[0] == CONTRACT_VERSION.split(".")[0]:
+        return ""
+    return (f"written under data contract {v or '(none)'}, this code reads contract {CONTRACT_VERSION} "
+            f"(schemas/CONTRACT.md: per-camera image sizes, manifest camera_sizes and language_informative); "
+            f"re-create it from its source with `curate run ... --overwrite`")
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.parquet"
 FILTERED = "filtered.parquet"
@@ -37,8 +51,9 @@ STATS_JSON = "stats.json"
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """An array of a shard group. Shape symbols: F frames, N anchors, H W image,
-    K points, T horizon, L latent tokens, A action dim, P proprio dim.
+    """An array of a shard group. Shape symbols: F frames, N anchors, H W image
+    (bound per camera for `{camera}` arrays: frames/{camera} and depth_m/{camera}
+    share their camera's H and W; motion_image has its own), K points, T horizon, L latent tokens, A action dim, P proprio dim.
     `nan_ok`: NaN is allowed (marks unknown); otherwise any NaN is a violation.
     `per`: "frame" or "anchor": which manifest offsets index axis 0.
     `optional`: absent when the label was not configured or not available."""
@@ -98,10 +113,12 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("anchor_start", pa.int64(), nullable=False),
         pa.field("anchor_count", pa.int64(), nullable=False),
         pa.field("language", pa.string()),
+        pa.field("language_informative", pa.bool_()),  # False: the dataset's placeholder language (kuka)
         pa.field("primary_camera", pa.string(), nullable=False),
         pa.field("cameras", pa.list_(pa.string()), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),  # of the primary camera
         pa.field("width", pa.int32(), nullable=False),
+        pa.field("camera_sizes", pa.list_(pa.list_(pa.int32(), 2)), nullable=False),  # [H, W] per `cameras` entry
         pa.field("action_dim", pa.int32(), nullable=False),
         pa.field("action_encoding", pa.string()),
         pa.field("proprio_dim", pa.int32()),

@@ -48,12 +48,21 @@ def test_static_with_labels_uses_track_displacement():
     assert apply_filters(ep, still, FilterConfig()) == ["static"]
 
 
-@pytest.mark.parametrize("language,informative", [("", True), ("   \n", True), ("pick up the cup", False)])
-def test_no_language(language, informative):
+@pytest.mark.parametrize("language", ["", "   \n"])
+def test_no_language(language):
     ep = make_episode(0, language=language)
-    ep.language_informative = informative
     assert apply_filters(ep, None, FilterConfig()) == ["no_language"]
     assert apply_filters(ep, None, FilterConfig(require_language=False)) == []
+
+
+def test_placeholder_language_is_kept_unless_asked_to_drop_it():
+    ep = make_episode(0, language="pick anything")
+    ep.language_informative = False  # kuka: the same placeholder on every episode
+    assert apply_filters(ep, None, FilterConfig()) == []
+    assert apply_filters(ep, None, FilterConfig(drop_uninformative_language=True)) == ["no_language"]
+    assert apply_filters(ep, None, FilterConfig(drop_uninformative_language=True, require_language=False)) == []
+    ep.language_informative = True
+    assert apply_filters(ep, None, FilterConfig(drop_uninformative_language=True)) == []
 
 
 def test_low_visibility_needs_labels():

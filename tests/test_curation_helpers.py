@@ -117,6 +117,7 @@ def _row(ep: Episode, lab: EpisodeLabels) -> dict:
         "language": ep.language,
         "primary_camera": ep.primary_camera,
         "cameras": ep.cameras,
+        "camera_sizes": [list(ep.frames[c].shape[1:3]) for c in ep.cameras],
         "height": int(H),
         "width": int(W),
         "action_dim": int(ep.actions.shape[1]),

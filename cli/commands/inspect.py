@@ -119,7 +119,7 @@ def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = 
 
 
 def format_inspect(r: dict) -> str:
-    from cli.output import format_table
+    from curation.formats import format_table
 
     hz = "unknown" if r["control_hz"] is None else f"{r['control_hz']:g} Hz"
     lines = [
@@ -234,7 +234,9 @@ def run_bench_read(args) -> int:
     import tensorflow_datasets as tfds
     from tqdm import tqdm
 
-    from cli.output import emit, format_table, write_bench_json
+    from cli.output import emit, write_bench_json
+
+    from curation.formats import format_table
     from curation.sources.rlds import RLDSSource
 
     tmp = None
@@ -255,7 +257,7 @@ def run_bench_read(args) -> int:
             steps += ep.num_steps
             frames += ep.num_steps * len(ep.frames)
         dt = time.perf_counter() - t
-        rows.append({"reader": "curation.sources.rlds (bulk parse + cv2)", "episodes": episodes, "frames": frames,
+        rows.append({"reader": "curation.sources.rlds (bulk parse + TFDS decoders)", "episodes": episodes, "frames": frames,
                      "seconds": dt, "episodes_per_s": episodes / dt, "frames_per_s": frames / dt,
                      "MB_per_s": nbytes / 1e6 / dt})
         if not args.no_baseline:

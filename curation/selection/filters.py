@@ -15,8 +15,11 @@ Reason names (stable; they appear in filtered.parquet, job summaries, cards):
                     without labels, fewer than `static_changed_fraction` of the
                     primary camera's pixels change by more than
                     `static_pixel_delta` grey levels between any frame and the first
-    no_language     missing or blank instruction, or a dataset known to carry
-                    placeholder language (Episode.language_informative False)
+    no_language     missing or blank instruction; with `drop_uninformative_language`
+                    also a dataset's known placeholder language (kuka's "pick
+                    anything": Episode.language_informative False), which is
+                    otherwise kept (motion labels need no informative language)
+                    and flagged in the manifest's language_informative column
     low_visibility  mean track visibility over in-range steps < `min_track_visibility`
     bad_actions     NaN/inf actions, or |action| > `max_abs_action` in any dimension
     blank_camera    the primary camera is blank (declared blank by the reader, or
@@ -50,6 +53,7 @@ class FilterConfig:
     static_pixel_delta: float = 12.0  # static (no labels): grey-level change that counts as a change (above JPEG noise)
     static_changed_fraction: float = 0.002  # static (no labels): share of pixels that must change at some frame
     require_language: bool = True  # no_language: False switches it off
+    drop_uninformative_language: bool = False  # no_language: True also drops placeholder language
     min_track_visibility: float = 0.2  # low_visibility: mean visibility of in-range track steps
     max_abs_action: Optional[float] = 1.0e3  # bad_actions: bound on |a|; None checks only NaN/inf
     blank_std: float = 2.0  # blank_camera: a frame whose pixel std is below this is flat
@@ -88,7 +92,9 @@ def too_short(ep: Episode, labels: EpisodeLabels | None, cfg: FilterConfig) -> b
 def no_language(ep: Episode, labels: EpisodeLabels | None, cfg: FilterConfig) -> bool:
     if not cfg.require_language:
         return False
-    return not (ep.language or "").strip() or not ep.language_informative
+    if not (ep.language or "").strip():
+        return True
+    return cfg.drop_uninformative_language and not ep.language_informative
 
 
 def bad_actions(ep: Episode, labels: EpisodeLabels | None, cfg: FilterConfig) -> bool:

@@ -10,8 +10,10 @@ opened with `tfds.builder_from_directory`, which gives the features, the split a
 shards with their episode counts. Episodes are then read shard by shard straight from the
 tfrecords and parsed in bulk with TFDS's own example parser (one call per episode gives every
 step stacked: T encoded images, T x A actions), restricted to the keys the dataset config
-needs. Images are decoded with OpenCV (several hundred frames/s per core; TFDS's default
-decoding would go through a nested tf.data pipeline per step). Reading shard by shard also
+needs. Images (cameras and Image-encoded depth) are decoded by each feature's own TFDS
+decoder in one bulk call per camera and episode (curation/sources/rlds_decode.py): the pixels and
+depths `builder.as_dataset()` would give, without its nested tf.data pipeline per step.
+Reading shard by shard also
 lets a truncated or corrupt tfrecord be reported with its file and first unreadable episode
 while the other shards still read.
 
@@ -38,6 +40,7 @@ from curation.sources.openx.registry import (
     get_dataset_config,
     infer_dataset_config,
 )
+from curation.sources.rlds_decode import FrameDecoder, feature_at, is_image_feature
 from schemas.episode import CameraIntrinsics, Episode, EpisodeError, Provenance
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,7 @@ class RLDSSource:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
         self._files = [ShardFile(p, n, int(o)) for p, n, o in zip(paths, lengths, offsets[:-1])]
         self._parse = None  # built lazily (a tf.function; not picklable, so not built in __init__)
+        self._decoders: dict[str, FrameDecoder] = {}  # step key -> decoder, built with the parser
 
     # ------------------------------------------------------------------ metadata
 
@@ -154,6 +158,7 @@ class RLDSSource:
         state = dict(self.__dict__)
         state["_builder"] = None
         state["_parse"] = None
+        state["_decoders"] = {}
         return state
 
     def _leaf_info(self) -> dict[str, dict]:
@@ -271,8 +276,21 @@ class RLDSSource:
             if "episode_metadata" in full:
                 spec["episode_metadata"] = full["episode_metadata"]
             parser = example_parser.ExampleParser(spec)
+            self._decoders = self._frame_decoders()
             self._parse = tf.function(parser.parse_example, input_signature=[tf.TensorSpec([], tf.string)])
         return self._parse
+
+    def _frame_decoders(self) -> dict[str, FrameDecoder]:
+        """A TFDS-exact decoder per Image feature the config reads (cameras and depth)."""
+        features = self._builder.info.features
+        named = [(f"observation/{cam}", f"camera {cam!r}") for cam in self.config.cameras]
+        named += [(d.key, f"depth {d.key!r}") for d in self.config.depth]
+        out = {}
+        for key, what in named:
+            feature = feature_at(features, key)
+            if is_image_feature(feature):
+                out[key] = FrameDecoder(feature, what, self.decode_threads)
+        return out
 
     def _wanted_step_keys(self) -> list[str]:
         c = self.config
@@ -399,15 +417,16 @@ class RLDSSource:
 
         frames: dict[str, np.ndarray] = {}
         for cam in c.cameras:
-            frames[cam] = _decode_rgb(steps[f"observation/{cam}"], where, cam, bgr=cam in c.bgr_cameras,
-                                      threads=self.decode_threads)
+            key = f"observation/{cam}"
+            frames[cam] = _decode_rgb(steps[key], self._decoders.get(key), where, cam, bgr=cam in c.bgr_cameras)
             if frames[cam].shape[0] != T:
                 raise EpisodeError(where, f"camera {cam!r} has {frames[cam].shape[0]} frames, actions {T} steps")
         blank = tuple(cam for cam, fr in frames.items() if not fr.any())
 
         depth_m: dict[str, np.ndarray] = {}
         for d in c.depth:
-            depth_m[d.camera] = _decode_depth(steps[d.key], d, where, frames[d.camera].shape[1:3])
+            depth_m[d.camera] = _decode_depth(steps[d.key], self._decoders.get(d.key), d, where,
+                                              frames[d.camera].shape[1:3])
 
         proprio = None
         if c.proprio_keys:
@@ -520,81 +539,37 @@ def _concat(steps: dict, keys: Sequence[str], where: str, what: str) -> np.ndarr
     return np.concatenate(parts, axis=1) if parts else np.zeros((0, 0), np.float32)
 
 
-def _imdecode(blob: bytes, flags: int):
-    import cv2
+def _decode_rgb(encoded: np.ndarray, decoder: Optional[FrameDecoder], where: str, cam: str,
+                bgr: bool) -> np.ndarray:
+    """A camera's T frames as stored (encoded Image or a pixel Tensor) -> T x H x W x 3 uint8 RGB.
 
-    if not blob:
-        return None
-    return cv2.imdecode(np.frombuffer(blob, np.uint8), flags)
-
-
-def _decode_rgb(encoded: np.ndarray, where: str, cam: str, bgr: bool, threads: int = 1) -> np.ndarray:
-    """T encoded images -> T x H x W x 3 uint8 RGB. `bgr`: the dataset stored channels swapped.
-
-    OpenCV decodes straight into RGB order (IMREAD_COLOR_RGB) and into one preallocated
-    array; with threads > 1 frames decode concurrently (cv2 releases the GIL)."""
-    import cv2
-
-    if encoded.dtype != object:  # already a pixel array (Tensor feature, not Image)
+    `bgr`: the dataset stored the channels swapped (TFDS hands them over as stored; we flip).
+    A single-channel camera is repeated to 3 channels, an alpha channel is dropped."""
+    if decoder is None:  # a pixel Tensor feature, not an Image
         arr = np.asarray(encoded)
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
             raise EpisodeError(where, f"camera {cam!r}: expected T x H x W x 3 uint8, got {arr.shape} {arr.dtype}")
-        return np.ascontiguousarray(arr[..., ::-1]) if bgr else arr
-    T = len(encoded)
-    if T == 0:
-        return np.zeros((0, 0, 0, 3), np.uint8)
-    # A dataset stored BGR holds B in the "R" slot: OpenCV's native B,G,R order is then RGB.
-    flags = cv2.IMREAD_COLOR if bgr else getattr(cv2, "IMREAD_COLOR_RGB", None)
-    swap = flags is None  # old OpenCV without IMREAD_COLOR_RGB: swap after decoding
-    flags = cv2.IMREAD_COLOR if swap else flags
-
-    def decode(t):
-        img = _imdecode(bytes(encoded[t]), flags)
-        if img is None:
-            raise EpisodeError(where, f"step {t} camera {cam!r}: undecodable image ({len(encoded[t])} bytes)")
-        return img
-
-    first = decode(0)
-    out = np.empty((T, *first.shape), np.uint8)
-    out[0] = first
-
-    def fill(t):
-        img = decode(t)
-        if img.shape != first.shape:
-            raise EpisodeError(where, f"step {t} camera {cam!r}: image shape {img.shape} != {first.shape} at step 0")
-        out[t] = img
-
-    if threads > 1 and T > 8:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(fill, range(1, T)))  # list() re-raises the first error
     else:
-        for t in range(1, T):
-            fill(t)
-    if swap:
-        cv2.cvtColor(out.reshape(-1, out.shape[2], 3), cv2.COLOR_BGR2RGB, dst=out.reshape(-1, out.shape[2], 3))
-    return out
+        arr = decoder(encoded, where)  # T H W C, the feature's dtype
+        if arr.dtype != np.uint8 or arr.shape[-1] not in (1, 3, 4):
+            raise EpisodeError(where, f"camera {cam!r}: an Image of {arr.dtype} x {arr.shape[-1]} channels is not RGB")
+        if arr.shape[-1] == 1:
+            arr = np.repeat(arr, 3, axis=-1)
+        elif arr.shape[-1] == 4:
+            arr = arr[..., :3]
+    return np.ascontiguousarray(arr[..., ::-1]) if bgr else arr
 
 
-def _decode_depth(raw, spec, where: str, hw: tuple[int, int]) -> np.ndarray:
-    """Depth as stored (encoded PNG images or a tensor) -> T x H x W float32 metres, NaN = unknown."""
-    import cv2
+def _decode_depth(raw, decoder: Optional[FrameDecoder], spec, where: str, hw: tuple[int, int]) -> np.ndarray:
+    """Depth as stored -> T x H x W float32 metres, NaN = unknown.
 
-    if raw.dtype == object:
-        frames = []
-        for t, blob in enumerate(raw):
-            img = _imdecode(bytes(blob), cv2.IMREAD_UNCHANGED)
-            if img is None:
-                raise EpisodeError(where, f"step {t} depth {spec.key!r}: undecodable image ({len(blob)} bytes)")
-            frames.append(img if img.ndim == 2 else img[..., 0])
-        arr = np.stack(frames) if frames else np.zeros((0, *hw))
-    else:
-        arr = np.asarray(raw)
-        if arr.ndim == 4 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim != 3:
-            raise EpisodeError(where, f"depth {spec.key!r}: expected T x H x W, got {arr.shape}")
+    Stored as an Image (uint16 PNG, float32 bitcast PNG, uint8) it is decoded as TFDS decodes
+    it, then its first channel is the reading; a Tensor (T x H x W or T x H x W x 1) is used as is."""
+    arr = decoder(raw, where) if decoder is not None else np.asarray(raw)
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    if arr.ndim != 3 or arr.dtype == object:
+        raise EpisodeError(where, f"depth {spec.key!r}: expected T x H x W numbers, got {arr.shape} {arr.dtype}")
     depth = arr.astype(np.float32) * np.float32(spec.scale_to_m)
     if spec.zero_is_invalid:
         depth[arr == 0] = np.nan

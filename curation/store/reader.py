@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, STATS_JSON, episode_checksum
+from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, STATS_JSON, contract_problem, episode_checksum
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
@@ -68,6 +68,9 @@ class CuratedDataset:
         with fs.open(manifest_path, "rb") as f:
             self.manifest = pq.read_table(f)
         self.info = self._json(DATASET_JSON) or {}
+        problem = contract_problem(self.info.get("contract_version"))
+        if problem:
+            raise ValueError(f"{ref or root}: {problem}")
         self._rows = self.manifest.to_pylist()
         self._by_id = {r["episode_id"]: r for r in self._rows}
         bad = sorted({r["shard"] for r in self._rows if not SHARD_NAME_RE.match(str(r["shard"]))})

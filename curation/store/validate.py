@@ -8,8 +8,9 @@ What is checked:
   filtered.parquet schemas, no leftover temporary shards, no shard missing its commit
   record, no committed shard with episodes that the manifest does not list;
 - arrays of every shard: known names only, every required array present, dtypes and
-  ranks per SHARD_ARRAYS, symbolic shapes consistent (F, N, H, W, K, T, A, P, L) and
-  equal to the manifest's (height, width, action_dim, proprio_dim, cameras);
+  ranks per SHARD_ARRAYS, symbolic shapes consistent (F, N, K, T, A, P, L; H and W per
+  camera) and equal to the manifest's (height, width, camera_sizes, action_dim,
+  proprio_dim, cameras);
 - offsets: frame/anchor ranges inside the arrays, not overlapping;
 - content: per-episode checksums recomputed; NaN only where the spec allows it;
   masks consistent (visible => in range; out-of-range track steps are NaN, never
@@ -31,8 +32,8 @@ from typing import Iterable
 import numpy as np
 
 from schemas.dataset import (
-    CONTRACT_VERSION, DATASET_JSON, FILTERED, MANIFEST, MANIFEST_SCHEMA, QUARANTINE, QUARANTINE_SCHEMA,
-    SHARD_ARRAYS, SHARDS_DIR, spec_for,
+    DATASET_JSON, FILTERED, MANIFEST, MANIFEST_SCHEMA, QUARANTINE, QUARANTINE_SCHEMA,
+    SHARD_ARRAYS, SHARDS_DIR, ArraySpec, contract_problem, spec_for,
 )
 from schemas.triplet import LATENT_PAD_TOKEN
 
@@ -56,6 +57,17 @@ class Violation:
 # Per-episode checks (arrays of ONE episode: frame arrays F x ..., anchor arrays N x ...)
 # ---------------------------------------------------------------------------------------
 
+def _symbol_key(sym: str, spec: ArraySpec, name: str) -> str:
+    """The key a shape symbol is bound under: image symbols per camera (frames/{camera} and
+    depth_m/{camera} of one camera agree; cameras may differ), motion images on their own."""
+    if sym in ("H", "W"):
+        if "{camera}" in spec.name:
+            return f"{sym}@{name.split('/', 1)[1]}"
+        if spec.name == "motion_image":
+            return "m" + sym
+    return sym
+
+
 def _check_shapes(arrays: dict[str, np.ndarray], out: list[tuple[str, str, str]]) -> dict[str, int]:
     """dtype/rank per spec and consistency of the shape symbols; returns the bound symbols."""
     dims: dict[str, int] = {}
@@ -75,11 +87,10 @@ def _check_shapes(arrays: dict[str, np.ndarray], out: list[tuple[str, str, str]]
                 if int(sym) != size:
                     out.append(("shape", name, f"axis {sym!r} has size {size} (shape {a.shape})"))
                 continue
-            key = sym
-            if sym in ("H", "W") and spec.name == "motion_image":
-                key = "m" + sym  # motion images may be at their own resolution
+            key = _symbol_key(sym, spec, name)
             if key in dims and dims[key] != size:
-                out.append(("shape", name, f"axis {sym} = {size} but other arrays have {dims[key]} (shape {a.shape})"))
+                others = f"other {key.split('@')[1]} arrays" if "@" in key else "other arrays"
+                out.append(("shape", name, f"axis {sym} = {size} but {others} have {dims[key]} (shape {a.shape})"))
             else:
                 dims.setdefault(key, size)
     for req in REQUIRED:
@@ -201,9 +212,9 @@ def validate_dataset(path: str | Path, checksums: bool = True, progress: bool = 
     else:
         try:
             info = json.loads(info_path.read_text())
-            v = str(info.get("contract_version", ""))
-            if v.split(".")[0] != CONTRACT_VERSION.split(".")[0]:
-                out.append(Violation("schema", DATASET_JSON, f"contract_version {v!r}, this code reads {CONTRACT_VERSION}"))
+            problem = contract_problem(info.get("contract_version"))
+            if problem:
+                out.append(Violation("schema", DATASET_JSON, problem))
         except ValueError as exc:
             out.append(Violation("unreadable", DATASET_JSON, str(exc)))
     for name, schema in ((QUARANTINE, QUARANTINE_SCHEMA),):
@@ -315,6 +326,7 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
             h, w = sl[f"frames/{r['primary_camera']}"].shape[1:3]
             if (h, w) != (r.get("height"), r.get("width")):
                 out.append(Violation("shape", ew, f"manifest says {r.get('height')}x{r.get('width')}, frames are {h}x{w}"))
+        _check_camera_sizes(r, sl, ew, out)
         if "actions" in sl and sl["actions"].ndim == 2 and sl["actions"].shape[1] != r.get("action_dim"):
             out.append(Violation("shape", ew, f"manifest action_dim {r.get('action_dim')}, actions have {sl['actions'].shape[1]}"))
         if ("proprio" in sl) != (r.get("proprio_dim") is not None):
@@ -328,6 +340,19 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
         for (a0, a1, e0), (b0, b1, e1) in zip(sp, sp[1:]):
             if b0 < a1:
                 out.append(Violation("offsets", where, f"{label} ranges of episodes {e0} and {e1} overlap"))
+
+
+def _check_camera_sizes(r: dict, sl: dict[str, np.ndarray], ew: str, out: list[Violation]) -> None:
+    """The manifest's camera_sizes: one [H, W] per listed camera, equal to its stored frames."""
+    cams, sizes = r.get("cameras") or [], r.get("camera_sizes")
+    if sizes is None or len(sizes) != len(cams):
+        out.append(Violation("schema", ew, f"camera_sizes {sizes} does not give one [H, W] per camera of {cams}"))
+        return
+    for cam, size in zip(cams, sizes):
+        frames = sl.get(f"frames/{cam}")
+        if frames is not None and frames.ndim == 4 and list(frames.shape[1:3]) != list(size):
+            out.append(Violation("shape", ew, f"manifest camera_sizes says {cam} is {size[0]}x{size[1]}, "
+                                              f"frames are {frames.shape[1]}x{frames.shape[2]}"))
 
 
 def _episode_problems(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, str]]:
