@@ -40,7 +40,7 @@ def add_commands(sub) -> None:
 
 def cmd_run(args) -> int:
     from pipelines.config import JobConfig
-    from pipelines.job import JobError, run_job
+    from pipelines.job import JobError, JobFailed, run_job
     from schemas.episode import EpisodeError
 
     try:
@@ -57,6 +57,9 @@ def cmd_run(args) -> int:
             print(yaml.safe_dump(cfg.effective().to_dict(), sort_keys=False), end="")
             return 0
         summary = run_job(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    except JobFailed as exc:  # it ran, and every unit failed
+        print(f"curate run: error: {exc}", file=sys.stderr)
+        return 1
     except (JobError, EpisodeError, ValueError, FileNotFoundError) as exc:
         print(f"curate run: error: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,9 @@ FILES_PREFIX = "files-"
 DEFAULT_REGISTRY = "~/.local/share/triplet-curator/registry"  # overridden by $CURATE_REGISTRY
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SEMVER_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?$")
+# Above this share of quarantined episodes (failed to read, check or label) a publish warns:
+# one episode in ten failing points to a broken source or config, not a few bad recordings.
+DEFAULT_MAX_QUARANTINED_SHARE = 0.1
 _CHUNK = 8 << 20
 _THREADS = 8
 
@@ -260,6 +263,32 @@ def _basic_checks(root: Path) -> list[str]:
     except ValueError as exc:
         problems.append(f"{root / DATASET_JSON}: not valid JSON ({exc})")
     return problems
+
+
+def check_contents(dataset_dir: str | os.PathLike, allow_empty: bool = False,
+                   max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE) -> list[str]:
+    """Refuse (PublishError) a dataset with no episodes unless `allow_empty`; return warnings
+    (a quarantined share above `max_quarantined_share` of the episodes the job read)."""
+    import pyarrow.parquet as pq
+
+    from schemas.dataset import QUARANTINE
+
+    root = Path(dataset_dir)
+    if not (root / MANIFEST).is_file():
+        return []  # not a finished dataset: the publish check says so
+    episodes = _count_episodes(root) or 0
+    quarantine = root / QUARANTINE
+    quarantined = int(pq.read_metadata(quarantine).num_rows) if quarantine.is_file() else 0
+    if episodes == 0 and not allow_empty:
+        raise PublishError(f"{root}: refusing to publish a dataset with no episodes ({quarantined} quarantined; "
+                           f"see {quarantine}); pass --allow-empty to publish it on purpose")
+    info = json.loads((root / DATASET_JSON).read_text()) if (root / DATASET_JSON).is_file() else {}
+    planned = (info.get("counts") or {}).get("planned") or (episodes + quarantined)
+    share = quarantined / planned if planned else 0.0
+    if share > max_quarantined_share:
+        return [f"{root}: {quarantined} of {planned} episodes ({share:.0%}) were quarantined, more than "
+                f"{max_quarantined_share:.0%} (see {quarantine})"]
+    return []
 
 
 # ---------------------------------------------------------------- exclusive create

@@ -33,6 +33,7 @@ from labelers.tracks import check_frames, check_queries, inside_image
 
 class CoTrackerTracker:
     name = "cotracker"
+    loads_model = True  # building it loads the network: config checks read its signature instead
 
     def __init__(
         self,

@@ -47,7 +47,7 @@ class _ApplyStage:
         key, item = keyed
         result = apply_or_fail(self.fn, item)
         if isinstance(result, Failure):
-            yield beam.pvalue.TaggedOutput("dead_letter", (key, result.error))
+            yield beam.pvalue.TaggedOutput("dead_letter", (key, result))
         else:
             yield key, result
 
@@ -107,7 +107,7 @@ class BeamEngine:
             kind, key = name.split("-")[0], int(name.split("-")[1].split(".")[0])
             with fs.open(path, "rb") as f:
                 value = pickle.load(f)
-            yield items[key], (Failure(value) if kind == "dead" else value)
+            yield items[key], value
         fs.rm(root, recursive=True)
 
     def stats(self) -> dict:
