@@ -18,8 +18,9 @@ Reasons an episode lacks a label:
     filtered: REASON / duplicate      dropped by a curation filter or as a duplicate
     quarantined at STAGE              failed to read, check or label
 
-3D scene flow is lifted wherever there is depth; without known intrinsics it uses
-intrinsics estimated from a field of view (`note` counts those episodes).
+3D scene flow is lifted wherever there is depth; without intrinsics in the source it
+uses intrinsics estimated from a field of view (the 3D row's `note` counts the written
+episodes that have none).
 """
 
 from __future__ import annotations
@@ -104,14 +105,15 @@ def label_coverage(dataset_dir: str | Path) -> dict:
                 with_label[label] += 1
             else:
                 missing[label][why] += 1
-        estimated += bool(has_depth and r.get("intrinsics_estimated"))
+        estimated += bool(r.get("intrinsics_estimated"))
     out = []
     for label, names in LABELS:
         reasons = Counter(missing[label])
         reasons.update(not_written)
         note = ""
         if label == "3D scene flow" and estimated:
-            note = f"{estimated} with intrinsics estimated from a {labels_cfg.get('fov_deg', 55.0):g} degree field of view"
+            note = (f"no intrinsics in the source for {estimated} of {len(rows)} written: a "
+                    f"{labels_cfg.get('fov_deg', 55.0):g} degree field of view is assumed")
         cause = missing[label].most_common(1)[0][0] if missing[label] else ""
         out.append({"label": label, "arrays": names, "episodes": with_label[label], "of": planned,
                     "missing": dict(reasons.most_common()), "cause": cause, "note": note})
