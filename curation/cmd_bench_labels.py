@@ -187,7 +187,7 @@ class _Pool:
 
 
 def run_labels(args) -> int:
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from labelers import ground_truth as gt
     from labelers import metrics
@@ -212,7 +212,7 @@ def run_labels(args) -> int:
     skipped: list[str] = []
     rng = np.random.default_rng(args.seed)
     t_start = time.time()
-    for ep in tqdm(episodes, desc="bench labels", unit="episode", file=sys.stderr):
+    for ep in progress_bar(episodes, desc="bench labels", unit="episode", file=sys.stderr):
         try:
             task = _task_of(ep)
             if task not in tasks:
@@ -422,7 +422,7 @@ def _best_time(fn, repeats: int) -> float:
 
 def run_labelers(args) -> int:
     import cv2
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from labelers.depth import DatasetDepth, get_depth_backend
     from labelers.episode_labeler import EpisodeLabeler, LabelConfig
@@ -442,10 +442,10 @@ def run_labelers(args) -> int:
         from curation.simulate import rollout_episode
 
         by_size = {}
-        for s in tqdm(sizes, desc="simulate", file=sys.stderr):
+        for s in progress_bar(sizes, desc="simulate", file=sys.stderr):
             by_size[s] = rollout_episode(args.tasks[0], seed=args.seed, size=s, max_steps=args.steps)
     depth_model = get_depth_backend("depth-anything", model=args.depth_model) if args.depth_model else None
-    for size in tqdm(sizes, desc="bench labelers", file=sys.stderr):
+    for size in progress_bar(sizes, desc="bench labelers", file=sys.stderr):
         ep = by_size[size]
         cam = ep.primary_camera
         frames = ep.frames[cam]

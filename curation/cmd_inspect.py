@@ -27,7 +27,7 @@ def add_commands(subparsers) -> None:
 def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = None, progress: bool = True) -> dict:
     """Read the split and return the summary dict `curate inspect` prints."""
     import numpy as np
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from curation.rlds import RLDSSource, dataset_summary_features
     from schemas.episode import EpisodeError
@@ -50,7 +50,7 @@ def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = 
     depth_px = Counter()
     success = Counter()
     bad = []
-    for item in tqdm(source.read(0, stop, on_error="yield"), total=stop, desc=f"inspect {source.name}",
+    for item in progress_bar(source.read(0, stop, on_error="yield"), total=stop, desc=f"inspect {source.name}",
                      unit="ep", disable=not progress):
         if isinstance(item, EpisodeError):
             bad.append({"where": item.where, "reason": item.reason})
@@ -275,7 +275,7 @@ def run_bench_read(args) -> int:
     import tempfile
 
     import tensorflow_datasets as tfds
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from curation.report import emit, format_table, write_bench_json
     from curation.rlds import RLDSSource
@@ -293,7 +293,7 @@ def run_bench_read(args) -> int:
         rows = []
         t = time.perf_counter()
         episodes = frames = steps = 0
-        for ep in tqdm(src.read(), total=src.num_episodes, desc="curation.rlds", unit="ep"):
+        for ep in progress_bar(src.read(), total=src.num_episodes, desc="curation.rlds", unit="ep"):
             episodes += 1
             steps += ep.num_steps
             frames += ep.num_steps * len(ep.frames)
@@ -306,7 +306,7 @@ def run_bench_read(args) -> int:
             builder = tfds.builder_from_directory(path)
             t = time.perf_counter()
             n = f = 0
-            for ep in tqdm(tfds.as_numpy(builder.as_dataset(split=args.split)), total=src.num_episodes,
+            for ep in progress_bar(tfds.as_numpy(builder.as_dataset(split=args.split)), total=src.num_episodes,
                            desc="tfds as_dataset", unit="ep"):
                 n += 1
                 for s in ep["steps"]:

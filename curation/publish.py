@@ -206,13 +206,13 @@ def dataset_files(dataset_dir: str | os.PathLike) -> list[str]:
 
 def hash_dataset(dataset_dir: str | os.PathLike, progress: bool = True) -> dict[str, dict]:
     """{relative path: {"sha256", "size"}} of every file to publish."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     root = Path(dataset_dir)
     rels = dataset_files(root)
     sizes = {rel: (root / rel).stat().st_size for rel in rels}
     files = {}
-    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="hash", disable=not progress, leave=False) as bar:
+    with progress_bar(total=sum(sizes.values()), unit="B", unit_scale=True, desc="hash", disable=not progress, leave=False) as bar:
         for rel in rels:
             files[rel] = {"sha256": _sha256_local(root / rel), "size": sizes[rel]}
             bar.update(sizes[rel])
@@ -400,7 +400,7 @@ def publish(
     Returns the version (created_now False when it already existed with the
     same content). Raises PublishError when the dataset is invalid or the
     storage fails, VersionConflict when the version exists with other content."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     _check_name(name)
     parse_semver(version)
@@ -444,7 +444,7 @@ def publish(
         return files[rel]["size"]
 
     try:
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"publish {name}@{version}", disable=not progress, leave=False) as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc=f"publish {name}@{version}", disable=not progress, leave=False) as bar:
             with ThreadPoolExecutor(max_workers=1 if local else _THREADS) as pool:
                 for size in pool.map(upload, sorted(files)):
                     bar.update(size)
@@ -645,7 +645,7 @@ class VerifyResult:
 
 def verify(ref: str, storage_options: Optional[dict] = None, progress: bool = True) -> VerifyResult:
     """Re-hash every file of a published version against its index."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     fs, version_dir, index, base_url = _resolve_index(ref, storage_options)
     root = posixpath.join(version_dir, index["data_prefix"])
@@ -667,7 +667,7 @@ def verify(ref: str, storage_options: Optional[dict] = None, progress: bool = Tr
         return None
 
     total = sum(files[rel]["size"] for rel in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress, leave=False) as bar:
         with ThreadPoolExecutor(max_workers=1 if _is_local(fs) else _THREADS) as pool:
             for rel, bad in zip(todo, pool.map(check, todo)):
                 bar.update(files[rel]["size"])

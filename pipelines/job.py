@@ -103,9 +103,9 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from tqdm import tqdm
+            from schemas.progress import progress_bar
 
-            self._bar = tqdm(total=self.total_eps, desc="curate", unit="ep", file=sys.stderr, dynamic_ncols=True)
+            self._bar = progress_bar(total=self.total_eps, desc="curate", unit="ep", file=sys.stderr, dynamic_ncols=True)
             self._thread = threading.Thread(target=self._watch, daemon=True)
             self._thread.start()
         return self
@@ -175,9 +175,9 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
     fps: dict = {}
     results = engine.map_unordered(FingerprintUnit(cfg), units)
     if progress:
-        from tqdm import tqdm
+        from schemas.progress import progress_bar
 
-        results = tqdm(results, total=len(units), desc="fingerprints", unit="unit", file=sys.stderr)
+        results = progress_bar(results, total=len(units), desc="fingerprints", unit="unit", file=sys.stderr)
     for _unit, res in results:
         if isinstance(res, Failure):
             log.warning("fingerprint pass failed for %s: %s", _unit.describe(), res.error.splitlines()[-1])

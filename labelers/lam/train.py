@@ -133,9 +133,9 @@ def train_lam(
     t0 = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
+        from schemas.progress import progress_bar
 
-        bar = tqdm(total=settings.steps, initial=start, desc="latent train", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=settings.steps, initial=start, desc="latent train", unit="step", dynamic_ncols=True)
     model.train()
     step = start
     try:

@@ -1,0 +1,58 @@
+"""Progress bars that suit where they are written: `progress_bar(...)` takes tqdm's arguments.
+
+On a terminal it is tqdm's bar, redrawn in place. Anywhere else (a log file, a CI log, a
+pipe) an in-place redraw is a new record per update: a training loop of 1,700 steps
+wrote 1,700 of them. There the bar is printed as whole lines, at most one every
+LOG_INTERVAL_S seconds, plus the first and the last.
+
+It lives with the contract because every layer (labelers, curation, pipelines, policy)
+draws progress and this package is the one they all may import; it imports only tqdm.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable, Optional, TextIO
+
+# A batch log gets a line every 10 s: a 10-minute job writes about 60 lines, enough to see
+# the rate and the time left without the log being mostly progress.
+LOG_INTERVAL_S = 10.0
+
+
+class LineWriter:
+    """A file for tqdm that turns its redraws ("\\r" + bar + padding) into whole lines."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    @property
+    def encoding(self) -> Optional[str]:  # tqdm picks its bar characters from it
+        return getattr(self.stream, "encoding", None)
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def progress_bar(iterable: Optional[Iterable] = None, **kwargs: Any):
+    """tqdm(iterable, **kwargs) on stderr (or kwargs["file"]): a live bar on a terminal,
+    a line every LOG_INTERVAL_S seconds elsewhere."""
+    from tqdm import tqdm
+
+    stream = kwargs.pop("file", None) or sys.stderr
+    if _is_terminal(stream):
+        return tqdm(iterable, file=stream, **kwargs)
+    kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+    kwargs["dynamic_ncols"] = False  # no terminal to measure
+    return tqdm(iterable, file=LineWriter(stream), **kwargs)
