@@ -150,7 +150,10 @@ def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) ->
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         if state.get("config_hash") != h:
-            if not overwrite:
+            written = sum(len(r.get("episodes", [])) for r in committed_groups(out_dir).values())
+            if written == 0:  # an earlier attempt that wrote no episode has nothing to keep
+                log.info("%s: replacing an earlier run with another config that wrote no episode", out_dir)
+            elif not overwrite:
                 raise JobError(
                     f"{out_dir} was started with a different config (hash {state.get('config_hash')} != {h}); "
                     "rerun with the same config to resume, or pass --overwrite to start again")

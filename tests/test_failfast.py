@@ -106,6 +106,21 @@ def test_a_unit_that_cannot_build_its_labeler_stops_the_job_and_the_fixed_rerun_
     assert summary["counts"]["written"] + summary["counts"]["filtered"] == 4
 
 
+def test_a_run_that_wrote_no_episode_does_not_block_the_corrected_one(bridge_dir, tmp_path):
+    """Bridge's image_3 is blank in every episode: labelling it quarantines them all."""
+    from pipelines.job import JobError, run_job
+
+    out = tmp_path / "out"
+    s = run_job(job_config(bridge_dir, extra=["labels.camera=image_3"], **{"source.stop": 2}), out, progress=False)
+    assert (s["counts"]["written"], s["counts"]["quarantined"]) == (0, 2)
+    q = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert {r["reason"].split(": ", 1)[-1] for r in q} == {"camera 'image_3' is blank in this episode"}
+    s = run_job(job_config(bridge_dir, **{"source.stop": 2}), out, progress=False)
+    assert (s["complete"], s["counts"]["written"] + s["counts"]["filtered"], s["counts"]["quarantined"]) == (True, 2, 0)
+    with pytest.raises(JobError, match="was started with a different config"):  # now there is something to keep
+        run_job(job_config(bridge_dir, extra=["labels.stride=2"], **{"source.stop": 2}), out, progress=False)
+
+
 def test_every_unit_failing_leaves_no_dataset(bridge_dir, tmp_path, monkeypatch):
     from pipelines.job import JobFailed, run_job
     from pipelines.stages import ProcessUnit
