@@ -22,7 +22,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.config import JobConfig
+from pipelines.config import ConfigError, JobConfig
 from pipelines.engine_local import Failure
 from pipelines.preflight import check_job
 from pipelines.stages import (
@@ -261,8 +261,9 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
                 dropped, t_dedup = _dedup_pass(engine, cfg, units, job_dir, progress)
             t_units0 = time.perf_counter()
             cpu_units0 = time.process_time()
-            if pending:
-                stage = ProcessUnit(cfg, str(out_dir), dropped, labeler=engine.labeler(cfg))
+            labeler, config_error = _engine_labeler(engine, cfg) if pending else (None, None)
+            if pending and config_error is None:
+                stage = ProcessUnit(cfg, str(out_dir), dropped, labeler=labeler)
                 t_units0 = time.perf_counter()
                 cpu_units0 = time.process_time()
                 with _Progress(out_dir, pending, progress):
@@ -313,6 +314,16 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     return summary
 
 
+def _engine_labeler(engine, cfg: JobConfig) -> tuple[object, Failure | None]:
+    """The engine's shared labeler (Ray's actor pool), or the configuration error that
+    stopped it from starting (then no unit runs)."""
+    try:
+        return engine.labeler(cfg), None
+    except ConfigError as exc:
+        log.error("the labeler could not start: %s", exc)
+        return None, Failure("", str(exc))
+
+
 def _run_units(engine, stage: ProcessUnit, pending: list[UnitTask], failures: dict[int, str]) -> Failure | None:
     """Run the units, recording failed ones in `failures`. A unit that failed with a
     configuration error (its labeler cannot be built from the config) stops the loop:
@@ -343,7 +354,8 @@ def _raise_unit_failures(out_dir: Path, created: bool, config_error: Failure | N
     if created:  # the directory is this run's own: remove it whole (lock included)
         shutil.rmtree(out_dir, ignore_errors=True)
     if config_error is not None:
-        raise JobError(f"stopped after the first failed unit: configuration error: {config_error.config_error}; "
+        when = "after the first failed unit" if failures else "before any unit"
+        raise JobError(f"stopped {when}: configuration error: {config_error.config_error}; "
                        f"no dataset written to {out_dir}")
     last = Counter(e.strip().splitlines()[-1] if e.strip() else "unit failed" for e in failures.values())
     reason, n = last.most_common(1)[0]

@@ -233,3 +233,18 @@ def test_simulated_dataset_with_depth_has_3d_scene_flow(sim_dataset_dir):
         assert cov[label]["episodes"] == written and cov[label]["cause"] == ""
     assert cov["3D scene flow"]["note"] == ""  # the simulator writes its intrinsics
     assert cov["latent action tokens"]["missing"].get("no latent checkpoint configured") == written
+
+
+def test_ray_labeler_actors_that_cannot_start_stop_the_job_before_any_unit(bridge_dir, tmp_path):
+    """Model backends label in a Ray actor pool: the actor's failed build is the job's one error."""
+    from pipelines.job import JobError, run_job
+
+    out = tmp_path / "out"
+    cfg = job_config(bridge_dir, runner="ray", workers=1, extra=["labels.tracker=cotracker"], **{"source.stop": 2})
+    with pytest.raises(JobError) as err:
+        run_job(cfg, out, progress=False)
+    assert str(err.value) == ("stopped before any unit: configuration error: labels = {'depth': 'dataset', 'tracker': "
+                              "'cotracker', 'flow': 'dis'}: the labeler cannot be built: ValueError: CoTracker needs "
+                              "`repo` (a local clone or 'facebookresearch/co-tracker') and `checkpoint` (a local .pth); "
+                              f"no dataset written to {out}")
+    assert not out.exists()
