@@ -22,10 +22,13 @@ def test_a_log_file_gets_one_line_every_interval(monkeypatch):
     log = io.StringIO()  # not a terminal
     clock = _Clock()
     monkeypatch.setattr("tqdm.std.time", clock)
+    monkeypatch.setattr("schemas.progress._clock", clock)
     bar = progress_bar(total=1700, desc="latent train", unit="step", file=log)
-    for _ in range(1700):  # 1,700 steps of 0.1 s each: 170 s
+    for step in range(1700):  # 1,700 steps of 0.1 s each: 170 s
         clock.t += 0.1
         bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=1.0 / (step + 1))  # a forced redraw, as the trainers do
     bar.close()
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue()
