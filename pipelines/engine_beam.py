@@ -103,10 +103,9 @@ class BeamEngine:
             _ = outs.ok | "keep results" >> beam.Map(_dump, out_dir, "ok")
             _ = outs.dead_letter | "dead letters" >> beam.Map(_dump, out_dir, "dead")
         for path in sorted(fs.ls(root, detail=False)):
-            name = Path(path).name
-            kind, key = name.split("-")[0], int(name.split("-")[1].split(".")[0])
+            key = int(Path(path).name.split("-")[1].split(".")[0])  # ok-NNNNNN.pkl or dead-NNNNNN.pkl
             with fs.open(path, "rb") as f:
-                value = pickle.load(f)
+                value = pickle.load(f)  # a dead letter is the stage's Failure itself
             yield items[key], value
         fs.rm(root, recursive=True)
 
