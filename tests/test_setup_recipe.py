@@ -32,7 +32,8 @@ def _run_apt_step(tmp_path: Path, uid: int) -> list[str]:
     _stand_in(bin_dir, "apt-get", record)
     # sudo records itself, then runs its command (as real sudo would, minus the privilege).
     _stand_in(bin_dir, "sudo", record + '\nexec "$@"')
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {k: v for k, v in os.environ.items() if k != "DEBIAN_FRONTEND"}
+    env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
     proc = subprocess.run(["make", "-s", "-C", str(REPO), "setup-apt"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
