@@ -161,6 +161,7 @@ class DepthAnythingDepth:
     """
 
     name = "depth-anything"
+    loads_model = True  # building it loads the network: config checks read its signature instead
 
     def __init__(
         self,

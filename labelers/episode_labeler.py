@@ -146,7 +146,8 @@ class EpisodeLabeler:
             intrinsics_estimated=bool(intr.estimated),
             depth_kind=depth_res.kind,
             flow_gap=int(c.flow_gap),
-            backends=self.backends,
+            # only the backends of labels this episode has: no depth, no depth backend named
+            backends={k: v for k, v in self.backends.items() if k != "depth" or depth_res.depth_m is not None},
         )
         if depth_res.depth_m is not None:
             labels.depth_m, labels.points_cam_m, labels.valid_3d = self._scene_flow(

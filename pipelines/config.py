@@ -66,6 +66,19 @@ def redact_tree(value: Any, key: str = "") -> Any:
     return value
 
 
+class ConfigError(ValueError):
+    """A job config value that cannot work: names the dotted key, the value and what
+    would be accepted, on one line. Raised before any work (pipelines.preflight) and by
+    a unit whose labeler cannot be built from the config (then the job stops)."""
+
+    def __init__(self, key: str, value: Any, expected: str):
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"{key} = {value!r}: {expected}")
+
+    def __reduce__(self):  # travels back from Ray and Beam workers intact
+        return (ConfigError, (self.key, self.value, self.expected))
+
+
 @dataclass
 class SourceConfig:
     path: str = ""  # RLDS dataset dir <root>/<name>/<version> (local path or fsspec URL)
@@ -154,14 +167,11 @@ class JobConfig:
         return cls.from_dict(d)
 
     def validated(self) -> "JobConfig":
-        if self.engine.runner not in RUNNERS:
-            raise ValueError(f"engine.runner must be one of {RUNNERS}, got {self.engine.runner!r}")
-        if self.writer.shard_episodes < 1:
-            raise ValueError(f"writer.shard_episodes must be >= 1, got {self.writer.shard_episodes}")
-        if self.writer.compression not in ("none", "zstd"):
-            raise ValueError(f"writer.compression must be none or zstd, got {self.writer.compression!r}")
-        if self.engine.workers < 1:
-            raise ValueError(f"engine.workers must be >= 1, got {self.engine.workers}")
+        """Types, ranges and choices of every value (pipelines.preflight.check_values); the
+        backends and the source are checked before a job runs (preflight.check_job)."""
+        from pipelines.preflight import check_values
+
+        check_values(self)
         return self
 
     # ---- serialisation ------------------------------------------------------------

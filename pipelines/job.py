@@ -30,8 +30,9 @@ from curation.store.writer import (
     COMMIT_RECORD, clean_stale, committed_groups, iter_manifest_rows, read_commit, shard_name, write_json_atomic,
 )
 from pipelines.attempts import read as read_attempts
-from pipelines.config import JobConfig
+from pipelines.config import ConfigError, JobConfig
 from pipelines.engines.local import Failure
+from pipelines.preflight import check_job
 from pipelines.stages import (
     ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row,
 )
@@ -46,7 +47,11 @@ log = logging.getLogger(__name__)
 
 
 class JobError(RuntimeError):
-    pass
+    """The job cannot run as configured (exit status 2)."""
+
+
+class JobFailed(JobError):
+    """The job ran and every unit failed (exit status 1)."""
 
 
 @contextmanager
@@ -93,9 +98,9 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from tqdm import tqdm
+            from schemas.progress import progress_bar
 
-            self._bar = tqdm(total=self.total_eps, desc="curate", unit="ep", file=sys.stderr, dynamic_ncols=True)
+            self._bar = progress_bar(total=self.total_eps, desc="curate", unit="ep", file=sys.stderr, dynamic_ncols=True)
             self._thread = threading.Thread(target=self._watch, daemon=True)
             self._thread.start()
         return self
@@ -164,7 +169,10 @@ def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) ->
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         if state.get("config_hash") != h:
-            if not overwrite:
+            written = sum(len(r.get("episodes", [])) for r in committed_groups(out_dir).values())
+            if written == 0:  # an earlier attempt that wrote no episode has nothing to keep
+                log.info("%s: replacing an earlier run with another config that wrote no episode", out_dir)
+            elif not overwrite:
                 raise JobError(
                     f"{out_dir} was started with a different config (hash {state.get('config_hash')} != {h}); "
                     "rerun with the same config to resume, or pass --overwrite to start again")
@@ -222,9 +230,9 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
     fps: dict = {}
     results = engine.map_unordered(FingerprintUnit(cfg), units)
     if progress:
-        from tqdm import tqdm
+        from schemas.progress import progress_bar
 
-        results = tqdm(results, total=len(units), desc="fingerprints", unit="unit", file=sys.stderr)
+        results = progress_bar(results, total=len(units), desc="fingerprints", unit="unit", file=sys.stderr)
     for _unit, res in results:
         if isinstance(res, Failure):
             log.warning("fingerprint pass failed for %s: %s", _unit.describe(), res.error.splitlines()[-1])
@@ -259,6 +267,8 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         raise JobError(f"--out {out_dir}: a dataset is written to a local or shared POSIX filesystem (shards are "
                        "committed by atomic rename); copy it to object storage with `curate publish`")
     out_dir = Path(str(out_dir).removeprefix("file://")).resolve()
+    check_job(cfg)  # a bad value stops the job here, before anything is written
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     cfg = cfg.effective()
@@ -281,6 +291,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
                  cfg.source.path, sum(u.num_episodes for u in units), len(units), len(units) - len(pending),
                  len(pending), cfg.engine.runner)
         failures: dict[int, str] = {}
+        config_error = None
         engine_stats: dict = {}
         t_dedup = 0.0
         t_run0 = time.perf_counter()
@@ -290,15 +301,13 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
                 dropped, t_dedup = _dedup_pass(engine, cfg, units, job_dir, progress)
             t_units0 = time.perf_counter()
             cpu_units0 = time.process_time()
-            if pending:
-                stage = ProcessUnit(cfg, str(out_dir), dropped, labeler=engine.labeler(cfg))
+            labeler, config_error = _engine_labeler(engine, cfg) if pending else (None, None)
+            if pending and config_error is None:
+                stage = ProcessUnit(cfg, str(out_dir), dropped, labeler=labeler)
                 t_units0 = time.perf_counter()
                 cpu_units0 = time.process_time()
                 with _Progress(out_dir, pending, progress):
-                    for task, res in engine.map_unordered(stage, pending):
-                        if isinstance(res, Failure):
-                            failures[task.group] = res.error
-                            log.error("%s failed, shard not committed: %s", task.describe(), res.error.strip().splitlines()[-1])
+                    config_error = _run_units(engine, stage, pending, failures)
             t_units = time.perf_counter() - t_units0
             driver_cpu_units = time.process_time() - cpu_units0
             parallel = engine.parallelism()
@@ -310,9 +319,15 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         if late:
             log.info("removed %d tmp shards of attempts lost during this run", len(late))
         removed = removed + late
-        t = time.perf_counter()
-        summary = finalize(cfg, out_dir, src, units, failures, resumed=len(units) - len(pending))
-        t_final = time.perf_counter() - t
+        nothing_committed = not committed_groups(out_dir)
+        if nothing_committed and (config_error is not None or failures):
+            _discard_job(out_dir, job_dir)
+        else:
+            t = time.perf_counter()
+            summary = finalize(cfg, out_dir, src, units, failures, resumed=len(units) - len(pending))
+            t_final = time.perf_counter() - t
+    if nothing_committed and (config_error is not None or failures):
+        _raise_unit_failures(out_dir, created, config_error, failures, len(pending))
     run_records = [r for g, r in committed_groups(out_dir).items() if g in {u.group for u in pending}]
     stage_s: Counter = Counter()
     for r in run_records:
@@ -337,6 +352,54 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
         attempts=_attempt_count(out_dir, pending),
     )
     return summary
+
+
+def _engine_labeler(engine, cfg: JobConfig) -> tuple[object, Failure | None]:
+    """The engine's shared labeler (Ray's actor pool), or the configuration error that
+    stopped it from starting (then no unit runs)."""
+    try:
+        return engine.labeler(cfg), None
+    except ConfigError as exc:
+        log.error("the labeler could not start: %s", exc)
+        return None, Failure("", str(exc))
+
+
+def _run_units(engine, stage: ProcessUnit, pending: list[UnitTask], failures: dict[int, str]) -> Failure | None:
+    """Run the units, recording failed ones in `failures`. A unit that failed with a
+    configuration error (its labeler cannot be built from the config) stops the loop:
+    every other unit would fail the same way. Returns that failure, or None."""
+    for task, res in engine.map_unordered(stage, pending):
+        if not isinstance(res, Failure):
+            continue
+        failures[task.group] = res.error
+        log.error("%s failed, shard not committed: %s", task.describe(), res.error.strip().splitlines()[-1])
+        if res.config_error:
+            return res
+    return None
+
+
+def _discard_job(out_dir: Path, job_dir: Path) -> None:
+    """Remove what a job that committed no unit wrote (its state, dedup decision, attempt
+    markers), so that the corrected rerun into the same directory starts afresh."""
+    for name in ("job.json", "dedup.json"):
+        (job_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / ATTEMPTS_DIR, ignore_errors=True)
+    shards = out_dir / SHARDS_DIR
+    if shards.is_dir() and not any(shards.iterdir()):
+        shards.rmdir()
+
+
+def _raise_unit_failures(out_dir: Path, created: bool, config_error: Failure | None, failures: dict, n_units: int):
+    """No unit was committed: nothing is left that looks like a dataset, and one line says why."""
+    if created:  # the directory is this run's own: remove it whole (lock included)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if config_error is not None:
+        when = "after the first failed unit" if failures else "before any unit"
+        raise JobError(f"stopped {when}: configuration error: {config_error.config_error}; "
+                       f"no dataset written to {out_dir}")
+    last = Counter(e.strip().splitlines()[-1] if e.strip() else "unit failed" for e in failures.values())
+    reason, n = last.most_common(1)[0]
+    raise JobFailed(f"all {n_units} units failed, no dataset written to {out_dir} ({n} of them: {reason})")
 
 
 def _unit_spans(records: list[dict], t_units: float, workers: int) -> dict:

@@ -196,8 +196,14 @@ def local_labeler(cfg: JobConfig) -> Callable[[Episode], EpisodeLabels]:
     key = json.dumps(cfg.labels, sort_keys=True)
     if key not in _LABELERS:
         from labelers.episode_labeler import EpisodeLabeler
+        from pipelines.config import ConfigError
 
-        _LABELERS[key] = EpisodeLabeler(cfg.label_config())
+        c = cfg.label_config()
+        try:
+            _LABELERS[key] = EpisodeLabeler(c)
+        except (ValueError, TypeError, OSError, ImportError) as exc:  # a backend refused its config or model
+            chosen = {"depth": c.depth, "tracker": c.tracker, "flow": c.flow}
+            raise ConfigError("labels", chosen, f"the labeler cannot be built: {type(exc).__name__}: {exc}") from exc
     return _LABELERS[key]
 
 

@@ -74,7 +74,7 @@ def evaluate(checkpoint: str, tasks: Sequence[str], episodes: int, max_steps: in
              eval_seed: int = DEFAULT_EVAL_SEED, strip_dir: Optional[str | Path] = None, progress: bool = True) -> dict:
     """Success rate per task (+ Wilson interval) of the checkpoint's policy."""
     import torch
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from curation.sources.metaworld.rollout import DEFAULT_CAMERA, MetaWorldScene, episode_seed
     from policy.train import load_policy
@@ -86,7 +86,7 @@ def evaluate(checkpoint: str, tasks: Sequence[str], episodes: int, max_steps: in
     strip_dir = Path(strip_dir) if strip_dir else None
     rows = []
     torch.set_grad_enabled(False)
-    bar = tqdm(total=len(tasks) * episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(tasks) * episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
     for task in tasks:
         scene = MetaWorldScene(task, size=H, camera=camera, width=W)
         succ, steps, t0 = 0, [], time.perf_counter()

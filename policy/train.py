@@ -176,7 +176,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     """Train one phase into `out` (resuming from its last checkpoint when there is one).
     stop_after: stop (with a checkpoint) after this many steps of this call, to test resume.
     Returns a summary dict (final loss, steps/s, checkpoint path)."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
 
     metrics_path = out / "metrics.jsonl"
     end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
-    bar = tqdm(total=tc.steps, initial=start, desc=f"train {tc.phase}", unit="step", disable=not (progress and is_main),
+    bar = progress_bar(total=tc.steps, initial=start, desc=f"train {tc.phase}", unit="step", disable=not (progress and is_main),
                dynamic_ncols=True)
     t0, last_t, last_step, loss_val = time.perf_counter(), time.perf_counter(), start, float("nan")
     sps, interval_losses = float("nan"), []

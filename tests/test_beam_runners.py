@@ -138,3 +138,10 @@ def test_beam_options_from_a_config_file(tmp_path):
     cfg = JobConfig.load(path, [], **{"source.path": "src"})
     assert cfg.engine.beam_options == FLINK
     assert pipeline_options(cfg.engine.beam_options, 1).view_as(FlinkRunnerOptions).parallelism == 16
+
+
+@pytest.mark.parametrize("flags", [DATAFLOW, FLINK, SPARK], ids=["dataflow", "flink", "spark"])
+def test_production_option_sets_pass_the_up_front_check(flags):
+    from pipelines.preflight import check_beam_options
+
+    check_beam_options(flags)  # valid options are never refused before the job

@@ -352,6 +352,7 @@ def test_real_bridge_episode_without_depth_or_intrinsics(bridge_dir):
     lab = EpisodeLabeler(LabelConfig())(ep)
     T, H, W = ep.frames[ep.primary_camera].shape[:3]
     assert lab.depth_kind == "missing" and lab.points_cam_m is None and lab.valid_3d is None
+    assert lab.backends == {"tracks": "lk", "flow": "dis"}  # no depth backend named for an episode without depth
     assert lab.intrinsics_estimated
     fy = (H / 2) / np.tan(np.deg2rad(55.0) / 2)
     np.testing.assert_allclose(lab.intrinsics, [fy, fy, W / 2, H / 2], rtol=1e-5)

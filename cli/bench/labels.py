@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.output import add_report_args, emit, format_table, markdown_table, write_bench_json
+from cli.output import add_report_args, emit, write_bench_json
+
+from curation.formats import format_table, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +196,7 @@ class _Pool:
 
 
 def run_labels(args) -> int:
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from labelers.eval import ground_truth as gt
     from labelers.eval import metrics
@@ -219,7 +221,7 @@ def run_labels(args) -> int:
     skipped: list[str] = []
     rng = np.random.default_rng(args.seed)
     t_start = time.time()
-    for ep in tqdm(episodes, desc="bench labels", unit="episode", file=sys.stderr):
+    for ep in progress_bar(episodes, desc="bench labels", unit="episode", file=sys.stderr):
         try:
             task = _task_of(ep)
             if task not in tasks:
@@ -430,7 +432,7 @@ def _best_time(fn, repeats: int) -> float:
 
 def run_labelers(args) -> int:
     import cv2
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from labelers.depth import DatasetDepth, get_depth_backend
     from labelers.episode_labeler import EpisodeLabeler, LabelConfig
@@ -451,10 +453,10 @@ def run_labelers(args) -> int:
         from curation.sources.metaworld.rollout import rollout_episode
 
         by_size = {}
-        for s in tqdm(sizes, desc="simulate", file=sys.stderr):
+        for s in progress_bar(sizes, desc="simulate", file=sys.stderr):
             by_size[s] = rollout_episode(args.tasks[0], seed=args.seed, size=s, max_steps=args.steps)
     depth_model = get_depth_backend("depth-anything", model=args.depth_model) if args.depth_model else None
-    for size in tqdm(sizes, desc="bench labelers", file=sys.stderr):
+    for size in progress_bar(sizes, desc="bench labelers", file=sys.stderr):
         ep = by_size[size]
         cam = ep.primary_camera
         frames = ep.frames[cam]

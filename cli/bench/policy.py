@@ -17,7 +17,7 @@ def bench_loader(ref: Any, cfg: Optional[LaMPConfig] = None, num_triplets: int =
                  workers: tuple[int, ...] = (0, 1, 2), seed: int = 0, progress: bool = True) -> dict:
     """Triplets/s of TripletStream through a DataLoader with each worker count, and of the same
     transform + collate over the same triplets held in memory (raw arrays, already read)."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from policy.train import config_for_data
 
@@ -29,7 +29,7 @@ def bench_loader(ref: Any, cfg: Optional[LaMPConfig] = None, num_triplets: int =
     cfg = config_for_data(ds, cfg or LaMPConfig())
     stream = TripletStream(ds if not isinstance(ref, str) else ref, cfg, seed=seed, shuffle_buffer=64, epochs=None)
     rows = []
-    for nw in tqdm(workers, desc="bench loader", unit="config", disable=not progress, leave=False):
+    for nw in progress_bar(workers, desc="bench loader", unit="config", disable=not progress, leave=False):
         loader = make_loader(stream, batch_size, nw, seed=seed)
         it = iter(loader)
         # worker start-up, the first read and the batches already prefetched are not throughput
@@ -84,7 +84,7 @@ def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: 
     """Training steps/s of both phases (wall clock, and the process CPU time per step, which is what
     a quiet machine would approach when others share the cores) (forward + backward + AdamW on a fixed batch: the model's cost,
     no data loading) and the latency of one action chunk for batch 1, partial denoising included."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from policy.modeling_lamp import LaMPPolicy
 
@@ -93,7 +93,7 @@ def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: 
     policy = LaMPPolicy(cfg)
     batch = synthetic_batch(cfg, batch_size)
     rows = []
-    bar = tqdm(total=2 * (steps + 1) + latency_reps + 1, desc="bench policy", disable=not progress, leave=False)
+    bar = progress_bar(total=2 * (steps + 1) + latency_reps + 1, desc="bench policy", disable=not progress, leave=False)
     for phase in ("motion", "action"):
         policy.set_phase(phase)
         policy.train()

@@ -1,4 +1,5 @@
-"""`curate inspect PATH [--split S] [--json]`: what an RLDS dataset directory holds.
+"""`curate inspect PATH [--split S] [--json]`: what an RLDS dataset directory holds, or, for a
+dataset written by `curate run`, its counts and which labels its episodes have (and why not).
 
 Reads every episode of the split (or the first --max-episodes) through the same reader the
 pipeline uses and reports episodes, steps, cameras (shape, blank or not), depth keys,
@@ -14,8 +15,9 @@ from collections import Counter
 def add_commands(subparsers) -> None:
     from cli.output import add_report_args
 
-    p = subparsers.add_parser("inspect", help="summarise an RLDS dataset directory (Open-X or simulated)")
-    p.add_argument("path", help="dataset directory <root>/<name>/<version> (local path or gs:// URL)")
+    p = subparsers.add_parser("inspect", help="summarise an RLDS dataset directory (Open-X or simulated) or a curated dataset")
+    p.add_argument("path", help="dataset directory <root>/<name>/<version> (local path or gs:// URL), or a "
+                                "dataset written by `curate run` (then: counts and label coverage)")
     p.add_argument("--split", default="train", help="TFDS split (default train)")
     p.add_argument("--max-episodes", type=int, default=None, help="read only the first N episodes")
     add_report_args(p)
@@ -25,7 +27,7 @@ def add_commands(subparsers) -> None:
 def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = None, progress: bool = True) -> dict:
     """Read the split and return the summary dict `curate inspect` prints."""
     import numpy as np
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from curation.sources.rlds import RLDSSource, dataset_summary_features
     from schemas.episode import EpisodeError
@@ -48,7 +50,7 @@ def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = 
     depth_px = Counter()
     success = Counter()
     bad = []
-    for item in tqdm(source.read(0, stop, on_error="yield"), total=stop, desc=f"inspect {source.name}",
+    for item in progress_bar(source.read(0, stop, on_error="yield"), total=stop, desc=f"inspect {source.name}",
                      unit="ep", disable=not progress):
         if isinstance(item, EpisodeError):
             bad.append({"where": item.where, "reason": item.reason})
@@ -158,10 +160,51 @@ def format_inspect(r: dict) -> str:
     return "\n".join(lines)
 
 
+def is_curated(path: str) -> bool:
+    """A dataset written by `curate run` (a manifest beside dataset.json), not an RLDS source."""
+    from pathlib import Path
+
+    from schemas.dataset import DATASET_JSON, MANIFEST
+
+    return "://" not in path and (Path(path) / MANIFEST).is_file() and (Path(path) / DATASET_JSON).is_file()
+
+
+def inspect_curated(path: str) -> dict:
+    """What a curated dataset holds: its source, counts, and per label who has it and why not."""
+    import json
+    from pathlib import Path
+
+    from curation.describe.coverage import label_coverage
+    from schemas.dataset import DATASET_JSON
+
+    info = json.loads((Path(path) / DATASET_JSON).read_text())
+    counts = {k: v for k, v in (info.get("counts") or {}).items() if not isinstance(v, (dict, list))}
+    return {"path": path, "curated": True, "source": info.get("source", {}), "complete": info.get("complete"),
+            "contract_version": info.get("contract_version"), "counts": counts, "coverage": label_coverage(path)}
+
+
+def format_curated(r: dict) -> str:
+    from curation.describe.coverage import coverage_table_rows, missing_labels_line
+    from curation.formats import format_table
+
+    src, c = r["source"], r["counts"]
+    lines = [f"curated dataset {r['path']}  (contract {r['contract_version']}, "
+             f"{'complete' if r['complete'] else 'INCOMPLETE'})",
+             f"source: {src.get('name')} {src.get('version')} split={src.get('split')}  ({src.get('path')})",
+             "counts: " + ", ".join(f"{k} {v}" for k, v in c.items()), "", "labels:",
+             format_table(coverage_table_rows(r["coverage"]))]
+    line = missing_labels_line(r["coverage"])
+    return "\n".join(lines + ([line] if line else []))
+
+
 def run_inspect(args) -> int:
     from cli.output import emit
     from schemas.episode import EpisodeError
 
+    if is_curated(args.path):
+        result = inspect_curated(args.path)
+        emit(result, args.json, format_curated(result))
+        return 0
     try:
         result = inspect_dataset(args.path, args.split, args.max_episodes)
     except EpisodeError as e:
@@ -232,7 +275,7 @@ def run_bench_read(args) -> int:
     import tempfile
 
     import tensorflow_datasets as tfds
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from cli.output import emit, write_bench_json
 
@@ -252,7 +295,7 @@ def run_bench_read(args) -> int:
         rows = []
         t = time.perf_counter()
         episodes = frames = steps = 0
-        for ep in tqdm(src.read(), total=src.num_episodes, desc="curation.sources.rlds", unit="ep"):
+        for ep in progress_bar(src.read(), total=src.num_episodes, desc="curation.sources.rlds", unit="ep"):
             episodes += 1
             steps += ep.num_steps
             frames += ep.num_steps * len(ep.frames)
@@ -265,7 +308,7 @@ def run_bench_read(args) -> int:
             builder = tfds.builder_from_directory(path)
             t = time.perf_counter()
             n = f = 0
-            for ep in tqdm(tfds.as_numpy(builder.as_dataset(split=args.split)), total=src.num_episodes,
+            for ep in progress_bar(tfds.as_numpy(builder.as_dataset(split=args.split)), total=src.num_episodes,
                            desc="tfds as_dataset", unit="ep"):
                 n += 1
                 for s in ep["steps"]:

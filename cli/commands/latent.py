@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from cli.output import add_report_args, emit, format_table, markdown_table, write_bench_json
+from cli.output import add_report_args, emit, write_bench_json
+
+from curation.formats import format_table, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def add_bench(sub) -> None:
 def _load_store(source: str, split: str, episodes: str | None, size: int, camera: str | None, what: str):
     """Read episodes through the project reader into a FrameStore; bad episodes are skipped
     with a warning naming them. Raises ValueError when nothing usable is left."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     from curation.sources.rlds import read_episodes
     from labelers.latent.data import store_from_episodes
@@ -138,7 +140,7 @@ def _load_store(source: str, split: str, episodes: str | None, size: int, camera
 
     start, stop = _episode_range(episodes)
     good, bad = [], []
-    for item in tqdm(read_episodes(source, split, start, stop, on_error="yield"), desc=f"read {what}", unit="ep", leave=False):
+    for item in progress_bar(read_episodes(source, split, start, stop, on_error="yield"), desc=f"read {what}", unit="ep", leave=False):
         if isinstance(item, EpisodeError):
             bad.append(str(item))
             print(f"warning: skipping episode: {item}", file=sys.stderr)

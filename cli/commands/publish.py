@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
-from cli.output import add_report_args, emit, format_table
+from cli.output import add_report_args, emit
+
+from curation.formats import format_table
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,9 @@ def add_commands(sub) -> None:
     p.add_argument("--version", required=True, help="semantic version X.Y.Z")
     p.add_argument("--to", default=None, help="registry URL (default $CURATE_REGISTRY or ~/.local/share/triplet-curator/registry)")
     p.add_argument("--no-prepare", action="store_true", help="do not write stats.json / README.md when they are missing")
+    p.add_argument("--allow-empty", action="store_true", help="publish a dataset with no episodes (refused otherwise)")
+    p.add_argument("--max-quarantined-share", type=float, default=None, metavar="SHARE",
+                   help="warn when more than this share of the episodes was quarantined (default 0.1)")
     _add_storage_args(p)
     add_report_args(p)
     p.set_defaults(func=cmd_publish)
@@ -89,10 +95,14 @@ def _fail(args, message: str, **extra) -> int:
 def cmd_publish(args) -> int:
     from pathlib import Path
 
-    from curation.registry.publish import PublishError, publish
+    from curation.registry.publish import DEFAULT_MAX_QUARANTINED_SHARE, PublishError, check_contents, publish
 
     to = args.to
+    share = DEFAULT_MAX_QUARANTINED_SHARE if args.max_quarantined_share is None else args.max_quarantined_share
     try:
+        warnings = check_contents(args.dataset_dir, args.allow_empty, share) if Path(args.dataset_dir).is_dir() else []
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
         if not args.no_prepare:
             try:
                 _prepare(Path(args.dataset_dir))
@@ -101,7 +111,7 @@ def cmd_publish(args) -> int:
         v = publish(args.dataset_dir, args.name, args.version, to_url=to, storage_options=_storage_options(args, to or ""))
     except PublishError as exc:
         return _fail(args, str(exc))
-    result = {"ok": True, **v.to_dict()}
+    result = {"ok": True, **v.to_dict(), "warnings": warnings}
     what = "published" if v.created_now else "already published with identical content (nothing done)"
     text = (
         f"{v.ref}: {what}\n"

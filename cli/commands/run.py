@@ -6,7 +6,9 @@ import argparse
 import logging
 import sys
 
-from cli.output import add_report_args, emit, format_table
+from cli.output import add_report_args, emit
+
+from curation.formats import format_table
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def add_commands(sub) -> None:
 
 def cmd_run(args) -> int:
     from pipelines.config import JobConfig
-    from pipelines.job import JobError, run_job
+    from pipelines.job import JobError, JobFailed, run_job
     from schemas.episode import EpisodeError
 
     try:
@@ -57,6 +59,9 @@ def cmd_run(args) -> int:
             print(yaml.safe_dump(cfg.effective().to_record(), sort_keys=False), end="")
             return 0
         summary = run_job(cfg, args.out, progress=not args.no_progress, overwrite=args.overwrite)
+    except JobFailed as exc:  # it ran, and every unit failed
+        print(f"curate run: error: {exc}", file=sys.stderr)
+        return 1
     except (JobError, EpisodeError, ValueError, FileNotFoundError) as exc:
         print(f"curate run: error: {exc}", file=sys.stderr)
         return 2

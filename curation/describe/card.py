@@ -299,6 +299,7 @@ def write_card(
     Returns {"readme": path, "pictures": [paths]}."""
     import yaml
 
+    from curation.describe.coverage import coverage_markdown, label_coverage
     from curation.formats import markdown_table
 
     root = Path(dataset_dir)
@@ -409,6 +410,7 @@ def write_card(
         md += ["", "Filter settings (effective, defaults filled in):", "", "```json", json.dumps(effective, indent=1, sort_keys=True), "```"]
 
     md += ["", "## Labels", ""]
+    md += coverage_markdown(label_coverage(root)) + [""]
     if backends:
         md.append(markdown_table([{"label": k[0], "backend": k[1], "episodes": v} for k, v in sorted(backends.items())]))
     else:

@@ -333,14 +333,14 @@ def compute_stats(
     """Statistics of the dataset at `dataset_dir` (a directory or fsspec URL);
     written to `<dataset_dir>/stats.json` unless write=False. One pass over the
     shards, each reduced to mergeable partial statistics."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     rows = _read_manifest(dataset_dir, storage_options)
     by_shard: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_shard[r["shard"]].append(r)
     total = ShardStats()
-    for shard in tqdm(sorted(by_shard), desc="stats", unit="shard", disable=not progress, leave=False):
+    for shard in progress_bar(sorted(by_shard), desc="stats", unit="shard", disable=not progress, leave=False):
         total.merge(shard_stats(dataset_dir, shard, by_shard[shard], storage_options))
     result = stats_from_partial(total)
     if write:

@@ -59,6 +59,9 @@ FILES_PREFIX = "files-"
 DEFAULT_REGISTRY = "~/.local/share/triplet-curator/registry"  # overridden by $CURATE_REGISTRY
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SEMVER_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?$")
+# Above this share of quarantined episodes (failed to read, check or label) a publish warns:
+# one episode in ten failing points to a broken source or config, not a few bad recordings.
+DEFAULT_MAX_QUARANTINED_SHARE = 0.1
 _CHUNK = 8 << 20
 _THREADS = 8
 
@@ -212,13 +215,13 @@ def dataset_files(dataset_dir: str | os.PathLike) -> list[str]:
 
 def hash_dataset(dataset_dir: str | os.PathLike, progress: bool = True) -> dict[str, dict]:
     """{relative path: {"sha256", "size"}} of every file to publish."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     root = Path(dataset_dir)
     rels = dataset_files(root)
     sizes = {rel: (root / rel).stat().st_size for rel in rels}
     files = {}
-    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="hash", disable=not progress, leave=False) as bar:
+    with progress_bar(total=sum(sizes.values()), unit="B", unit_scale=True, desc="hash", disable=not progress, leave=False) as bar:
         for rel in rels:
             files[rel] = {"sha256": _sha256_local(root / rel), "size": sizes[rel]}
             bar.update(sizes[rel])
@@ -244,6 +247,32 @@ def check_dataset(dataset_dir: str | os.PathLike) -> list[str]:
     from curation.store.validate import validate_dataset
 
     return [str(v) for v in validate_dataset(str(root))]
+
+
+def check_contents(dataset_dir: str | os.PathLike, allow_empty: bool = False,
+                   max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE) -> list[str]:
+    """Refuse (PublishError) a dataset with no episodes unless `allow_empty`; return warnings
+    (a quarantined share above `max_quarantined_share` of the episodes the job read)."""
+    import pyarrow.parquet as pq
+
+    from schemas.dataset import QUARANTINE
+
+    root = Path(dataset_dir)
+    if not (root / MANIFEST).is_file():
+        return []  # not a finished dataset: the publish check says so
+    episodes = _count_episodes(root) or 0
+    quarantine = root / QUARANTINE
+    quarantined = int(pq.read_metadata(quarantine).num_rows) if quarantine.is_file() else 0
+    if episodes == 0 and not allow_empty:
+        raise PublishError(f"{root}: refusing to publish a dataset with no episodes ({quarantined} quarantined; "
+                           f"see {quarantine}); pass --allow-empty to publish it on purpose")
+    info = json.loads((root / DATASET_JSON).read_text()) if (root / DATASET_JSON).is_file() else {}
+    planned = (info.get("counts") or {}).get("planned") or (episodes + quarantined)
+    share = quarantined / planned if planned else 0.0
+    if share > max_quarantined_share:
+        return [f"{root}: {quarantined} of {planned} episodes ({share:.0%}) were quarantined, more than "
+                f"{max_quarantined_share:.0%} (see {quarantine})"]
+    return []
 
 
 # ---------------------------------------------------------------- exclusive create
@@ -435,7 +464,7 @@ def _publish_locked(dataset_dir: Path, name: str, version: str, to_url: str, fs,
 
 def _upload_all(dataset_dir: Path, files: dict[str, dict], fs, staging: str, label: str, progress: bool) -> None:
     """Copy every file to `staging`, hashing what is written; on any failure remove `staging`."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     local = _is_local(fs)
 
@@ -456,7 +485,7 @@ def _upload_all(dataset_dir: Path, files: dict[str, dict], fs, staging: str, lab
 
     total = sum(f["size"] for f in files.values())
     try:
-        with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False) as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False) as bar:
             with ThreadPoolExecutor(max_workers=1 if local else _THREADS) as pool:
                 for size in pool.map(upload, sorted(files)):
                     bar.update(size)
@@ -671,7 +700,7 @@ class VerifyResult:
 
 def verify(ref: str, storage_options: Optional[dict] = None, progress: bool = True) -> VerifyResult:
     """Re-hash every file of a published version against its index."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     fs, version_dir, index, base_url = _resolve_index(ref, storage_options)
     root = posixpath.join(version_dir, index["data_prefix"])
@@ -693,7 +722,7 @@ def verify(ref: str, storage_options: Optional[dict] = None, progress: bool = Tr
         return None
 
     total = sum(files[rel]["size"] for rel in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress, leave=False) as bar:
         with ThreadPoolExecutor(max_workers=1 if _is_local(fs) else _THREADS) as pool:
             for rel, bad in zip(todo, pool.map(check, todo)):
                 bar.update(files[rel]["size"])

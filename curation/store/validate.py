@@ -256,9 +256,9 @@ def validate_dataset(path: str | Path, checksums: bool = True, progress: bool = 
                 out.append(Violation("orphan_shard", f"{SHARDS_DIR}/{name}", f"{len(listed)} committed episodes not in the manifest"))
     shard_iter: Iterable = sorted(by_shard.items(), key=lambda kv: str(kv[0]))
     if progress:
-        from tqdm import tqdm
+        from schemas.progress import progress_bar
 
-        shard_iter = tqdm(list(shard_iter), desc="validate", unit="shard")
+        shard_iter = progress_bar(list(shard_iter), desc="validate", unit="shard")
     for shard, srows in shard_iter:
         _validate_shard(root, str(shard), srows, checksums, out, zarr, episode_checksum)
     return out

@@ -36,9 +36,9 @@ def encode_store(model: LatentActionModel, store: FrameStore, gap: int, batch: i
     tokens, se_rec, se_copy, n_px, se_rec_mov, se_copy_mov, n_mov = [], 0.0, 0.0, 0, 0.0, 0.0, 0
     chunks = range(0, len(first), batch)
     if progress:
-        from tqdm import tqdm
+        from schemas.progress import progress_bar
 
-        chunks = tqdm(chunks, desc="latent encode", unit="batch", leave=False)
+        chunks = progress_bar(chunks, desc="latent encode", unit="batch", leave=False)
     for i in chunks:
         x_t, x_tg = batch_tensors(frames, first[i:i + batch], gap)
         out = model(x_t, x_tg)

@@ -164,9 +164,9 @@ def train_lam(
 
 
 def _progress_bar(total: int, initial: int):
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, desc="latent train", unit="step", dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, desc="latent train", unit="step", dynamic_ncols=True)
 
 
 def _resume(out: Path, model, optimizer, sampler, config: LAMConfig, settings: TrainSettings) -> int:

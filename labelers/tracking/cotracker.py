@@ -1,4 +1,4 @@
-"""CoTracker3 behind the tracker interface of labelers/tracks.py.
+"""CoTracker3 behind the tracker interface of labelers/tracking/common.py.
 
     tracker = CoTrackerTracker(repo="/path/to/co-tracker", checkpoint="/path/scaled_offline.pth")
     tracks_px, visible = tracker(frames, queries_xy)       # K x T x 2, K x T
@@ -33,6 +33,7 @@ from labelers.tracking.common import check_frames, check_queries, inside_image
 
 class CoTrackerTracker:
     name = "cotracker"
+    loads_model = True  # building it loads the network: config checks read its signature instead
 
     def __init__(
         self,

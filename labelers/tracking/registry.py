@@ -12,14 +12,21 @@ from labelers.tracking.lk import LKTracker
 TRACKERS: dict[str, Callable[..., Tracker]] = {"lk": LKTracker, "flow": FlowTracker}
 
 
-def get_tracker(name: str, **params) -> Tracker:
-    """The tracker registered under `name` ("lk", "cotracker"), built with `params`."""
+TRACKER_NAMES: list[str] = sorted([*TRACKERS, "cotracker"])  # cotracker imports torch: loaded on demand
+
+
+def tracker_class(name: str) -> Callable[..., Tracker]:
+    """The tracker class registered under `name` (not built)."""
     if name == "cotracker":
         from labelers.tracking.cotracker import CoTrackerTracker
 
-        return CoTrackerTracker(**params)
+        return CoTrackerTracker
     try:
-        factory = TRACKERS[name]
+        return TRACKERS[name]
     except KeyError:
-        raise ValueError(f"unknown tracker {name!r}; choose one of {sorted([*TRACKERS, 'cotracker'])}") from None
-    return factory(**params)
+        raise ValueError(f"unknown tracker {name!r}; choose one of {TRACKER_NAMES}") from None
+
+
+def get_tracker(name: str, **params) -> Tracker:
+    """The tracker registered under `name` ("lk", "flow", "cotracker"), built with `params`."""
+    return tracker_class(name)(**params)

@@ -48,7 +48,7 @@ class _ApplyStage:
         key, item = keyed
         result = apply_or_fail(self.fn, item)
         if isinstance(result, Failure):
-            yield beam.pvalue.TaggedOutput("dead_letter", (key, result.error))
+            yield beam.pvalue.TaggedOutput("dead_letter", (key, result))
         else:
             yield key, result
 
@@ -104,11 +104,10 @@ class BeamEngine:
             _ = outs.ok | "keep results" >> beam.Map(_dump, out_dir, "ok")
             _ = outs.dead_letter | "dead letters" >> beam.Map(_dump, out_dir, "dead")
         for path in sorted(fs.ls(root, detail=False)):
-            name = Path(path).name
-            kind, key = name.split("-")[0], int(name.split("-")[1].split(".")[0])
+            key = int(Path(path).name.split("-")[1].split(".")[0])  # ok-NNNNNN.pkl or dead-NNNNNN.pkl
             with fs.open(path, "rb") as f:
-                value = pickle.load(f)
-            yield items[key], (Failure(value) if kind == "dead" else value)
+                value = pickle.load(f)  # a dead letter is the stage's Failure itself
+            yield items[key], value
         fs.rm(root, recursive=True)
 
     def stats(self) -> dict:

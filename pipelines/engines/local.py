@@ -8,10 +8,13 @@ from typing import Any, Callable, Iterable, Iterator
 
 
 class Failure:
-    """A work item whose stage raised: the dead-letter record of that item."""
+    """A work item whose stage raised: the dead-letter record of that item.
+    `config_error`: the one-line message when the stage raised a ConfigError (the job's
+    config cannot work, so every other item would fail the same way), else ''."""
 
-    def __init__(self, error: str):
+    def __init__(self, error: str, config_error: str = ""):
         self.error = error
+        self.config_error = config_error
 
     def __repr__(self) -> str:
         return f"Failure({self.error.splitlines()[-1] if self.error else ''})"
@@ -20,10 +23,12 @@ class Failure:
 def apply_or_fail(fn: Callable[[Any], Any], item: Any) -> Any:
     """fn(item), or a Failure carrying the traceback: the dead-letter pattern every
     engine uses, so one bad unit never fails the job."""
+    from pipelines.config import ConfigError
+
     try:
         return fn(item)
-    except Exception:  # noqa: BLE001
-        return Failure(traceback.format_exc()[-4000:])
+    except Exception as exc:  # noqa: BLE001
+        return Failure(traceback.format_exc()[-4000:], str(exc) if isinstance(exc, ConfigError) else "")
 
 
 class LocalEngine:

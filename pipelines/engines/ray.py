@@ -41,11 +41,19 @@ def needs_models(labels: dict) -> bool:
 class _LabelerActor:
     def __init__(self, cfg):
         from labelers.threads import limit_threads
+        from pipelines.config import ConfigError
         from pipelines.stages import local_labeler
 
         limit_threads(cfg.engine.threads_per_worker)
-        self.labeler = local_labeler(cfg)  # models loaded once per actor
         self.calls = 0
+        self.error = None  # (key, value, expected) of the ConfigError that stopped the build
+        try:
+            self.labeler = local_labeler(cfg)  # models loaded once per actor
+        except ConfigError as exc:  # kept, not raised: a dead actor would be restarted to fail again
+            self.error = (exc.key, exc.value, exc.expected)
+
+    def config_error(self):
+        return self.error
 
     def label(self, episode, seed_key):
         from pipelines.stages import _set_seeds
@@ -148,6 +156,7 @@ class RayEngine:
         )
         self._actors = [actor_cls.remote(cfg) for _ in range(n)]
         log.info("labeler actor pool: %d actors (num_gpus=%s each)", n, self.eng.num_gpus.get("label", 0.0))
+        _wait_started(self._actors)
         return RemoteLabeler(self._actors, cfg.seed)
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
@@ -205,6 +214,19 @@ class RayEngine:
         except Exception as exc:  # noqa: BLE001 - reporting must not fail a finished job
             out["attempts_error"] = f"{type(exc).__name__}: {exc}"
         return out
+
+
+def _wait_started(actors) -> None:
+    """Wait until every labeler actor has built its labeler; raise the ConfigError of one
+    that could not (a model that does not load) here, before any unit, instead of once per
+    episode from inside the units."""
+    import ray
+
+    from pipelines.config import ConfigError
+
+    for error in ray.get([a.config_error.remote() for a in actors]):
+        if error is not None:
+            raise ConfigError(*error)
 
 
 def _attempt(fn, item, key: int, attempt_dir: str):

@@ -875,7 +875,7 @@ def iter_episodes(
 ) -> Iterator[Episode]:
     """Episodes in order (task by task, episode 0..N-1), rolled out in `workers` subprocesses
     (or in `pool`). `timings`, when given, receives render_s and sim_s summed over the workers."""
-    from tqdm import tqdm
+    from schemas.progress import progress_bar
 
     requests = [
         _Request(task, episode_seed(seed, task, i), size, max_steps, camera, k * episodes_per_task + i)
@@ -885,7 +885,7 @@ def iter_episodes(
     own = pool is None
     if pool is None:
         pool = RolloutWorkers(max(1, min(workers, len(requests))))
-    bar = tqdm(total=len(requests), desc="simulate", unit="ep", disable=not progress)
+    bar = progress_bar(total=len(requests), desc="simulate", unit="ep", disable=not progress)
     try:
         for ep in pool.run(requests):
             bar.update(1)
