@@ -22,42 +22,16 @@ Nothing here writes anything.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import io
 import logging
 import re
-import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from pipelines.config import RUNNERS, ConfigError, CurationConfig, EngineConfig, JobConfig, SourceConfig, WriterConfig
+from pipelines.config import ConfigError, EngineConfig, JobConfig, check_type, check_values
 
-# (low, high) inclusive bounds of numeric fields; None = unbounded on that side. The bounds
-# are the ones the owning code needs to work: counts and sizes of at least one, shares in
-# [0, 1], a field of view a pinhole camera can have (labelers.sceneflow refuses others),
-# and label_actors -1 meaning "choose automatically" (pipelines.engines.ray).
-RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
-    "source.start": (0, None), "source.stop": (1, None),
-    "labels.grid": (1, None), "labels.horizon": (1, None), "labels.stride": (1, None),
-    "labels.flow_gap": (1, None), "labels.fov_deg": (1, 179), "labels.edge_rel": (0, None),
-    "labels.max_depth_jump_rel": (0, None), "labels.latent_gap": (1, None),
-    "curation.filters.min_steps": (0, None), "curation.filters.static_motion_px": (0, None),
-    "curation.filters.static_quantile": (0, 1), "curation.filters.static_pixel_delta": (0, 255),
-    "curation.filters.static_changed_fraction": (0, 1), "curation.filters.min_track_visibility": (0, 1),
-    "curation.filters.max_abs_action": (0, None), "curation.filters.blank_std": (0, None),
-    "curation.filters.blank_frame_fraction": (0, 1),
-    "curation.dedup.max_hamming": (0, None), "curation.dedup.start_frames": (1, None),
-    "curation.dedup.max_action_distance": (0, None),
-    "writer.shard_episodes": (1, None), "writer.frames_per_chunk": (1, None),
-    "engine.workers": (1, None), "engine.label_actors": (-1, None), "engine.max_retries": (0, None),
-    "engine.threads_per_worker": (1, None),
-}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "engine.runner": RUNNERS,
-    "writer.compression": ("none", "zstd"),
-}
 # Ray's ray.init(address=...) forms: "auto", "local", HOST:PORT (the GCS) and ray://HOST:PORT
 # (Ray Client); IPv6 hosts in brackets.
 RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5}))$")
@@ -70,90 +44,6 @@ def check_job(cfg: JobConfig) -> Any:
     check_backends(cfg.labels)
     check_engine(cfg.engine)
     return check_source(cfg)
-
-
-# ---------------------------------------------------------------- types and ranges
-
-
-def check_values(cfg: JobConfig) -> None:
-    """Types, ranges and choices of every section (no I/O)."""
-    from curation.selection.dedup import DedupConfig
-    from curation.selection.filters import REASONS, FilterConfig
-    from labelers.episode_labeler import LabelConfig
-
-    for prefix, cls, section in (("source", SourceConfig, cfg.source), ("writer", WriterConfig, cfg.writer),
-                                 ("engine", EngineConfig, cfg.engine), ("curation", CurationConfig, cfg.curation)):
-        check_fields(prefix, cls, dataclasses.asdict(section))
-    check_type("seed", cfg.seed, int)
-    check_fields("labels", LabelConfig, cfg.labels)
-    if cfg.curation.filters is not None:
-        check_fields("curation.filters", FilterConfig, cfg.curation.filters)
-        for name in cfg.curation.filters.get("disabled") or ():
-            if name not in REASONS:
-                raise ConfigError("curation.filters.disabled", name, f"unknown filter; choose from {', '.join(REASONS)}")
-    if cfg.curation.dedup is not None:
-        check_fields("curation.dedup", DedupConfig, cfg.curation.dedup)
-    for key, value in (("engine.num_gpus", cfg.engine.num_gpus), ("engine.label_resources", cfg.engine.label_resources)):
-        for name, amount in value.items():
-            check_type(f"{key}.{name}", amount, float)
-            check_range(f"{key}.{name}", amount, (0, None))
-    unknown_stages = sorted(set(cfg.engine.num_gpus) - {"label"})
-    if unknown_stages:
-        raise ConfigError(f"engine.num_gpus.{unknown_stages[0]}", cfg.engine.num_gpus[unknown_stages[0]],
-                          "unknown model stage; choose from label")
-    start, stop = cfg.source.start, cfg.source.stop
-    if start is not None and stop is not None and start >= stop:
-        raise ConfigError("source.start", start, f"must be below source.stop ({stop})")
-
-
-def check_fields(prefix: str, cls: type, values: dict) -> None:
-    """Each key of `values` is a field of dataclass `cls` with a value of its type, in range."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"{prefix}.{key}", value, f"unknown key; choose from {', '.join(names)}")
-        check_field(f"{prefix}.{key}", value, hints[key])
-
-
-def check_field(key: str, value: Any, hint: Any) -> None:
-    check_type(key, value, hint)
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(key, value, f"choose one of {', '.join(CHOICES[key])}")
-    if key in RANGES and value is not None:
-        check_range(key, value, RANGES[key])
-
-
-def check_type(key: str, value: Any, hint: Any) -> None:
-    """`value` fits the annotation `hint` (Optional, bool, int, float, str, dict, list, tuple)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return
-        hint = next(a for a in args if a is not type(None))
-    base = typing.get_origin(hint) or hint
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-        dict: lambda v: isinstance(v, dict),
-        list: lambda v: isinstance(v, (list, tuple)),
-        tuple: lambda v: isinstance(v, (list, tuple)),
-    }.get(base)
-    if ok is not None and not ok(value):
-        raise ConfigError(key, value, f"expected {_TYPE_NAMES[base]}")
-
-
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               dict: "a mapping", list: "a list", tuple: "a list"}
-
-
-def check_range(key: str, value: float, bounds: tuple[Optional[float], Optional[float]]) -> None:
-    lo, hi = bounds
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        want = f"in [{lo}, {hi}]" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
-        raise ConfigError(key, value, f"out of range; expected a number {want}")
 
 
 # ---------------------------------------------------------------- label backends

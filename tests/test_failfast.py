@@ -43,7 +43,7 @@ BAD_VALUES = [
     ("curation.filters.disabled=[static,shaky]", "curation.filters.disabled = 'shaky': unknown filter; choose from "
      "too_short, static, no_language, low_visibility, bad_actions, blank_camera"),
     ("curation.filters.min_len=3", "curation.filters.min_len = 3: unknown key; choose from min_steps, static_motion_px, "
-     "static_quantile, static_pixel_delta, static_changed_fraction, require_language, min_track_visibility, "
+     "static_quantile, static_pixel_delta, static_changed_fraction, require_language, drop_uninformative_language, min_track_visibility, "
      "max_abs_action, blank_std, blank_frame_fraction, disabled"),
     ("curation.dedup.max_hamming=-1", "curation.dedup.max_hamming = -1: out of range; expected a number >= 0"),
     ("writer.compression=lz4", "writer.compression = 'lz4': choose one of none, zstd"),
