@@ -12,6 +12,7 @@ import pytest
 
 from curation.registry import publish as P
 from cli.main import main as curate
+from schemas.dataset import CONTRACT_VERSION
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
 
@@ -48,7 +49,7 @@ def test_publish_list_verify_resolve(datasets, registry):
     files = P.hash_dataset(v1, progress=False)
     assert index["files"] == files  # every file with its sha256 and size
     assert index["content_checksum"] == P.content_checksum(files) == pv.content_checksum
-    assert index["contract_version"] == "1.0.0" and index["created"]
+    assert index["contract_version"] == CONTRACT_VERSION and index["created"]
     assert [v.version for v in P.list_versions("synth")] == ["0.1.0"]
     result = P.verify("synth@0.1.0", progress=False)
     assert result.ok and result.files_checked == pv.num_files and result.bytes_checked == pv.total_bytes
