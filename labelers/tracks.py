@@ -17,7 +17,8 @@ the episode labeler prefers because it shares image pyramids between anchors.
 
 Backends
 - "lk": pyramidal Lucas-Kanade (OpenCV) with a forward-backward consistency
-  check deciding visibility; the CPU default. Mode "chain" (default) tracks
+  check deciding visibility; the CPU default (in mode "chain" with the static-point
+  test and re-solves of labelers/lk_refined.py). Mode "chain" (default) tracks
   frame to frame (t -> t+1), all anchors of a frame pair in one LK call;
   mode "anchor" re-solves each step against the anchor frame, starting from
   the chained estimate (no drift, re-acquires after short occlusions, but
@@ -350,7 +351,13 @@ TRACKERS: dict[str, Callable[..., Tracker]] = {"lk": LKTracker, "flow": FlowTrac
 
 
 def get_tracker(name: str, **params) -> Tracker:
-    """The tracker registered under `name` ("lk", "cotracker"), built with `params`."""
+    """The tracker registered under `name` ("lk", "flow", "cotracker"), built with `params`.
+    "lk" is labelers/lk_refined.RefinedLKTracker (LK plus a static-point test and re-solves
+    against older frames) in mode "chain", the plain LKTracker in the other modes."""
+    if name == "lk" and params.get("mode", "chain") == "chain":
+        from labelers.lk_refined import RefinedLKTracker
+
+        return RefinedLKTracker(**params)
     if name == "cotracker":
         from labelers.cotracker import CoTrackerTracker
 
