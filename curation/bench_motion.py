@@ -74,7 +74,7 @@ def _cat(pool, label, name, tasks, field):
 
 def _track_figures(pool, name, tasks, metrics) -> dict:
     out = {}
-    for suffix, tag in (("", "all"), (" [moving]", "moving")):
+    for suffix, tag in ((" [moving]", "moving"), ("", "all")):
         pred = _cat(pool, "tracks", name + suffix, tasks, "pred")
         if pred is None:
             continue
@@ -90,7 +90,7 @@ def _track_figures(pool, name, tasks, metrics) -> dict:
 
 def _scene_flow_figures(pool, name, tasks) -> dict:
     out = {}
-    for suffix, tag in (("", "all"), (" [moving]", "moving")):
+    for suffix, tag in ((" [moving]", "moving"), ("", "all")):
         err = _cat(pool, "sceneflow", f"{name} + dataset depth{suffix}", tasks, "err")
         if err is None:
             continue
