@@ -63,6 +63,15 @@ class RefinedLKTracker(LKTracker):
     rendered video, where a static pixel repeats bit for bit; a few levels for camera
     noise); static_anchor / static_step: the test against the anchor frame / against the
     previous frame; ref_gap: steps back of the re-solve reference (0 = off).
+
+    Defaults chosen on pick-place, drawer-open and button-press-topdown (2 episodes each,
+    128 px, horizon 32, stride 8; TAP-Vid delta_avg at the 256 px scale): plain chain LK
+    all points 0.906 / moving 0.577 / false motion 0.111; + static test (5 x 5 window)
+    0.941 / 0.580 / 0.070; + re-solve 4 steps back 0.943 / 0.600 / 0.073; with a 3 x 3
+    window (the default) 0.952 / 0.589 / 0.059. A single pixel (radius 0) pins moving
+    pixels of the uniformly red arm (moving 0.491); re-solving 8 steps back, LK windows of
+    7-15 px, a 2x upsampled image (finer internal scale, 4x the CPU) and gating the test on
+    local contrast all stayed within 0.02 on moving points.
     """
 
     name = "lk"
