@@ -323,7 +323,18 @@ def test_bench_labels_on_the_simulated_dataset(sim_dataset_dir, tmp_path, capsys
     # The motion-image round trip costs almost nothing on top of the flow itself.
     assert rows[("dis (medium) via motion image", "all")]["epe_px"] < rows[("dis (medium)", "all")]["epe_px"] + 0.02
     tracks = {(r["backend"], r["task"]): r for r in res["tracks"]}
-    assert tracks[("lk (default: chain)", "all")]["delta_avg"] >= 0.8
+    assert tracks[("lk (default: refined)", "all")]["delta_avg"] >= 0.8
+    # Moving points first: moving and all-points figures side by side, false motion, every gap.
+    head = {(r["backend"], r["task"]): r for r in res["moving_points"]}
+    default, plain = head[("lk (default: refined)", "all")], head[("lk (chain)", "all")]
+    assert default["moving_delta_avg"] < default["all_delta_avg"]  # the hard part, not flattered by static pixels
+    assert default["false_motion"] < plain["false_motion"] and default["n_static"] > 1000
+    assert 0.0 <= default["false_motion_3d"] < plain["false_motion_3d"]
+    assert ("lk (default: refined) [gap 4]", "all") in head and np.isfinite(head[("lk (default: refined) [gap 4]", "all")]["moving_delta_avg"])
+    gaps = {r["backend"] for r in res["flow_moving_pixels"]}
+    assert {"dis (medium) [moving]", "dis (medium) [gap 4] [moving]", "dis (medium) [gap 8] [moving]"} <= gaps
+    assert res["choice_tasks"] == ["pick-place-v3", "drawer-open-v3"]  # no held-out task here: goals on all tasks
+    assert all(np.isfinite(v["value"]) for v in res["moving_targets"].values()), res["moving_targets"]
     sf = {(r["backend"], r["task"]): r for r in res["sceneflow"]}
     assert sf[("true tracks + dataset depth", "all")]["median_epe3d_mm"] < 1.0
     depth = {r["backend"]: r for r in res["depth"] if r["task"] == "all"}

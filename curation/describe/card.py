@@ -82,7 +82,8 @@ def _flatten(d, prefix: str = "", out: Optional[dict] = None, limit: int = 80) -
     return out
 
 
-_BENCH_LABELS = ("flow", "tracks", "sceneflow", "depth")
+# Moving points first: most of a frame is static, so the all-points figures flatter the labels.
+_BENCH_LABELS = ("moving_points", "flow_moving_pixels", "flow", "tracks", "sceneflow", "depth")
 
 
 def _bench_accuracy_rows(accuracy: dict, used: set[str]) -> list[tuple[str, list[dict]]]:

@@ -28,5 +28,11 @@ def tracker_class(name: str) -> Callable[..., Tracker]:
 
 
 def get_tracker(name: str, **params) -> Tracker:
-    """The tracker registered under `name` ("lk", "flow", "cotracker"), built with `params`."""
+    """The tracker registered under `name` ("lk", "flow", "cotracker"), built with `params`.
+    "lk" in mode "chain" (the default) is labelers.tracking.lk_refined.RefinedLKTracker (LK plus a
+    static-point test and re-solves against older frames); the plain LKTracker in other modes."""
+    if name == "lk" and params.get("mode", "chain") == "chain":
+        from labelers.tracking.lk_refined import RefinedLKTracker
+
+        return RefinedLKTracker(**params)
     return tracker_class(name)(**params)
