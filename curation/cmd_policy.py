@@ -1,4 +1,4 @@
-"""`curate policy train|eval|curves` and `curate bench policy|loader`: the dual-expert policy (policy/)."""
+"""`curate policy train|eval|curves|experiment` and `curate bench policy|loader`: the dual-expert policy (policy/)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ def add_commands(sub) -> None:
     c.add_argument("--key", default="loss")
     add_report_args(c)
     c.set_defaults(func=cmd_curves)
+
+    x = psub.add_parser("experiment", help="run an experiment plan (data, stage 1, variants x regimes x seeds, evaluation), resumably")
+    x.add_argument("plan", help="plan YAML (policy/experiment_plan.py), e.g. policy/experiments/motion_prior.yaml")
+    x.add_argument("--dry-run", action="store_true", help="list the steps and which are done; run nothing")
+    x.add_argument("--commit", action="store_true", help="git-commit the results files after every evaluation")
+    x.add_argument("--results", default=None, help="results JSON to write instead of the plan's `results`")
+    add_report_args(x)
+    x.set_defaults(func=cmd_experiment)
 
 
 def add_bench(bench_sub) -> None:
@@ -137,6 +145,23 @@ def cmd_curves(args) -> int:
         runs[label] = path
     png = plot_curves(runs, args.png, key=args.key)
     emit({"png": str(png), "runs": runs}, args.json, f"wrote {png}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from pathlib import Path
+
+    from policy.experiment import run_plan
+    from policy.experiment_plan import load_plan
+
+    plan = load_plan(args.plan)
+    if args.results:
+        plan.results = Path(args.results)
+    result = run_plan(plan, dry_run=args.dry_run, commit=args.commit,
+                      on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
+    text = (format_table(result["steps"], ["step", "status", "wall_s"], floatfmt=".0f")
+            + f"\n{result['steps_done']}/{result['steps_total']} steps done -> {result['results']}")
+    emit(result, args.json, text)
     return 0
 
 

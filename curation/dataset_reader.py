@@ -23,6 +23,8 @@ from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, ST
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
+# What a motion-only read (stage-1 pretraining on action-free video) never opens.
+ACTION_ARRAYS = ("actions", "proprio")
 
 
 def array_names(group) -> list[str]:
@@ -93,10 +95,11 @@ class CuratedDataset:
             return zarr.open_group(path, mode="r")
         return zarr.open_group(self.fs.unstrip_protocol(path), mode="r", storage_options=self.storage_options)
 
-    def read_shard(self, shard: str) -> dict[str, np.ndarray]:
-        """Every array of a shard, read in bulk: {name: array over the shard's frames/anchors}."""
+    def read_shard(self, shard: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Every array of a shard but those named in `skip` (top-level names, e.g. "actions"),
+        read in bulk: {name: array over the shard's frames/anchors}. Skipped arrays are not opened."""
         group = self._group(shard)
-        return {name: group[name][...] for name in array_names(group)}
+        return {name: group[name][...] for name in array_names(group) if name.split("/")[0] not in skip}
 
     def episode_arrays(self, episode_id: str, data: Optional[dict] = None) -> dict[str, np.ndarray]:
         """One episode's arrays (frame arrays F x ..., anchor arrays N x ...)."""
@@ -107,13 +110,15 @@ class CuratedDataset:
 
     # ---- triplets ----------------------------------------------------------------
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = DEFAULT_CHUNK,
-                      cameras: Optional[Sequence[str]] = None) -> Iterator[Triplet]:
+                      cameras: Optional[Sequence[str]] = None, motion_only: bool = False) -> Iterator[Triplet]:
         """Every anchor of every episode of `shards` (default all), in manifest order.
 
         action_chunk: C x A from the anchor step; steps past the end of the episode
         are zeros with action_chunk_valid False. images: the anchor frame of each
         camera (or of `cameras`). motion: the anchor's slice of every anchor array
-        (tracks_px K T 2, visible K T, in_range T, ... as stored)."""
+        (tracks_px K T 2, visible K T, in_range T, ... as stored).
+        motion_only: frames, language and motion only; the action and proprio arrays are
+        never read (the triplet's action_chunk is C x 0, its proprio empty)."""
         wanted = shards if shards is not None else self.shard_names
         by_shard: dict[str, list[dict]] = {}
         for r in self._rows:
@@ -122,11 +127,12 @@ class CuratedDataset:
             rows = by_shard.get(shard, [])
             if not rows:
                 continue
-            data = self.read_shard(shard)
+            data = self.read_shard(shard, skip=ACTION_ARRAYS if motion_only else ())
             cams = [n.split("/", 1)[1] for n in data if n.startswith("frames/")]
             cams = [c for c in cams if cameras is None or c in cameras]
             motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"]
-            actions, proprio = data["actions"], data.get("proprio")
+            actions = data["actions"] if not motion_only else np.zeros((0, 0), np.float32)  # F A
+            proprio = data.get("proprio")
             for r in rows:
                 yield from self._episode_triplets(r, data, cams, motion_names, actions, proprio, chunk)
 
@@ -142,9 +148,10 @@ class CuratedDataset:
             t = int(data["anchor_step"][a])
             n_valid = max(0, min(chunk, fc - t))
             act = np.zeros((chunk, A), np.float32)
-            act[:n_valid] = actions[fs + t: fs + t + n_valid]
             valid = np.zeros(chunk, bool)
-            valid[:n_valid] = True
+            if A:
+                act[:n_valid] = actions[fs + t: fs + t + n_valid]
+                valid[:n_valid] = True
             yield Triplet(
                 episode_id=r["episode_id"], anchor=t,
                 images={c: data[f"frames/{c}"][fs + t] for c in cams},

@@ -34,6 +34,10 @@ from schemas.triplet import (
 # measure motion on (all black, all white, a blank camera).
 MIN_TEXTURE_LEVELS = 4
 
+# Where tracks, visibility and 3D points come from: our labelers, or the simulator's ground truth
+# (an episode with SimGroundTruth only; the label-quality ablation trains on it).
+MOTION_SOURCES = ("labelers", "ground_truth")
+
 
 @dataclass
 class LabelConfig:
@@ -41,6 +45,7 @@ class LabelConfig:
 
     depth: str = "dataset"  # "dataset" | "depth-anything"
     depth_params: dict = field(default_factory=dict)
+    motion_source: str = "labelers"  # "labelers" (tracker + depth) | "ground_truth" (simulator oracle, labelers/ground_truth.py)
     tracker: str = "lk"  # "lk" | "cotracker"
     tracker_params: dict = field(default_factory=dict)
     grid: int = DEFAULT_GRID  # queries: grid x grid cell centres of the anchor frame
@@ -61,6 +66,8 @@ class LabelConfig:
         for name in ("grid", "horizon", "stride", "flow_gap"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"LabelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.motion_source not in MOTION_SOURCES:
+            raise ValueError(f"LabelConfig.motion_source must be one of {MOTION_SOURCES}, got {self.motion_source!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,7 +103,10 @@ class EpisodeLabeler:
 
     @property
     def backends(self) -> dict[str, str]:
-        out = {"depth": self.depth.name, "tracks": self.tracker.name}
+        if self.config.motion_source == "ground_truth":
+            out = {"depth": "ground_truth", "tracks": "ground_truth", "points_3d": "ground_truth"}
+        else:
+            out = {"depth": self.depth.name, "tracks": self.tracker.name}
         if self.flow is not None:
             out["flow"] = self.flow.name
         if self.latent is not None:
@@ -116,9 +126,7 @@ class EpisodeLabeler:
     # -- the work
 
     def _label(self, episode: Episode) -> EpisodeLabels:
-        from labelers.flow import encode_motion_image, to_gray
-        from labelers.sceneflow import intrinsics_or_estimate, lift_tracks, statistical_inliers
-        from labelers.tracks import FlowTracker, LKTracker, grid_queries, track_anchors
+        from labelers.flow import to_gray
 
         c = self.config
         where = episode.provenance.describe()
@@ -128,14 +136,50 @@ class EpisodeLabeler:
         if cam in episode.blank_cameras:
             raise EpisodeError(where, f"camera {cam!r} is blank in this episode", stage="label")
         frames = episode.frames[cam]
+        anchors = anchor_steps(frames.shape[0], c.stride)
+        grays = [to_gray(f) for f in frames]
+        textured = np.array([int(g.max()) - int(g.min()) >= MIN_TEXTURE_LEVELS for g in grays])
+        if c.motion_source == "ground_truth":
+            labels = self._ground_truth_motion(episode, cam, anchors)
+        else:
+            labels = self._tracked_motion(episode, cam, anchors, grays, textured)
+        labels.flow_gap = int(c.flow_gap)
+        if self.flow is not None:
+            labels.motion_image, labels.flow_valid = self._motion_images(frames, anchors, grays, textured)
+        if self.latent is not None:
+            # latent_gap None: the labeler uses the gap its checkpoint was trained with.
+            tokens, ok = self.latent(frames, anchors, c.latent_gap)
+            tokens = np.asarray(tokens, np.int16).copy()
+            ok = np.asarray(ok, bool)
+            tokens[~ok] = LATENT_PAD_TOKEN
+            labels.latent_tokens, labels.latent_valid = tokens, ok
+        return labels
+
+    def _ground_truth_motion(self, episode: Episode, cam: str, anchors: np.ndarray) -> EpisodeLabels:
+        """Tracks, visibility, depth and 3D points from the simulator (labelers/ground_truth.py)
+        on the same query grid and anchors as the labelers."""
+        from labelers.ground_truth import true_labels
+
+        gt = episode.ground_truth
+        if gt is None or gt.camera != cam:
+            have = "no ground truth" if gt is None else f"ground truth of camera {gt.camera!r}"
+            raise EpisodeError(episode.provenance.describe(), f"motion_source ground_truth needs simulator ground truth "
+                               f"of camera {cam!r}; episode has {have}", stage="label")
+        labels = true_labels(episode, anchors, self.config.grid, self.config.horizon)
+        labels.backends = self.backends
+        return labels
+
+    def _tracked_motion(self, episode: Episode, cam: str, anchors: np.ndarray, grays, textured) -> EpisodeLabels:
+        """Tracks of the grid queries from every anchor, lifted to 3D with the depth backend."""
+        from labelers.sceneflow import intrinsics_or_estimate, lift_tracks, statistical_inliers
+        from labelers.tracks import FlowTracker, LKTracker, grid_queries, track_anchors
+
+        c = self.config
+        frames = episode.frames[cam]
         n_steps, H, W = frames.shape[:3]
-        anchors = anchor_steps(n_steps, c.stride)
         N, T = anchors.size, c.horizon
         steps = anchors[:, None] + np.arange(T)[None, :]  # N T
         in_range = steps < n_steps
-
-        grays = [to_gray(f) for f in frames]
-        textured = np.array([int(g.max()) - int(g.min()) >= MIN_TEXTURE_LEVELS for g in grays])
 
         queries = grid_queries(H, W, c.grid)
         if isinstance(self.tracker, FlowTracker) or (isinstance(self.tracker, LKTracker) and not self.tracker.color):
@@ -177,30 +221,28 @@ class EpisodeLabeler:
                 points[~valid] = np.nan
                 depth_track[~valid] = np.nan
             labels.depth_m, labels.points_cam_m, labels.valid_3d = depth_track, points, valid
-
-        if self.flow is not None:
-            motion = np.empty((N, H, W, 3), np.uint8)
-            flow_valid = np.zeros(N, bool)
-            zero = encode_motion_image(np.zeros((H, W, 2), np.float32))
-            for n, a in enumerate(anchors):
-                b = a + c.flow_gap
-                if b >= n_steps or not (textured[a] and textured[b]):
-                    motion[n] = zero
-                    continue
-                flow_fn = getattr(self.flow, "flow_gray", None)
-                flow = flow_fn(grays[a], grays[b]) if flow_fn else self.flow(frames[a], frames[b])
-                motion[n] = encode_motion_image(flow)
-                flow_valid[n] = True
-            labels.motion_image, labels.flow_valid = motion, flow_valid
-
-        if self.latent is not None:
-            # latent_gap None: the labeler uses the gap its checkpoint was trained with.
-            tokens, ok = self.latent(frames, anchors, c.latent_gap)
-            tokens = np.asarray(tokens, np.int16).copy()
-            ok = np.asarray(ok, bool)
-            tokens[~ok] = LATENT_PAD_TOKEN
-            labels.latent_tokens, labels.latent_valid = tokens, ok
         return labels
+
+    def _motion_images(self, frames: np.ndarray, anchors: np.ndarray, grays, textured) -> tuple[np.ndarray, np.ndarray]:
+        """Optical flow anchor -> anchor + flow_gap of every anchor, encoded: (N H W 3 uint8, N bool)."""
+        from labelers.flow import encode_motion_image
+
+        c = self.config
+        n_steps, H, W = frames.shape[:3]
+        N = anchors.size
+        motion = np.empty((N, H, W, 3), np.uint8)
+        flow_valid = np.zeros(N, bool)
+        zero = encode_motion_image(np.zeros((H, W, 2), np.float32))
+        for n, a in enumerate(anchors):
+            b = a + c.flow_gap
+            if b >= n_steps or not (textured[a] and textured[b]):
+                motion[n] = zero
+                continue
+            flow_fn = getattr(self.flow, "flow_gray", None)
+            flow = flow_fn(grays[a], grays[b]) if flow_fn else self.flow(frames[a], frames[b])
+            motion[n] = encode_motion_image(flow)
+            flow_valid[n] = True
+        return motion, flow_valid
 
 
 def label_summary(labels: EpisodeLabels) -> dict[str, Any]:
