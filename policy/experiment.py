@@ -43,10 +43,11 @@ STEP_ENV = {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa", "TF_CPP_MIN_LO
 
 
 # ----------------------------------------------------------------------------- the steps
-def _simulate(plan: Plan, name: str, tasks: list[str], episodes: int, seed: int, per_shard: int, out: Path) -> Step:
-    argv = ["simulate", *[a for t in tasks for a in ("--task", t)], "--episodes", str(episodes),
-            "--size", str(plan.image_size), "--max-steps", str(plan.max_steps), "--seed", str(seed),
-            "--episodes-per-shard", str(per_shard), "--workers", "1", "--out", str(out)]
+def _simulate(plan: Plan, name: str, spec, episodes: int, out: Path) -> Step:
+    """spec: the plan's Corpus or Demos (tasks, seed, episodes per shard, steps per episode)."""
+    argv = ["simulate", *[a for t in spec.tasks for a in ("--task", t)], "--episodes", str(episodes),
+            "--size", str(plan.image_size), "--max-steps", str(spec.max_steps or plan.max_steps), "--seed", str(spec.seed),
+            "--episodes-per-shard", str(spec.episodes_per_shard), "--workers", "1", "--out", str(out)]
     return Step(name, "simulate", argv, clean=out)
 
 
@@ -90,7 +91,7 @@ def plan_steps(plan: Plan) -> list[Step]:
             steps.append(step)
 
     def need_corpus(label_set: str) -> str:
-        add(_simulate(plan, "simulate/corpus", c.tasks, c.episodes, c.seed, c.episodes_per_shard, w / "sim" / "corpus"))
+        add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
         cur = w / "cur" / f"corpus-{label_set}"
         add(_curate(plan, f"curate/corpus-{label_set}", w / "sim" / "corpus", cur, c.episodes_per_shard,
                     c.label_sets[label_set]))
@@ -99,7 +100,7 @@ def plan_steps(plan: Plan) -> list[Step]:
 
     def need_demos(regime: int) -> str:
         sim = w / "sim" / f"demos{regime}"
-        add(_simulate(plan, f"simulate/demos{regime}", d.tasks, regime, d.seed, d.episodes_per_shard, sim))
+        add(_simulate(plan, f"simulate/demos{regime}", d, regime, sim))
         cur = w / "cur" / f"demos{regime}"
         add(_curate(plan, f"curate/demos{regime}", sim, cur, d.episodes_per_shard, []))
         add(_publish(lay, f"publish/demos{regime}", cur, lay.demos_name(regime), d.version))

@@ -4,7 +4,7 @@
     results: policy/results/motion_prior.json
     config: policy/configs/motion_prior.yaml # LaMPConfig / TrainConfig of every training run
     image_size: 96
-    max_steps: 150                           # steps per simulated episode
+    max_steps: 150                           # steps per simulated episode (corpus / demos may override)
     corpus:                                  # action-free video for stage 1
       tasks: [...]
       episodes: 50                           # per task
@@ -47,6 +47,7 @@ class Corpus:
     version: str = "1.0.0"
     episodes_per_shard: int = 10
     label_sets: dict[str, list[str]] = field(default_factory=lambda: {"ours": []})
+    max_steps: Optional[int] = None  # steps per episode; None = the plan's max_steps
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Demos:
     name: str = "metaworld-demos"
     version: str = "1.0.0"
     episodes_per_shard: int = 5
+    max_steps: Optional[int] = None  # steps per episode; None = the plan's max_steps
 
 
 @dataclass

@@ -90,7 +90,10 @@ def protocol(plan: Plan, steps: list[Step]) -> dict:
     for s in done:
         if s.kind == "publish":
             name, version = s.argv[s.argv.index("--name") + 1], s.argv[s.argv.index("--version") + 1]
-            datasets[name] = dataset_summary(lay.ref(name, version))
+            try:
+                datasets[name] = dataset_summary(lay.ref(name, version))
+            except Exception as e:  # noqa: BLE001 - the summary is a record, not a step: note why, go on
+                datasets[name] = {"ref": lay.ref(name, version), "error": f"{type(e).__name__}: {e}"}
     finished = {s.name: json.loads(lay.marker(s.name).read_text()) for s in done}
     return {"plan": str(plan.path), "plan_content": plan.raw, "model_config": str(plan.config),
             "model_config_content": plan.config.read_text() if plan.config.exists() else None,
