@@ -159,8 +159,15 @@ def cmd_experiment(args) -> int:
         plan.results = Path(args.results)
     result = run_plan(plan, dry_run=args.dry_run, commit=args.commit,
                       on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
-    text = (format_table(result["steps"], ["step", "status", "wall_s"], floatfmt=".0f")
-            + f"\n{result['steps_done']}/{result['steps_total']} steps done -> {result['results']}")
+    text = format_table(result["steps"], ["step", "status", "wall_s"], floatfmt=".0f")
+    if Path(result["results"]).exists():
+        import json
+
+        from policy.experiment_results import table_rows
+
+        variants, paired = table_rows(json.loads(Path(result["results"]).read_text()))
+        text += "\n\n" + format_table(variants) + "\n\n" + format_table(paired)
+    text += f"\n{result['steps_done']}/{result['steps_total']} steps done -> {result['results']}"
     emit(result, args.json, text)
     return 0
 

@@ -146,3 +146,19 @@ def write_outputs(plan: Plan, steps: list[Step]) -> list[Path]:
                     shutil.copyfile(png, dst)
                 written.append(dst)
     return written
+
+
+def table_rows(results: dict) -> tuple[list[dict], list[dict]]:
+    """The results as two tables of text cells: one row per variant@regime (overall and per task,
+    `s/n = rate [lo, hi]`) and one per paired difference (`diff [lo, hi]`)."""
+    def cell(r: dict) -> str:
+        return f"{r['successes']}/{r['trials']} = {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+
+    variants = []
+    for key, v in results["variants"].items():
+        row = {"variant": key, "seeds": ",".join(str(s) for s in v["seeds"]), "overall": cell(v)}
+        row.update({t: cell(r) for t, r in v["per_task"].items()})
+        variants.append(row)
+    paired = [{"difference": k, "diff": f"{p['diff']:+.3f}", "ci95": f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
+               "seeds": ",".join(str(s) for s in p["seeds"]), "layouts": p["layouts"]} for k, p in results["paired"].items()]
+    return variants, paired

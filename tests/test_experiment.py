@@ -92,7 +92,7 @@ def test_motion_only_stream_and_stage1_training_without_actions(curated_dir, act
     # stage 1 trains on the action-free copy; stage 2 then takes its action/state dims from its own data
     s1 = train(str(actionless_dir), tmp_path / "s1", cfg, TrainConfig(phase="motion", steps=2, **TINY_TRAIN), progress=False)
     assert np.isfinite(s1["final_loss"])
-    s2 = train(str(curated_dir), tmp_path / "s2", LaMPConfig(fusion="gated_sigmoid"),
+    s2 = train(str(curated_dir), tmp_path / "s2", LaMPConfig(fusion="gated_sigmoid", chunk_size=4, n_action_steps=2),
                TrainConfig(phase="action", steps=2, **TINY_TRAIN), init=str(tmp_path / "s1"), progress=False)
     state = json.loads((Path(s2["checkpoint"]) / "state.json").read_text())
     first = next(iter(open_dataset(str(curated_dir)).iter_triplets()))
