@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 
 from curation.report import add_report_args, emit, format_table, write_bench_json
 
@@ -154,11 +155,15 @@ def cmd_experiment(args) -> int:
     from policy.experiment import run_plan
     from policy.experiment_plan import load_plan
 
-    plan = load_plan(args.plan)
-    if args.results:
-        plan.results = Path(args.results)
-    result = run_plan(plan, dry_run=args.dry_run, commit=args.commit,
-                      on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
+    try:
+        plan = load_plan(args.plan)
+        if args.results:
+            plan.results = Path(args.results)
+        result = run_plan(plan, dry_run=args.dry_run, commit=args.commit,
+                          on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
+    except (ValueError, RuntimeError) as e:  # a bad plan, or a step that failed (the message names its log)
+        print(f"curate policy experiment: error: {e}", file=sys.stderr)
+        return 1
     text = format_table(result["steps"], ["step", "status", "wall_s"], floatfmt=".0f")
     if Path(result["results"]).exists():
         import json

@@ -83,6 +83,19 @@ def dataset_summary(ref: str) -> dict:
     return {"ref": ref, "episodes": len(rows), "triplets": ds.num_triplets(), "episodes_per_instruction": dict(sorted(per_task.items()))}
 
 
+def layout_overlap(plan: Plan) -> dict:
+    """How many layout seeds the corpus, the demos and the evaluation share (0 = disjoint layouts)."""
+    from curation.simulate import episode_seed
+
+    def seeds(base: int, tasks: list[str], n: int) -> set[int]:
+        return {episode_seed(base, t, i) for t in tasks for i in range(n)}
+
+    corpus = seeds(plan.corpus.seed, plan.corpus.tasks, plan.corpus.episodes)
+    demos = seeds(plan.demos.seed, plan.demos.tasks, max(plan.regimes))
+    evals = seeds(plan.eval.seed, plan.demos.tasks, plan.eval.episodes)
+    return {"corpus_eval": len(corpus & evals), "demos_eval": len(demos & evals), "corpus_demos": len(corpus & demos)}
+
+
 def protocol(plan: Plan, steps: list[Step]) -> dict:
     lay = Layout(plan)
     done = [s for s in steps if lay.marker(s.name).exists()]
@@ -99,6 +112,7 @@ def protocol(plan: Plan, steps: list[Step]) -> dict:
             "model_config_content": plan.config.read_text() if plan.config.exists() else None,
             "eval_layouts": f"curation.simulate.episode_seed({plan.eval.seed}, task, i), i < {plan.eval.episodes}",
             "bootstrap": "paired over layouts, stratified by task, 10000 resamples, percentile 95 %",
+            "shared_layout_seeds": layout_overlap(plan),
             "datasets": datasets, "steps_done": len(done), "steps_total": len(steps),
             "steps": {k: {"command": v["command"], "wall_s": v["wall_s"], "finished_utc": v["finished_utc"]}
                       for k, v in finished.items()}}

@@ -238,6 +238,20 @@ def test_plan_steps_order_and_validation(tmp_path):
             load_plan(write_plan(tmp_path, **bad))
 
 
+def test_cli_experiment_dry_run_and_bad_plan(tmp_path, capsys):
+    from curation.cli import main
+
+    plan = write_plan(tmp_path)
+    assert main(["policy", "experiment", str(plan), "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps_done"] == 0 and out["ran"] == 0 and {s["status"] for s in out["steps"]} == {"todo"}
+    assert out["steps"][0]["command"].startswith("curate simulate --task button-press-topdown-v3")
+    assert not (tmp_path / "work" / "done").exists()
+    bad = write_plan(tmp_path, variants={"lamp": {"stage1": "nope", "fusion": "gated_sigmoid"}})
+    assert main(["policy", "experiment", str(bad), "--dry-run"]) == 1
+    assert "stage1 'nope'" in capsys.readouterr().err
+
+
 def test_runner_skips_finished_steps_and_reruns_a_failed_one(tmp_path):
     from policy.experiment import plan_steps, run_plan
     from policy.experiment_plan import Layout, load_plan
@@ -266,6 +280,7 @@ def test_runner_skips_finished_steps_and_reruns_a_failed_one(tmp_path):
     assert res["paired"]["lamp - scratch@1"]["diff"] == pytest.approx(0.25)
     assert res["paired"]["lamp - scratch@1"]["seeds"] == [0, 1]
     assert res["protocol"]["steps_done"] == n and res["variants"]["lamp@1"]["complete"]
+    assert res["protocol"]["shared_layout_seeds"] == {"corpus_eval": 0, "demos_eval": 0, "corpus_demos": 0}
 
 
 def test_tiny_plan_runs_for_real_and_resumes(tmp_path):
