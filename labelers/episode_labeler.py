@@ -39,6 +39,10 @@ MIN_TEXTURE_LEVELS = 4
 # three-sigma rule of statistical outlier removal, as in Open3D's remove_statistical_outlier).
 OUTLIER_STD_RATIO = 3.0
 
+# Where tracks, visibility and 3D points come from: our labelers, or the simulator's ground truth
+# (an episode with SimGroundTruth only; the label-quality ablation trains on it).
+MOTION_SOURCES = ("labelers", "ground_truth")
+
 
 @dataclass
 class LabelConfig:
@@ -46,6 +50,7 @@ class LabelConfig:
 
     depth: str = "dataset"  # "dataset" | "depth-anything"
     depth_params: dict = field(default_factory=dict)
+    motion_source: str = "labelers"  # "labelers" (tracker + depth) | "ground_truth" (simulator oracle, labelers/eval/ground_truth.py)
     tracker: str = "lk"  # "lk" | "cotracker"
     tracker_params: dict = field(default_factory=dict)
     grid: int = DEFAULT_GRID  # queries: grid x grid cell centres of the anchor frame
@@ -66,6 +71,8 @@ class LabelConfig:
         for name in ("grid", "horizon", "stride", "flow_gap"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"LabelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.motion_source not in MOTION_SOURCES:
+            raise ValueError(f"LabelConfig.motion_source must be one of {MOTION_SOURCES}, got {self.motion_source!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,7 +105,10 @@ class EpisodeLabeler:
 
     @property
     def backends(self) -> dict[str, str]:
-        out = {"depth": self.depth.name, "tracks": self.tracker.name}
+        if self.config.motion_source == "ground_truth":
+            out = {"depth": "ground_truth", "tracks": "ground_truth", "points_3d": "ground_truth"}
+        else:
+            out = {"depth": self.depth.name, "tracks": self.tracker.name}
         if self.flow is not None:
             out["flow"] = self.flow.name
         if self.latent is not None:
@@ -119,7 +129,6 @@ class EpisodeLabeler:
 
     def _label(self, episode: Episode) -> EpisodeLabels:
         from labelers.flow import to_gray
-        from labelers.sceneflow import intrinsics_or_estimate
 
         c = self.config
         where = episode.provenance.describe()
@@ -129,12 +138,42 @@ class EpisodeLabeler:
         if cam in episode.blank_cameras:
             raise EpisodeError(where, f"camera {cam!r} is blank in this episode", stage="label")
         frames = episode.frames[cam]  # T H W 3
-        n_steps, H, W = frames.shape[:3]
-        anchors = anchor_steps(n_steps, c.stride)  # N
+        anchors = anchor_steps(frames.shape[0], c.stride)  # N
         grays = [to_gray(f) for f in frames]
         textured = np.array([int(g.max()) - int(g.min()) >= MIN_TEXTURE_LEVELS for g in grays])  # T
-        tracks, visible, in_range = self._tracks(frames, grays, textured, anchors)
+        if c.motion_source == "ground_truth":
+            labels = self._ground_truth_motion(episode, cam, anchors)
+        else:
+            labels = self._tracked_motion(episode, cam, grays, textured, anchors)
+        labels.flow_gap = int(c.flow_gap)
+        if self.flow is not None:
+            labels.motion_image, labels.flow_valid = self._motion_images(frames, grays, textured, anchors)
+        if self.latent is not None:
+            labels.latent_tokens, labels.latent_valid = self._latent_tokens(frames, anchors)
+        return labels
 
+    def _ground_truth_motion(self, episode: Episode, cam: str, anchors: np.ndarray) -> EpisodeLabels:
+        """Tracks, visibility, depth and 3D points from the simulator (labelers/eval/ground_truth.py)
+        on the same query grid and anchors as the labelers."""
+        from labelers.eval.ground_truth import true_labels
+
+        gt = episode.ground_truth
+        if gt is None or gt.camera != cam:
+            have = "no ground truth" if gt is None else f"ground truth of camera {gt.camera!r}"
+            raise EpisodeError(episode.provenance.describe(), f"motion_source ground_truth needs simulator ground truth "
+                               f"of camera {cam!r}; episode has {have}", stage="label")
+        labels = true_labels(episode, anchors, self.config.grid, self.config.horizon)
+        labels.backends = self.backends
+        return labels
+
+    def _tracked_motion(self, episode: Episode, cam: str, grays, textured, anchors) -> EpisodeLabels:
+        """Tracks of the grid queries from every anchor, lifted to 3D with the depth backend."""
+        from labelers.sceneflow import intrinsics_or_estimate
+
+        c = self.config
+        frames = episode.frames[cam]  # T H W 3
+        H, W = frames.shape[1:3]
+        tracks, visible, in_range = self._tracks(frames, grays, textured, anchors)
         intr = intrinsics_or_estimate(episode.intrinsics.get(cam), H, W, c.fov_deg)
         depth_res = self.depth(frames, episode.depth_m.get(cam))
         labels = EpisodeLabels(
@@ -152,10 +191,6 @@ class EpisodeLabeler:
         if depth_res.depth_m is not None:
             labels.depth_m, labels.points_cam_m, labels.valid_3d = self._scene_flow(
                 tracks, visible, in_range, anchors, depth_res.depth_m, intr)
-        if self.flow is not None:
-            labels.motion_image, labels.flow_valid = self._motion_images(frames, grays, textured, anchors)
-        if self.latent is not None:
-            labels.latent_tokens, labels.latent_valid = self._latent_tokens(frames, anchors)
         return labels
 
     def _tracks(self, frames, grays, textured, anchors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,7 +24,10 @@ from typing import Any
 from schemas.config import strict_from_dict
 
 FUSIONS = ("gated_sigmoid", "gated_tanh", "concat", "add", "none")
-MOTION_REPRS = ("uvd", "xyz")
+MOTION_REPRS = ("uvd", "xyz", "uv")
+# Channels per point and step of each motion representation: uv is the 2D-track prior
+# (LaMP's ablation of 3D scene flow), pixel displacement only.
+MOTION_CHANNELS = {"uvd": 3, "xyz": 3, "uv": 2}
 NORM_MODES = ("mean_std", "quantile")
 
 
@@ -54,7 +57,7 @@ class LaMPConfig:
     vl_layers: int = 2  # compact: transformer layers over [image; text] tokens
 
     # --- motion expert ---
-    motion_repr: str = "uvd"  # uvd: (du, dv, d depth) from the anchor; xyz: camera-frame 3D from the anchor
+    motion_repr: str = "uvd"  # uvd: (du, dv, d depth) from the anchor; xyz: camera-frame 3D; uv: (du, dv) 2D tracks
     motion_points: int = 100  # K used by the model (subsampled from the data's grid, strided)
     motion_horizon: int = 16  # T used by the model (subsampled from the data's horizon, strided)
     motion_layers: int = 3
@@ -86,6 +89,11 @@ class LaMPConfig:
     @property
     def uses_motion(self) -> bool:
         return self.fusion != "none"
+
+    @property
+    def motion_channels(self) -> int:
+        """M: values per point and step of the motion target (3 for uvd / xyz, 2 for uv)."""
+        return MOTION_CHANNELS[self.motion_repr]
 
 
 @dataclass

@@ -3,7 +3,8 @@
     checkpoint ─► LaMPPolicy ─┐
     MetaWorldScene(task, size = policy image size, camera = the dataset's sim camera)
         reset(seed_i) ─► loop: render RGB + proprio ─► select_action ─► step ─► success?
-    ─► per task: successes / episodes, 95% Wilson interval, a rollout image strip (PNG)
+    ─► per task: successes / episodes, 95% Wilson interval, the outcome of every layout
+       (for paired comparisons between checkpoints), a rollout image strip (PNG)
 
 Evaluation layouts come from curation.sources.metaworld.rollout.episode_seed(eval_seed, task, i) with
 eval_seed (default 10_000) different from the curation seed, so the policy sees held-out
@@ -89,13 +90,14 @@ def evaluate(checkpoint: str, tasks: Sequence[str], episodes: int, max_steps: in
     bar = progress_bar(total=len(tasks) * episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
     for task in tasks:
         scene = MetaWorldScene(task, size=H, camera=camera, width=W)
-        succ, steps, t0 = 0, [], time.perf_counter()
+        succ, steps, outcomes, t0 = 0, [], [], time.perf_counter()
         strip = None
         try:
             for i in range(episodes):
                 r = run_episode(policy, scene, episode_seed(eval_seed, task, i), max_steps, record=(i == 0 and strip_dir is not None))
                 succ += r["success"]
                 steps.append(r["steps"])
+                outcomes.append(int(r["success"]))
                 if r["frames"]:
                     strip = save_strip(r["frames"], strip_dir / f"{task}.png",
                                        label=f"{task} ep0 {'success' if r['success'] else 'fail'} in {r['steps']} steps")
@@ -106,7 +108,8 @@ def evaluate(checkpoint: str, tasks: Sequence[str], episodes: int, max_steps: in
         lo, hi = wilson_interval(succ, episodes)
         rows.append({"task": task, "episodes": episodes, "successes": succ, "success_rate": succ / max(1, episodes),
                      "ci95_low": lo, "ci95_high": hi, "mean_steps": float(np.mean(steps)) if steps else float("nan"),
-                     "wall_s": time.perf_counter() - t0, "strip": str(strip) if strip else None})
+                     "wall_s": time.perf_counter() - t0, "strip": str(strip) if strip else None,
+                     "outcomes": outcomes})  # per layout i = 0..episodes-1: the unit of paired comparisons
     bar.close()
     total = sum(r["successes"] for r in rows)
     n = sum(r["episodes"] for r in rows)

@@ -21,10 +21,14 @@ Sample (numpy, one triplet; see modeling_lamp for the batched form):
   episode_id   str, anchor int   identity of the triplet (for checks and debugging)
   state        P float32       proprio, normalised
   action       C A float32     action chunk from the anchor, normalised; action_valid C bool
-  motion       K T 3 float32   uvd: (du px, dv px, d depth m) or xyz: camera-frame metres, relative
-                               to the anchor step (j = 0), horizon steps 1..T_data-1 strided to T,
-                               normalised; 0 where invalid
-  motion_mask  K T 3 bool      visible & in range at j and at the anchor (+ valid depth for 3D)
+  motion       K T M float32   uvd: (du px, dv px, d depth m), xyz: camera-frame metres or uv:
+                               (du px, dv px), relative to the anchor step (j = 0), horizon steps
+                               1..T_data-1 strided to T, normalised; 0 where invalid
+  motion_mask  K T M bool      visible & in range at j and at the anchor (+ valid depth for 3D)
+
+Motion-only mode (stage 1 on action-free video): the reader is asked for frames, language and
+motion only (its action and proprio arrays are never read), the statistics need no action entry,
+and samples carry no state / action / action_valid.
   anchor_uv    K 2 float32     anchor pixel position of each point, in [-1, 1]
 """
 
@@ -37,18 +41,20 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from policy.config import LaMPConfig
+from policy.config import MOTION_CHANNELS, LaMPConfig
 from policy.normalize import center_scale
 
 
-def source_stats(stats: Mapping[str, Any], dataset_name: Optional[str] = None) -> tuple[str, dict]:
-    """The per-source entry of stats.json (`datasets.<name>`); the only one when not named."""
+def source_stats(stats: Mapping[str, Any], dataset_name: Optional[str] = None,
+                 needs: str = "actions") -> tuple[str, dict]:
+    """The per-source entry of stats.json (`datasets.<name>`); the only one holding `needs`
+    when not named."""
     per = stats.get("datasets", stats)
     if dataset_name:
         if dataset_name not in per:
             raise KeyError(f"no statistics for dataset {dataset_name!r}; have {sorted(per)}")
         return dataset_name, per[dataset_name]
-    names = sorted(k for k, v in per.items() if isinstance(v, dict) and "actions" in v)
+    names = sorted(k for k, v in per.items() if isinstance(v, dict) and needs in v)
     if len(names) != 1:
         raise ValueError(f"dataset holds several sources {names}: pick one with dataset_name")
     return names[0], per[names[0]]
@@ -75,10 +81,13 @@ def subsample_horizon(T: int, t: int) -> np.ndarray:
 class TripletTransform:
     """Triplet -> sample dict. Pure and picklable: all state is normalisation arrays and indices."""
 
-    def __init__(self, cfg: LaMPConfig, stats_entry: Mapping[str, Any], data_points: int, data_horizon: int):
+    def __init__(self, cfg: LaMPConfig, stats_entry: Mapping[str, Any], data_points: int, data_horizon: int,
+                 motion_only: bool = False):
         mode = cfg.normalization
         self.cfg = cfg
-        self.action_center, self.action_scale = center_scale(stats_entry["actions"], mode)
+        self.motion_only = motion_only
+        if not motion_only:
+            self.action_center, self.action_scale = center_scale(stats_entry["actions"], mode)
         if cfg.state_dim and stats_entry.get("proprio"):
             self.state_center, self.state_scale = center_scale(stats_entry["proprio"], mode)
         else:
@@ -99,7 +108,24 @@ class TripletTransform:
             img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
         out: dict[str, Any] = {"image": np.ascontiguousarray(img.transpose(2, 0, 1)), "language": tr.language or "",
                                "episode_id": str(tr.episode_id), "anchor": int(tr.anchor)}
+        if not self.motion_only:
+            out.update(self.state_and_actions(tr))
 
+        motion, mask, anchor_px = relative_motion(tr.motion, cfg.motion_repr)  # K T M, K T M, K 2
+        motion = motion[self.k_idx][:, self.t_idx]
+        mask = mask[self.k_idx][:, self.t_idx]
+        motion = (motion - self.motion_center) / self.motion_scale
+        out["motion"] = np.where(mask, motion, 0.0).astype(np.float32)
+        out["motion_mask"] = mask
+        Hd, Wd = img_size_of(tr, cam)
+        uv = anchor_px[self.k_idx] / np.array([Wd, Hd], np.float32) * 2.0 - 1.0
+        out["anchor_uv"] = np.nan_to_num(uv).astype(np.float32)
+        return out
+
+    def state_and_actions(self, tr) -> dict[str, np.ndarray]:
+        """Normalised proprio P and action chunk C A (+ its C validity) of one triplet."""
+        cfg = self.cfg
+        out: dict[str, np.ndarray] = {}
         P = cfg.state_dim
         state = np.zeros(P, np.float32)
         prop = np.asarray(tr.proprio, np.float32).reshape(-1)
@@ -115,16 +141,6 @@ class TripletTransform:
         chunk[: len(ac)] = np.where(av[:, None], (ac - self.action_center[:A]) / self.action_scale[:A], 0.0)
         valid[: len(av)] = av
         out["action"], out["action_valid"] = chunk, valid
-
-        motion, mask, anchor_px = relative_motion(tr.motion, cfg.motion_repr)  # K T 3, K T 3, K 2
-        motion = motion[self.k_idx][:, self.t_idx]
-        mask = mask[self.k_idx][:, self.t_idx]
-        motion = (motion - self.motion_center) / self.motion_scale
-        out["motion"] = np.where(mask, motion, 0.0).astype(np.float32)
-        out["motion_mask"] = mask
-        Hd, Wd = img_size_of(tr, cam)
-        uv = anchor_px[self.k_idx] / np.array([Wd, Hd], np.float32) * 2.0 - 1.0
-        out["anchor_uv"] = np.nan_to_num(uv).astype(np.float32)
         return out
 
 
@@ -134,11 +150,12 @@ def img_size_of(tr, cam: str) -> tuple[int, int]:
 
 
 def relative_motion(m: Mapping[str, np.ndarray], repr_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Motion relative to the anchor step j = 0 -> (values K T 3, mask K T 3, anchor pixels K 2).
+    """Motion relative to the anchor step j = 0 -> (values K T M, mask K T M, anchor pixels K 2).
 
     uvd: (u_j - u_0, v_j - v_0) pixels where the point is visible and in range at j and 0;
          depth_j - depth_0 metres where, in addition, both depths are valid (valid_3d).
-    xyz: points_cam_m_j - points_cam_m_0 where valid_3d at j and 0 (all three channels)."""
+    xyz: points_cam_m_j - points_cam_m_0 where valid_3d at j and 0 (all three channels).
+    uv:  the two pixel channels of uvd."""
     tracks = np.asarray(m["tracks_px"], np.float32)  # K T 2
     K, T = tracks.shape[:2]
     vis = np.asarray(m["visible"], bool)  # K T
@@ -150,7 +167,7 @@ def relative_motion(m: Mapping[str, np.ndarray], repr_: str) -> tuple[np.ndarray
     ok3 = ok3 & ok3[:, :1]
     out = np.zeros((K, T, 3), np.float32)
     mask = np.zeros((K, T, 3), bool)
-    if repr_ == "uvd":
+    if repr_ in ("uvd", "uv"):
         with np.errstate(invalid="ignore"):
             out[..., :2] = tracks - tracks[:, :1]
             depth = m.get("depth_track_m", m.get("depth_m"))
@@ -167,7 +184,8 @@ def relative_motion(m: Mapping[str, np.ndarray], repr_: str) -> tuple[np.ndarray
                 out[:] = pts - pts[:, :1]
             mask[:] = (ok3 & np.all(np.isfinite(out), axis=-1))[..., None]
     out = np.where(mask, out, 0.0).astype(np.float32)
-    return out, mask, tracks[:, 0]
+    M = MOTION_CHANNELS[repr_]
+    return out[..., :M], mask[..., :M], tracks[:, 0]
 
 
 def motion_center_scale(entry: Mapping[str, Any], repr_: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -179,14 +197,14 @@ def motion_center_scale(entry: Mapping[str, Any], repr_: str, mode: str) -> tupl
     most query points lie on the static background, so q01 = q99 = 0 is common and a
     quantile range would blow the moving points up. Missing entries fall back to fixed
     scales (16 px, 5 cm) so a dataset without 3D labels still trains."""
-    scale = np.array([16.0, 16.0, 0.05], np.float32) if repr_ == "uvd" else np.full(3, 0.05, np.float32)
+    scale = np.array([16.0, 16.0, 0.05], np.float32) if repr_ != "xyz" else np.full(3, 0.05, np.float32)
 
     def rms(stat) -> np.ndarray:
         return np.sqrt(np.asarray(stat["mean"], np.float64) ** 2 + np.asarray(stat["std"], np.float64) ** 2)
 
     px = entry.get("motion/tracks_px_delta")
     p3 = entry.get("motion/points_cam_m_delta")
-    if repr_ == "uvd":
+    if repr_ != "xyz":
         if px:
             scale[:2] = rms(px)[:2]
         if p3:
@@ -194,7 +212,8 @@ def motion_center_scale(entry: Mapping[str, Any], repr_: str, mode: str) -> tupl
     elif p3:
         scale[:] = rms(p3)[:3]
     scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0).astype(np.float32)
-    return np.zeros(3, np.float32), scale
+    M = MOTION_CHANNELS[repr_]
+    return np.zeros(M, np.float32), scale[:M]
 
 
 def dist_rank_world(rank: Optional[int] = None, world_size: Optional[int] = None) -> tuple[int, int]:
@@ -232,7 +251,8 @@ class TripletStream(IterableDataset):
 
     def __init__(self, ref: Any, cfg: LaMPConfig, *, seed: int = 0, shuffle_buffer: int = 512,
                  epochs: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
-                 dataset_name: Optional[str] = None, shards: Optional[Sequence[str]] = None, read_chunk: int = 10):
+                 dataset_name: Optional[str] = None, shards: Optional[Sequence[str]] = None, read_chunk: int = 10,
+                 motion_only: bool = False):
         super().__init__()
         self.ref = ref
         self.cfg = cfg
@@ -241,16 +261,18 @@ class TripletStream(IterableDataset):
         self.epochs = epochs
         self.rank, self.world_size = rank, world_size
         self.read_chunk = read_chunk
+        self.motion_only = bool(motion_only)
         ds = self.dataset()
         self.shards = list(shards) if shards is not None else list(ds.shard_names)
         if not self.shards:
             raise ValueError(f"{ref}: dataset has no shards")
-        self.dataset_name, self.stats_entry = source_stats(ds.stats, dataset_name)
+        needs = "motion/tracks_px_delta" if self.motion_only else "actions"
+        self.dataset_name, self.stats_entry = source_stats(ds.stats, dataset_name, needs=needs)
         self.version = dataset_version(ds)
-        first = next(iter(ds.iter_triplets(shards=self.shards[:1], chunk=1)))
+        first = next(iter(self.read(ds, self.shards[:1], chunk=1)))
         K, T = np.asarray(first.motion["tracks_px"]).shape[:2]
         self.data_points, self.data_horizon = int(K), int(T)
-        self.transform = TripletTransform(cfg, self.stats_entry, self.data_points, self.data_horizon)
+        self.transform = TripletTransform(cfg, self.stats_entry, self.data_points, self.data_horizon, self.motion_only)
         self.query_uv = self.transform(first)["anchor_uv"]  # K 2: the grid asked about at inference
 
     def dataset(self):
@@ -261,6 +283,12 @@ class TripletStream(IterableDataset):
 
             self._ds = open_dataset(self.ref)
         return self._ds
+
+    def read(self, ds, shards: Sequence[str], chunk: int):
+        """The reader's triplets of `shards`; in motion-only mode without actions or proprio."""
+        if self.motion_only:
+            return ds.iter_triplets(shards=shards, chunk=chunk, motion_only=True)
+        return ds.iter_triplets(shards=shards, chunk=chunk)
 
     def __getstate__(self):  # workers reopen the dataset lazily
         state = dict(self.__dict__)
@@ -280,9 +308,9 @@ class TripletStream(IterableDataset):
         order = [self.shards[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))]
         ds = self.dataset()
         if len(order) >= G:
-            yield from ds.iter_triplets(shards=order[g::G], chunk=self.read_chunk)
+            yield from self.read(ds, order[g::G], self.read_chunk)
         else:
-            for i, tr in enumerate(ds.iter_triplets(shards=order, chunk=self.read_chunk)):
+            for i, tr in enumerate(self.read(ds, order, self.read_chunk)):
                 if i % G == g:
                     yield tr
 

@@ -154,21 +154,43 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, policy: LaMPPolicy, d: Pat
 
 # ----------------------------------------------------------------------------- training
 def build_policy(stream: TripletStream, cfg: LaMPConfig) -> LaMPPolicy:
-    policy = LaMPPolicy(cfg, stats=stream.stats_entry)
+    # a motion-only stream has no action statistics to normalise by (stage 2 sets its own)
+    policy = LaMPPolicy(cfg, stats=None if stream.motion_only else stream.stats_entry)
     policy.set_query_uv(torch.from_numpy(stream.query_uv))
     return policy
 
 
-def config_for_data(ds, cfg: LaMPConfig) -> LaMPConfig:
-    """Fill the data-given fields (image size, action/state dims) from the dataset's first triplet."""
+def config_for_data(ds, cfg: LaMPConfig, motion_only: bool = False) -> LaMPConfig:
+    """Fill the data-given fields (image size, action/state dims) from the dataset's first triplet.
+    motion_only: the camera and image size only (the action/state dims stay as configured; the
+    action phase that starts from this run takes them from its own data)."""
     import numpy as np
 
-    first = next(iter(ds.iter_triplets(shards=list(ds.shard_names)[:1], chunk=1)))
+    shards = list(ds.shard_names)[:1]
+    first = next(iter(ds.iter_triplets(shards=shards, chunk=1, motion_only=True) if motion_only
+                      else ds.iter_triplets(shards=shards, chunk=1)))
     cam = cfg.camera or first.meta.get("primary_camera") or next(iter(first.images))
     H, W = np.asarray(first.images[cam]).shape[:2]
+    if motion_only:
+        return dataclasses.replace(cfg, camera=cam, image_size=(int(H), int(W)))
     A = int(np.asarray(first.action_chunk).shape[-1])
     P = int(np.asarray(first.proprio).reshape(-1).shape[0])
     return dataclasses.replace(cfg, camera=cam, image_size=(int(H), int(W)), action_dim=A, state_dim=P)
+
+
+def config_from_init(init: str, cfg: LaMPConfig, ds) -> LaMPConfig:
+    """Stage 2's config from a stage-1 checkpoint: the architecture of the checkpoint, the stage-2
+    choices of `cfg` (fusion, chunk execution, Euler steps) and the action/state dims of the action
+    data (stage 1 may have read no actions). The image size must agree."""
+    init_state = json.loads((resolve_checkpoint(init) / "state.json").read_text())
+    arch = dict(init_state["policy_config"])
+    for key in ("fusion", "n_action_steps", "num_inference_steps"):
+        arch[key] = getattr(cfg, key)
+    data_cfg = config_for_data(ds, policy_config_from_dict(arch))
+    if tuple(data_cfg.image_size) != tuple(arch["image_size"]):
+        raise ValueError(f"init {init}: stage 1 saw {tuple(arch['image_size'])} px images, the action data has "
+                         f"{tuple(data_cfg.image_size)}")
+    return data_cfg
 
 
 def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Optional[str] = None,
@@ -188,14 +210,6 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
         if dataclasses.replace(saved_tc, num_workers=tc.num_workers) != dataclasses.replace(tc, num_workers=tc.num_workers):
             log.warning("resuming %s with its saved train config (ignoring the one given)", resume)
         tc = dataclasses.replace(saved_tc, num_workers=tc.num_workers)
-    elif init:
-        init_state = json.loads((resolve_checkpoint(init) / "state.json").read_text())
-        # architecture comes from the init checkpoint; the fusion variant may differ (stage 2 choice)
-        arch = dict(init_state["policy_config"])
-        arch["fusion"] = cfg.fusion
-        arch["n_action_steps"] = cfg.n_action_steps
-        arch["num_inference_steps"] = cfg.num_inference_steps
-        cfg = policy_config_from_dict(arch)
 
     if tc.torch_threads:
         torch.set_num_threads(tc.torch_threads)
@@ -206,10 +220,11 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
         from curation import open_dataset
 
         ds = open_dataset(str(data))
-    if resume is None and not init:
-        cfg = config_for_data(ds, cfg)
+    motion_only = tc.phase == "motion"  # stage 1 reads frames, language and motion; never actions
+    if resume is None:
+        cfg = config_from_init(init, cfg, ds) if init else config_for_data(ds, cfg, motion_only=motion_only)
     stream = TripletStream(ds if not isinstance(data, (str, Path)) else str(data), cfg, seed=tc.seed,
-                           shuffle_buffer=tc.shuffle_buffer, dataset_name=dataset_name)
+                           shuffle_buffer=tc.shuffle_buffer, dataset_name=dataset_name, motion_only=motion_only)
     policy = build_policy(stream, cfg)
     rank, world = dist_rank_world()
     generator = torch.Generator().manual_seed(tc.seed + 1 + 1000 * rank)  # distinct flow-matching noise per rank

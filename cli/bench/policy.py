@@ -73,8 +73,8 @@ def synthetic_batch(cfg: LaMPConfig, batch_size: int, seed: int = 0) -> dict:
         "state": torch.randn(batch_size, cfg.state_dim, generator=g),
         "action": torch.randn(batch_size, C, cfg.action_dim, generator=g),
         "action_valid": torch.ones(batch_size, C, dtype=torch.bool),
-        "motion": torch.randn(batch_size, K, T, 3, generator=g),
-        "motion_mask": torch.rand(batch_size, K, T, 3, generator=g) > 0.2,
+        "motion": torch.randn(batch_size, K, T, cfg.motion_channels, generator=g),
+        "motion_mask": torch.rand(batch_size, K, T, cfg.motion_channels, generator=g) > 0.2,
         "anchor_uv": torch.rand(batch_size, K, 2, generator=g) * 2 - 1,
     }
 

@@ -1,12 +1,15 @@
-"""`curate policy train|eval|curves` and `curate bench policy|loader`: the dual-expert policy (policy/)."""
+"""`curate policy train|eval|curves|experiment` and `curate bench policy|loader`: the dual-expert policy (policy/)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+import sys
 
-from cli.output import add_report_args, emit, format_table, write_bench_json
+from cli.output import add_report_args, emit, write_bench_json
+
+from curation.formats import format_table
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,14 @@ def add_commands(sub) -> None:
     c.add_argument("--key", default="loss")
     add_report_args(c)
     c.set_defaults(func=cmd_curves)
+
+    x = psub.add_parser("experiment", help="run an experiment plan (data, stage 1, variants x regimes x seeds, evaluation), resumably")
+    x.add_argument("plan", help="plan YAML (policy/experiment_plan.py), e.g. policy/experiments/motion_prior.yaml")
+    x.add_argument("--dry-run", action="store_true", help="list the steps and which are done; run nothing")
+    x.add_argument("--commit", action="store_true", help="git-commit the results files after every evaluation")
+    x.add_argument("--results", default=None, help="results JSON to write instead of the plan's `results`")
+    add_report_args(x)
+    x.set_defaults(func=cmd_experiment)
 
 
 def add_bench(bench_sub) -> None:
@@ -137,6 +148,34 @@ def cmd_curves(args) -> int:
         runs[label] = path
     png = plot_curves(runs, args.png, key=args.key)
     emit({"png": str(png), "runs": runs}, args.json, f"wrote {png}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from pathlib import Path
+
+    from policy.experiment import run_plan
+    from policy.experiment_plan import load_plan
+
+    try:
+        plan = load_plan(args.plan)
+        if args.results:
+            plan.results = Path(args.results)
+        result = run_plan(plan, dry_run=args.dry_run, commit=args.commit,
+                          on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
+    except (ValueError, RuntimeError) as e:  # a bad plan, or a step that failed (the message names its log)
+        print(f"curate policy experiment: error: {e}", file=sys.stderr)
+        return 1
+    text = format_table(result["steps"], ["step", "status", "wall_s"], floatfmt=".0f")
+    if Path(result["results"]).exists():
+        import json
+
+        from policy.experiment_results import table_rows
+
+        variants, paired = table_rows(json.loads(Path(result["results"]).read_text()))
+        text += "\n\n" + format_table(variants) + "\n\n" + format_table(paired)
+    text += f"\n{result['steps_done']}/{result['steps_total']} steps done -> {result['results']}"
+    emit(result, args.json, text)
     return 0
 
 

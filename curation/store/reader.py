@@ -18,6 +18,7 @@ trusts its storage: the cost is in `curate bench loader`):
   `DatasetIntegrityError` naming it.
 - any dataset: every episode read is checked against its manifest checksum, so a missing chunk
   (which Zarr would read as fill values) or a damaged one is an error naming shard and episode.
+  A motion-only read (no action arrays) cannot recompute that checksum; it keeps the file checks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ SHARD_NAME_RE = re.compile(r"^shard-\d+(-\d+)?$")
 
 class DatasetIntegrityError(RuntimeError):
     """A file of a curated dataset is missing, of the wrong size, or its bytes do not match."""
+# What a motion-only read (stage-1 pretraining on action-free video) never opens.
+ACTION_ARRAYS = ("actions", "proprio")
 
 
 def array_names(group) -> list[str]:
@@ -130,42 +133,47 @@ class CuratedDataset:
         return self._by_id[episode_id]
 
     # ---- arrays ------------------------------------------------------------------
-    def _group(self, shard: str):
+    def _group(self, shard: str, skip: Sequence[str] = ()):
         import zarr
         from fsspec.implementations.local import LocalFileSystem
 
         if not SHARD_NAME_RE.match(shard):
             raise DatasetIntegrityError(f"{self.ref or self.root}: bad shard name {shard!r}")
         if self.verify and self.files is not None:
-            return zarr.open_group(self._verified_store(shard), mode="r", zarr_format=3)
+            return zarr.open_group(self._verified_store(shard, skip), mode="r", zarr_format=3)
         path = self._path(SHARDS_DIR, shard)
         if isinstance(self.fs, LocalFileSystem):
             return zarr.open_group(path, mode="r", zarr_format=3)
         return zarr.open_group(self.fs.unstrip_protocol(path), mode="r", zarr_format=3,
                                storage_options=self.storage_options)
 
-    def _verified_store(self, shard: str):
-        """The shard's files fetched once each, checked against index.json, in a memory store."""
+    def _verified_store(self, shard: str, skip: Sequence[str] = ()):
+        """The shard's files fetched once each (but those of the arrays in `skip`), checked against
+        index.json, in a memory store."""
         from zarr.core.buffer import default_buffer_prototype
         from zarr.storage import MemoryStore
 
         prefix = f"{SHARDS_DIR}/{shard}/"
         proto = default_buffer_prototype()
+        skipped = tuple(f"{prefix}{name}/" for name in skip)
         contents = {rel[len(prefix):]: proto.buffer.from_bytes(self._checked_bytes(rel))
-                    for rel in self.files if rel.startswith(prefix)}
+                    for rel in self.files if rel.startswith(prefix) and not rel.startswith(skipped)}
         if "zarr.json" not in contents:
             raise DatasetIntegrityError(f"{self.ref or self.root}: shard {shard} is not in index.json")
         return MemoryStore(contents, read_only=True)
 
-    def read_shard(self, shard: str) -> dict[str, np.ndarray]:
-        """Every array of a shard, read in bulk: {name: array over the shard's frames/anchors}.
+    def read_shard(self, shard: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Every array of a shard but those named in `skip` (top-level names, e.g. "actions"),
+        read in bulk: {name: array over the shard's frames/anchors}. Skipped arrays are not opened.
         Each array's declared length is checked against the manifest before anything is read."""
-        group = self._group(shard)
+        group = self._group(shard, skip)
         rows = [r for r in self._rows if r["shard"] == shard]
         frames = max((r["frame_start"] + r["frame_count"] for r in rows), default=0)
         anchors = max((r["anchor_start"] + r["anchor_count"] for r in rows), default=0)
         out = {}
         for name in array_names(group):
+            if name.split("/")[0] in skip:
+                continue
             arr = group[name]
             want = frames if name.split("/")[0] in FRAME_ARRAYS else anchors
             if not arr.shape or arr.shape[0] < want:
@@ -194,13 +202,15 @@ class CuratedDataset:
 
     # ---- triplets ----------------------------------------------------------------
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = DEFAULT_CHUNK,
-                      cameras: Optional[Sequence[str]] = None) -> Iterator[Triplet]:
+                      cameras: Optional[Sequence[str]] = None, motion_only: bool = False) -> Iterator[Triplet]:
         """Every anchor of every episode of `shards` (default all), in manifest order.
 
         action_chunk: C x A from the anchor step; steps past the end of the episode
         are zeros with action_chunk_valid False. images: the anchor frame of each
         camera (or of `cameras`). motion: the anchor's slice of every anchor array
-        (tracks_px K T 2, visible K T, in_range T, ... as stored)."""
+        (tracks_px K T 2, visible K T, in_range T, ... as stored).
+        motion_only: frames, language and motion only; the action and proprio arrays are
+        never read (the triplet's action_chunk is C x 0, its proprio empty)."""
         wanted = shards if shards is not None else self.shard_names
         by_shard: dict[str, list[dict]] = {}
         for r in self._rows:
@@ -209,13 +219,15 @@ class CuratedDataset:
             rows = by_shard.get(shard, [])
             if not rows:
                 continue
-            data = self.read_shard(shard)
+            data = self.read_shard(shard, skip=ACTION_ARRAYS if motion_only else ())
             cams = [n.split("/", 1)[1] for n in data if n.startswith("frames/")]
             cams = [c for c in cams if cameras is None or c in cameras]
             motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"]
-            actions, proprio = data["actions"], data.get("proprio")
+            actions = data["actions"] if not motion_only else np.zeros((0, 0), np.float32)  # F A
+            proprio = data.get("proprio")
             for r in rows:
-                self._check_episode(r, self._slice(r, data))
+                if not motion_only:  # the checksum covers every array; a motion-only read relies on file hashes
+                    self._check_episode(r, self._slice(r, data))
                 yield from self._episode_triplets(r, data, cams, motion_names, actions, proprio, chunk)
 
     def _episode_triplets(self, r, data, cams, motion_names, actions, proprio, chunk) -> Iterator[Triplet]:
@@ -230,9 +242,10 @@ class CuratedDataset:
             t = int(data["anchor_step"][a])
             n_valid = max(0, min(chunk, fc - t))
             act = np.zeros((chunk, A), np.float32)
-            act[:n_valid] = actions[fs + t: fs + t + n_valid]
             valid = np.zeros(chunk, bool)
-            valid[:n_valid] = True
+            if A:
+                act[:n_valid] = actions[fs + t: fs + t + n_valid]
+                valid[:n_valid] = True
             yield Triplet(
                 episode_id=r["episode_id"], anchor=t,
                 images={c: data[f"frames/{c}"][fs + t] for c in cams},

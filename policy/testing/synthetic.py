@@ -10,6 +10,8 @@ action, which is what the dual-expert policy should exploit.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -95,9 +97,13 @@ class SyntheticDataset:
                 for s in self.shard_names for si, e in self._episodes[s]]
         return pa.Table.from_pylist(rows)
 
-    def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = 10) -> Iterator[Triplet]:
+    def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = 10,
+                      motion_only: bool = False) -> Iterator[Triplet]:
         for s in (self.shard_names if shards is None else shards):
-            yield from self._triplets[s]
+            for tr in self._triplets[s]:
+                # motion_only: as the curated reader does, no actions and no proprio
+                yield (dataclasses.replace(tr, action_chunk=np.zeros((chunk, 0), np.float32), proprio=np.zeros(0, np.float32),
+                                           action_chunk_valid=np.zeros(chunk, bool)) if motion_only else tr)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._triplets.values())

@@ -1,0 +1,235 @@
+"""`curate policy experiment PLAN.yaml`: run a policy experiment's plan step by step, resumably.
+
+    plan (policy/experiment_plan.py)
+      └─► steps, in the order results are wanted (regime, then seed, then variant; a step's
+          prerequisites are placed just before its first use):
+            simulate corpus ─► curate run (one per label set) ─► publish ─► stage 1 (motion only)
+            simulate demos (per regime) ─► curate run ─► publish
+            train action (variant, regime, seed) ─► evaluate (same layouts for every variant)
+      └─► each step is one `curate ...` command in a subprocess; a step whose marker
+          WORKDIR/done/<step>.json exists is skipped, so stopping the plan anywhere and starting
+          it again continues where it stopped. An interrupted step is simply run again: training
+          resumes from its last checkpoint, `curate run` from its committed units, publishing
+          the same content is a no-op; a simulation or an evaluation starts over.
+      └─► after every evaluation: the results file (policy/experiment_results.py), the training
+          curves and the rollout strips are rewritten, and (--commit) committed to git.
+
+Subprocesses keep MuJoCo rendering and TensorFlow apart (they cannot share a process) and give
+each step its own log, WORKDIR/logs/<step>.log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from policy.experiment_plan import Layout, Plan, Step
+from policy.experiment_results import write_outputs
+
+log = logging.getLogger(__name__)
+
+# Environment of every step: MuJoCo's CPU renderer, quiet TensorFlow, one intra-op thread
+# (the plan runs on one core; more threads than cores only slow a step down, policy/README.md).
+STEP_ENV = {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# ----------------------------------------------------------------------------- the steps
+def _simulate(plan: Plan, name: str, spec, episodes: int, out: Path) -> Step:
+    """spec: the plan's Corpus or Demos (tasks, seed, episodes per shard, steps per episode)."""
+    argv = ["simulate", *[a for t in spec.tasks for a in ("--task", t)], "--episodes", str(episodes),
+            "--size", str(plan.image_size), "--max-steps", str(spec.max_steps or plan.max_steps), "--seed", str(spec.seed),
+            "--episodes-per-shard", str(spec.episodes_per_shard), "--workers", "1", "--out", str(out)]
+    return Step(name, "simulate", argv, clean=out)
+
+
+def _curate(plan: Plan, name: str, sim_out: Path, out: Path, per_shard: int, sets: list[str]) -> Step:
+    argv = ["run", str(sim_out / "metaworld_sim" / "1.0.0"), "--out", str(out), "--runner", "local",
+            "--shard-episodes", str(per_shard), "--no-progress"]
+    for s in [*plan.curate, *sets]:
+        argv += ["--set", s]
+    return Step(name, "curate", argv)
+
+
+def _publish(lay: Layout, name: str, cur_out: Path, dataset: str, version: str) -> Step:
+    return Step(name, "publish", ["publish", str(cur_out), "--name", dataset, "--version", version,
+                                  "--to", lay.registry()])
+
+
+def run_config(plan: Plan, name: str, policy: dict, train: dict) -> Path:
+    """The plan's model config with a run's overrides merged in, written to WORKDIR/configs/NAME.yaml."""
+    import yaml
+
+    from policy.config import load_config_file
+
+    pol, tr = load_config_file(plan.config)
+    path = plan.workdir / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump({"policy": {**pol, **policy}, "train": {**tr, **train}}, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def plan_steps(plan: Plan) -> list[Step]:
+    """Every step of the plan in run order (see the module docstring)."""
+    lay, w, c, d = Layout(plan), plan.workdir, plan.corpus, plan.demos
+    steps: list[Step] = []
+    seen: set[str] = set()
+
+    def add(step: Step) -> None:
+        if step.name not in seen:
+            seen.add(step.name)
+            steps.append(step)
+
+    def need_corpus(label_set: str) -> str:
+        add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
+        cur = w / "cur" / f"corpus-{label_set}"
+        add(_curate(plan, f"curate/corpus-{label_set}", w / "sim" / "corpus", cur, c.episodes_per_shard,
+                    c.label_sets[label_set]))
+        add(_publish(lay, f"publish/corpus-{label_set}", cur, lay.corpus_name(label_set), c.version))
+        return lay.ref(lay.corpus_name(label_set), c.version)
+
+    def need_demos(regime: int) -> str:
+        sim = w / "sim" / f"demos{regime}"
+        add(_simulate(plan, f"simulate/demos{regime}", d, regime, sim))
+        cur = w / "cur" / f"demos{regime}"
+        add(_curate(plan, f"curate/demos{regime}", sim, cur, d.episodes_per_shard, []))
+        add(_publish(lay, f"publish/demos{regime}", cur, lay.demos_name(regime), d.version))
+        return lay.ref(lay.demos_name(regime), d.version)
+
+    def need_stage1(name: str) -> Path:
+        s1 = plan.stage1[name]
+        ref = need_corpus(s1.label_set)
+        cfg = run_config(plan, f"stage1-{name}", s1.policy, s1.train)
+        out = lay.stage1_dir(name)
+        add(Step(f"stage1/{name}", "stage1", ["policy", "train", "--data", ref, "--phase", "motion", "--config", str(cfg),
+                                              "--steps", str(s1.steps), "--seed", "0", "--threads", str(plan.threads),
+                                              "--out", str(out), "--json"]))
+        return out
+
+    e = plan.eval
+    for regime in plan.regimes:
+        for seed in plan.seeds:
+            for vname, v in plan.variants.items():
+                ref = need_demos(regime)
+                init = need_stage1(v.stage1) if v.stage1 else None
+                cfg = run_config(plan, vname, v.policy, v.train)
+                out = lay.run_dir(vname, regime, seed)
+                key = {"variant": vname, "regime": regime, "seed": seed}
+                argv = ["policy", "train", "--data", ref, "--phase", "action", "--config", str(cfg),
+                        "--steps", str(plan.action_steps[regime]), "--seed", str(seed), "--threads", str(plan.threads),
+                        "--fusion", v.fusion, "--out", str(out), "--json"]
+                if init is not None:
+                    argv += ["--init", str(init)]
+                add(Step(f"train/{vname}@{regime}/s{seed}", "train", argv, key=key))
+                strips = lay.strips(vname, regime, seed)
+                add(Step(f"eval/{vname}@{regime}/s{seed}", "eval",
+                         ["policy", "eval", "--checkpoint", str(out), *[a for t in d.tasks for a in ("--task", t)],
+                          "--episodes", str(e.episodes), "--max-steps", str(e.max_steps), "--eval-seed", str(e.seed),
+                          "--threads", str(plan.threads), "--strips", str(strips), "--json"],
+                         stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key))
+    return steps
+
+
+# ----------------------------------------------------------------------------- running
+def run_command(argv: list[str], stdout: Optional[Path], log_path: Path) -> None:
+    """`curate ARGV` in a subprocess (this interpreter), stderr to log_path, stdout to `stdout`
+    (or the log). Raises RuntimeError naming the command and the log on a non-zero exit."""
+    env = {**os.environ, **{k: v for k, v in STEP_ENV.items() if k not in os.environ}}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as lf:
+        lf.write(f"\n$ curate {shlex.join(argv)}\n".encode())
+        lf.flush()
+        out = open(stdout, "wb") if stdout is not None else lf
+        try:
+            rc = subprocess.call([sys.executable, "-m", "cli.main", *argv], stdout=out, stderr=lf, env=env)
+        finally:
+            if stdout is not None:
+                out.close()
+    if rc != 0:
+        raise RuntimeError(f"step failed (exit {rc}): curate {shlex.join(argv)}; see {log_path}")
+
+
+def is_done(lay: Layout, step: Step) -> bool:
+    return lay.marker(step.name).exists() and (step.stdout is None or step.stdout.exists())
+
+
+def run_step(lay: Layout, step: Step, execute: Callable) -> float:
+    """Run one step and mark it done; returns its wall seconds. Nothing is marked done, and no
+    evaluation file appears, unless the command succeeded."""
+    if step.clean is not None and step.clean.exists():
+        shutil.rmtree(step.clean)
+    tmp = None
+    if step.stdout is not None:
+        step.stdout.parent.mkdir(parents=True, exist_ok=True)
+        tmp = step.stdout.with_name(step.stdout.name + ".partial")
+    t0 = time.time()
+    execute(step.argv, tmp, lay.log(step.name))
+    wall = time.time() - t0
+    if tmp is not None:
+        json.loads(tmp.read_text())  # a report that does not parse is a failed step
+        os.replace(tmp, step.stdout)
+    m = lay.marker(step.name)
+    m.parent.mkdir(parents=True, exist_ok=True)
+    rec = {"step": step.name, "command": step.command, "wall_s": wall,
+           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    m.with_name(m.name + ".partial").write_text(json.dumps(rec, indent=1) + "\n")
+    os.replace(m.with_name(m.name + ".partial"), m)
+    return wall
+
+
+def git_commit(paths: list[Path], message: str) -> None:
+    """Commit exactly `paths` in the repository holding the first of them (nothing else staged is
+    touched); a commit that fails is logged, not fatal: the next one includes these files again."""
+    rel = [str(p.resolve()) for p in paths if p.exists()]
+    if not rel:
+        return
+    git = ["git", "-C", str(Path(rel[0]).parent)]
+    try:
+        subprocess.run([*git, "add", "--", *rel], check=True, capture_output=True)
+        diff = subprocess.run([*git, "diff", "--cached", "--quiet", "--", *rel])
+        if diff.returncode != 0:
+            subprocess.run([*git, "commit", "-q", "-m", message, "--", *rel], check=True, capture_output=True)
+    except subprocess.CalledProcessError as e:
+        log.warning("git commit of %s failed: %s", rel, (e.stderr or b"").decode(errors="replace").strip())
+
+
+def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False, commit: bool = False,
+             stop_after: Optional[int] = None, on_event: Callable[[str], None] = print) -> dict:
+    """Run every step not yet done, in order; returns {"steps": [{step, status, wall_s, command}], ...}.
+    stop_after: run at most this many steps in this call (tests stop a plan half way with it)."""
+    lay = Layout(plan)
+    steps = plan_steps(plan)
+    report, ran = [], 0
+    for step in steps:
+        row = {"step": step.name, "command": step.command}
+        if is_done(lay, step):
+            report.append({**row, "status": "done", "wall_s": json.loads(lay.marker(step.name).read_text())["wall_s"]})
+            continue
+        if dry_run or (stop_after is not None and ran >= stop_after):
+            report.append({**row, "status": "todo", "wall_s": None})
+            continue
+        on_event(f"[{time.strftime('%H:%M:%S')}] start {step.name}: {step.command}")
+        wall = run_step(lay, step, execute)
+        ran += 1
+        on_event(f"[{time.strftime('%H:%M:%S')}] done  {step.name} in {wall / 60:.1f} min")
+        report.append({**row, "status": "ran", "wall_s": wall})
+        if step.kind == "eval":
+            written = write_outputs(plan, steps)
+            if commit:
+                git_commit(written, f"motion-prior experiment: {step.name} landed ({plan.results})")
+    written = [] if dry_run else write_outputs(plan, steps)
+    if commit and written:
+        git_commit(written, f"motion-prior experiment: results after {ran} step(s) ({plan.results})")
+    done = sum(r["status"] != "todo" for r in report)
+    return {"plan": str(plan.path), "workdir": str(plan.workdir), "results": str(plan.results),
+            "steps_done": done, "steps_total": len(steps), "ran": ran, "steps": report}
