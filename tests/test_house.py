@@ -38,8 +38,6 @@ LONG_FUNCTIONS_ALLOWED: set[str] = {
     "cli/commands/inspect.py:inspect_dataset",
     "curation/describe/card.py:write_card",
     "curation/registry/publish.py:publish",
-    "curation/sources/metaworld/rollout.py:rollout_episode",
-    "curation/sources/rlds_write.py:write_rlds_dataset",
     "pipelines/job.py:run_job",
     "policy/train.py:train",
 }
