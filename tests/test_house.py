@@ -37,8 +37,6 @@ LONG_FUNCTIONS_ALLOWED: set[str] = {
     "cli/bench/labels.py:run_labelers",
     "cli/commands/inspect.py:inspect_dataset",
     "curation/describe/card.py:write_card",
-    "curation/sources/metaworld/rollout.py:rollout_episode",
-    "curation/sources/rlds_write.py:write_rlds_dataset",
     "pipelines/job.py:run_job",
     "policy/train.py:train",
 }

@@ -75,9 +75,8 @@ def write_rlds_dataset(
     `episodes_per_shard` splits a split over several tfrecord files (one file when None).
     Existing tfrecords of the written splits in the target directory are replaced.
     """
-    import tensorflow as tf
     import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import example_serializer, naming
+    from tensorflow_datasets.core import example_serializer
     from tensorflow_datasets.core import splits as splits_lib
 
     if episodes_per_shard is not None and episodes_per_shard < 1:
@@ -103,49 +102,52 @@ def write_rlds_dataset(
     info.set_file_format(_FILE_FORMAT)
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
 
-    split_infos = []
-    for split, episodes in splits.items():
-        for old in out.glob(f"{name}-{split}.{_FILE_FORMAT}-*"):
-            old.unlink()
-        template = naming.ShardedFileTemplate(
-            data_dir=str(out), dataset_name=name, split=split, filetype_suffix=_FILE_FORMAT
-        )
-        tmp_paths: list[pathlib.Path] = []
-        shard_lengths: list[int] = []
-        num_bytes = 0
-        writer = None
-        for i, episode in enumerate(episodes):
-            if writer is None:
-                tmp = out / f".{name}-{split}.{_FILE_FORMAT}-{len(tmp_paths):05d}.tmp"
-                tmp_paths.append(tmp)
-                shard_lengths.append(0)
-                writer = tf.io.TFRecordWriter(str(tmp))
-            example = dict(episode)
-            example["steps"] = _steps_as_list(example["steps"])
-            try:
-                encoded = features.encode_example(example)
-            except Exception as e:  # name the episode: a feature mismatch otherwise reads as noise
-                writer.close()
-                raise ValueError(f"{name}/{version} split={split} episode={i}: cannot encode: {e}") from e
-            record = serializer.serialize_example(encoded)
-            writer.write(record)
-            shard_lengths[-1] += 1
-            num_bytes += len(record)
-            if episodes_per_shard is not None and shard_lengths[-1] >= episodes_per_shard:
-                writer.close()
-                writer = None
-        if writer is not None:
-            writer.close()
-        n = len(tmp_paths)
-        for k, tmp in enumerate(tmp_paths):
-            tmp.rename(template.sharded_filepath(shard_index=k, num_shards=n))
-        split_infos.append(
-            splits_lib.SplitInfo(
-                name=split, shard_lengths=shard_lengths, num_bytes=num_bytes, filename_template=template
-            )
-        )
-        log.debug("wrote %s split %s: %d episodes in %d shard(s)", name, split, sum(shard_lengths), n)
-
+    split_infos = [_write_split(out, name, version, split, episodes, features, serializer, episodes_per_shard)
+                   for split, episodes in splits.items()]
     info.set_splits(splits_lib.SplitDict(split_infos))
     info.write_to_directory(str(out))
     return out
+
+
+def _write_split(out: pathlib.Path, name: str, version: str, split: str, episodes: Iterable[dict], features,
+                 serializer, episodes_per_shard: int | None):
+    """One split's tfrecord shards, each written under a temporary name and renamed once
+    complete; -> its tfds SplitInfo."""
+    import tensorflow as tf
+    from tensorflow_datasets.core import naming
+    from tensorflow_datasets.core import splits as splits_lib
+
+    for old in out.glob(f"{name}-{split}.{_FILE_FORMAT}-*"):
+        old.unlink()
+    template = naming.ShardedFileTemplate(data_dir=str(out), dataset_name=name, split=split, filetype_suffix=_FILE_FORMAT)
+    tmp_paths: list[pathlib.Path] = []
+    shard_lengths: list[int] = []
+    num_bytes = 0
+    writer = None
+    for i, episode in enumerate(episodes):
+        if writer is None:
+            tmp = out / f".{name}-{split}.{_FILE_FORMAT}-{len(tmp_paths):05d}.tmp"
+            tmp_paths.append(tmp)
+            shard_lengths.append(0)
+            writer = tf.io.TFRecordWriter(str(tmp))
+        example = dict(episode)
+        example["steps"] = _steps_as_list(example["steps"])
+        try:
+            encoded = features.encode_example(example)
+        except Exception as e:  # name the episode: a feature mismatch otherwise reads as noise
+            writer.close()
+            raise ValueError(f"{name}/{version} split={split} episode={i}: cannot encode: {e}") from e
+        record = serializer.serialize_example(encoded)
+        writer.write(record)
+        shard_lengths[-1] += 1
+        num_bytes += len(record)
+        if episodes_per_shard is not None and shard_lengths[-1] >= episodes_per_shard:
+            writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
+    n = len(tmp_paths)
+    for k, tmp in enumerate(tmp_paths):
+        tmp.rename(template.sharded_filepath(shard_index=k, num_shards=n))
+    log.debug("wrote %s split %s: %d episodes in %d shard(s)", name, split, sum(shard_lengths), n)
+    return splits_lib.SplitInfo(name=split, shard_lengths=shard_lengths, num_bytes=num_bytes, filename_template=template)

@@ -495,30 +495,42 @@ def rollout_episode(
             f"scene is ({scene.task}, {scene.height} px, {scene.camera}), asked for ({task}, {size} px, {camera})"
         )
     try:
-        scene.reset(seed)
-        H, W, B = scene.height, scene.width, scene.model.nbody
-        frames = np.zeros((max_steps, H, W, 3), np.uint8)
-        depth = np.zeros((max_steps, H, W), np.float32)
-        seg = np.zeros((max_steps, H, W), np.int32)
-        body_pos = np.zeros((max_steps, B, 3), np.float64)
-        body_quat = np.zeros((max_steps, B, 4), np.float64)
-        actions = np.zeros((max_steps, 4), np.float32)
-        proprio = np.zeros((max_steps, 4), np.float32)
-        rewards = np.zeros(max_steps, np.float32)
-        success_steps = np.zeros(max_steps, bool)
-        for t in range(max_steps):
-            view = scene.render()
-            frames[t], depth[t], seg[t] = view["rgb"], view["depth_m"], view["segmentation"]
-            body_pos[t], body_quat[t] = scene.body_poses()
-            proprio[t] = scene.proprio()
-            actions[t] = scene.expert_action()
-            rewards[t], success_steps[t] = scene.step(actions[t])
-        intr = scene.intrinsics()
-        cam_to_world = scene.cam_to_world()
+        rec = _record(scene, seed, max_steps)
     finally:
         if own:
             scene.close()
+    return _sim_episode(task, seed, camera, episode_index, dataset, version, scene.body_names, rec)
 
+
+def _record(scene: "MetaWorldScene", seed: int, max_steps: int) -> dict:
+    """Run the scripted expert from the layout of `seed` for max_steps steps and record every
+    step's views, poses, proprio, action, reward and success (arrays with a leading T axis)."""
+    scene.reset(seed)
+    H, W, B = scene.height, scene.width, scene.model.nbody
+    rec = {
+        "frames": np.zeros((max_steps, H, W, 3), np.uint8), "depth": np.zeros((max_steps, H, W), np.float32),
+        "seg": np.zeros((max_steps, H, W), np.int32), "body_pos": np.zeros((max_steps, B, 3), np.float64),
+        "body_quat": np.zeros((max_steps, B, 4), np.float64), "actions": np.zeros((max_steps, 4), np.float32),
+        "proprio": np.zeros((max_steps, 4), np.float32), "rewards": np.zeros(max_steps, np.float32),
+        "success_steps": np.zeros(max_steps, bool),
+    }
+    for t in range(max_steps):
+        view = scene.render()
+        rec["frames"][t], rec["depth"][t], rec["seg"][t] = view["rgb"], view["depth_m"], view["segmentation"]
+        rec["body_pos"][t], rec["body_quat"][t] = scene.body_poses()
+        rec["proprio"][t] = scene.proprio()
+        rec["actions"][t] = scene.expert_action()
+        rec["rewards"][t], rec["success_steps"][t] = scene.step(rec["actions"][t])
+    rec["intrinsics"], rec["cam_to_world"] = scene.intrinsics(), scene.cam_to_world()
+    return rec
+
+
+def _sim_episode(task: str, seed: int, camera: str, episode_index: int, dataset: str, version: str,
+                 body_names, rec: dict) -> Episode:
+    """The Episode (with ground truth) of a recorded rollout."""
+    frames, depth, seg, actions, proprio = rec["frames"], rec["depth"], rec["seg"], rec["actions"], rec["proprio"]
+    body_pos, body_quat, success_steps = rec["body_pos"], rec["body_quat"], rec["success_steps"]
+    intr, cam_to_world = rec["intrinsics"], rec["cam_to_world"]
     where = Provenance(dataset, version, "train", int(episode_index), file=f"{task}/seed={seed}")
     if not np.all(np.isfinite(body_pos)) or not np.all(np.isfinite(proprio)):
         raise EpisodeError(where.describe(), "simulation diverged (non-finite body poses)", stage="simulate")
@@ -540,7 +552,7 @@ def rollout_episode(
         success=bool(success_steps.any()),
         ground_truth=SimGroundTruth(
             segmentation=seg, body_pos=body_pos, body_quat=body_quat, cam_to_world=cam_to_world,
-            camera=PRIMARY_CAMERA, body_names=scene.body_names,
+            camera=PRIMARY_CAMERA, body_names=body_names,
         ),
     )
     # Extras the RLDS writer stores; not part of the Episode contract.
@@ -548,9 +560,9 @@ def rollout_episode(
         "task": task,
         "seed": int(seed),
         "camera_name": camera,
-        "rewards": rewards,
+        "rewards": rec["rewards"],
         "success_steps": success_steps,
-        "body_names": scene.body_names,
+        "body_names": body_names,
     }
     episode.check()
     return episode
