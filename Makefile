@@ -11,7 +11,7 @@ export MUJOCO_GL := osmesa
 export PYOPENGL_PLATFORM := osmesa
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup setup-apt setup-venv venv-ready test demo bench clean
+.PHONY: setup setup-apt setup-venv test demo bench clean
 
 # Every step runs on every `make setup`: a fresh machine and CI take the same path, so a broken
 # step cannot hide behind a stamp file. Each step is idempotent (apt-get and pip skip what is
@@ -30,20 +30,16 @@ setup-venv:
 	$(PIP) install -r requirements.lock
 	$(PIP) install --no-deps -e .
 
-test: venv-ready
+test:
 	$(PY) -m pytest -q tests
 
-demo: venv-ready
+demo:
 	$(CURATE) demo
 
-bench: venv-ready
+bench:
 	$(CURATE) bench simulate
 	$(CURATE) bench labels
 	$(CURATE) bench labelers
-
-# test, demo and bench run in the venv that `make setup` made; without it they say so.
-venv-ready:
-	@test -x $(CURATE) || { echo "no .venv here: run 'make setup' first" >&2; exit 1; }
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
