@@ -273,23 +273,7 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     t_start = time.perf_counter()
     cfg = cfg.effective()
     with dataset_lock(out_dir) as job_dir:
-        _job_state(job_dir, cfg, out_dir, overwrite)
-        removed = clean_stale(out_dir)
-        shutil.rmtree(out_dir / ATTEMPTS_DIR, ignore_errors=True)
-        if removed:
-            log.info("removed %d leftovers of killed attempts: %s", len(removed), removed[:5])
-        t = time.perf_counter()
-        src, units = plan_units(cfg)
-        t_plan = time.perf_counter() - t
-        committed = committed_groups(out_dir)
-        wrong = [g for g, r in committed.items() if r.get("config_hash") != cfg.content_hash()]
-        if wrong:
-            raise JobError(f"{out_dir}: shards {wrong[:5]} were written with another config; use --overwrite")
-        check_committed_against_plan(out_dir, committed, units)
-        pending = [u for u in units if u.group not in committed]
-        log.info("%s: %d episodes in %d units; %d already committed, %d to do (runner %s)",
-                 cfg.source.path, sum(u.num_episodes for u in units), len(units), len(units) - len(pending),
-                 len(pending), cfg.engine.runner)
+        src, units, pending, removed, t_plan = _prepare(cfg, out_dir, job_dir, overwrite)
         failures: dict[int, str] = {}
         config_error = None
         engine_stats: dict = {}
@@ -329,29 +313,59 @@ def run_job(cfg: JobConfig, out_dir: str | Path, progress: bool = True, overwrit
     if nothing_committed and (config_error is not None or failures):
         _raise_unit_failures(out_dir, created, config_error, failures, len(pending))
     run_records = [r for g, r in committed_groups(out_dir).items() if g in {u.group for u in pending}]
+    timings = {"plan": t_plan, "fingerprint_pass": t_dedup, "finalize": t_final, "run": t_run, "units": t_units,
+               "wall": time.perf_counter() - t_start, "driver_cpu_units": driver_cpu_units}
+    summary.update(_run_statistics(cfg, run_records, timings, parallel))
+    summary.update(units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
+                   attempts=_attempt_count(out_dir, pending))
+    return summary
+
+
+def _prepare(cfg: JobConfig, out_dir: Path, job_dir: Path, overwrite: bool):
+    """Job state, leftovers of killed attempts, the plan and what is already committed:
+    (source, units, pending units, removed leftovers, planning seconds)."""
+    _job_state(job_dir, cfg, out_dir, overwrite)
+    removed = clean_stale(out_dir)
+    shutil.rmtree(out_dir / ATTEMPTS_DIR, ignore_errors=True)
+    if removed:
+        log.info("removed %d leftovers of killed attempts: %s", len(removed), removed[:5])
+    t = time.perf_counter()
+    src, units = plan_units(cfg)
+    t_plan = time.perf_counter() - t
+    committed = committed_groups(out_dir)
+    wrong = [g for g, r in committed.items() if r.get("config_hash") != cfg.content_hash()]
+    if wrong:
+        raise JobError(f"{out_dir}: shards {wrong[:5]} were written with another config; use --overwrite")
+    check_committed_against_plan(out_dir, committed, units)
+    pending = [u for u in units if u.group not in committed]
+    log.info("%s: %d episodes in %d units; %d already committed, %d to do (runner %s)",
+             cfg.source.path, sum(u.num_episodes for u in units), len(units), len(units) - len(pending),
+             len(pending), cfg.engine.runner)
+    return src, units, pending, removed, t_plan
+
+
+def _run_statistics(cfg: JobConfig, run_records: list[dict], t: dict, parallel: int) -> dict:
+    """Throughput and stage seconds of this run, from the commit records of its units."""
     stage_s: Counter = Counter()
     for r in run_records:
         stage_s.update(r.get("timings", {}))
-    stage_s["plan"] = t_plan
-    stage_s["fingerprint_pass"] = t_dedup
-    stage_s["finalize"] = t_final
+    stage_s["plan"] = t["plan"]
+    stage_s["fingerprint_pass"] = t["fingerprint_pass"]
+    stage_s["finalize"] = t["finalize"]
     frames_done = sum(r.get("frames", 0) for r in run_records)
     frames_read = sum(r.get("counts", {}).get("frames_read", 0) for r in run_records)
     eps_done = sum(r["unit"]["stop"] - r["unit"]["start"] for r in run_records)
-    wall = time.perf_counter() - t_start
-    summary.update(
-        runner=cfg.engine.runner, workers=cfg.engine.workers, wall_s=wall, processing_s=t_run,
+    t_run, t_units = t["run"], t["units"]
+    return dict(
+        runner=cfg.engine.runner, workers=cfg.engine.workers, wall_s=t["wall"], processing_s=t_run,
         episodes_processed_this_run=eps_done, frames_written_this_run=frames_done,
         episodes_per_s=eps_done / t_run if t_run > 0 else 0.0, frames_per_s=frames_done / t_run if t_run > 0 else 0.0,
         units_s=t_units, units_frames_per_s=frames_done / t_units if t_units > 0 else 0.0,
         frames_read_this_run=frames_read, units_read_frames_per_s=frames_read / t_units if t_units > 0 else 0.0,
         stage_seconds={k: round(v, 4) for k, v in stage_s.items()},
-        driver_cpu_units_s=driver_cpu_units,
+        driver_cpu_units_s=t["driver_cpu_units"],
         unit_spans=_unit_spans(run_records, t_units, parallel),
-        units_failed=sorted(failures), stale_removed=len(removed), engine=engine_stats,
-        attempts=_attempt_count(out_dir, pending),
     )
-    return summary
 
 
 def _engine_labeler(engine, cfg: JobConfig) -> tuple[object, Failure | None]:

@@ -37,7 +37,6 @@ LONG_FUNCTIONS_ALLOWED: set[str] = {
     "cli/bench/labels.py:run_labelers",
     "cli/commands/inspect.py:inspect_dataset",
     "curation/describe/card.py:write_card",
-    "pipelines/job.py:run_job",
     "policy/train.py:train",
 }
 
