@@ -24,9 +24,54 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=run_inspect)
 
 
+class _Tally:
+    """What `curate inspect` counts over the episodes it reads."""
+
+    def __init__(self):
+        self.n_ok, self.steps, self.lengths, self.bad = 0, 0, [], []
+        self.blank, self.instructions, self.success = Counter(), Counter(), Counter()
+        self.depth_valid, self.depth_px = Counter(), Counter()
+        self.shapes: dict[str, tuple] = {}
+        self.action_dims, self.proprio_dims = set(), set()
+
+    def add(self, ep) -> None:
+        import numpy as np
+
+        self.n_ok += 1
+        self.steps += ep.num_steps
+        self.lengths.append(ep.num_steps)
+        for cam, fr in ep.frames.items():
+            self.shapes.setdefault(cam, tuple(fr.shape[1:]))
+        self.blank.update(ep.blank_cameras)
+        self.instructions[ep.language] += 1
+        self.action_dims.add(int(ep.actions.shape[1]))
+        if ep.proprio is not None:
+            self.proprio_dims.add(int(ep.proprio.shape[1]))
+        for cam, d in ep.depth_m.items():
+            self.depth_valid[cam] += int(np.isfinite(d).sum())
+            self.depth_px[cam] += int(d.size)
+        if ep.success is not None:
+            self.success[bool(ep.success)] += 1
+
+
+def _camera_rows(cfg, tally: _Tally, feats: dict) -> list[dict]:
+    roles = {cfg.primary_camera: "primary", cfg.secondary_camera: "secondary", cfg.wrist_camera: "wrist"}
+    return [{
+        "name": cam,
+        "role": roles.get(cam, "extra"),
+        "shape": list(tally.shapes.get(cam) or feats["cameras"].get(cam, [])),
+        "blank": tally.n_ok > 0 and tally.blank[cam] == tally.n_ok,
+        "blank_episodes": int(tally.blank[cam]),
+        "bgr_flipped": cam in cfg.bgr_cameras,
+    } for cam in cfg.cameras]
+
+
+def _one_or_all(dims: set):
+    return sorted(dims)[0] if len(dims) == 1 else sorted(dims)
+
+
 def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = None, progress: bool = True) -> dict:
     """Read the split and return the summary dict `curate inspect` prints."""
-    import numpy as np
     from schemas.progress import progress_bar
 
     from curation.sources.rlds import RLDSSource, dataset_summary_features
@@ -37,86 +82,37 @@ def inspect_dataset(path: str, split: str = "train", max_episodes: int | None = 
     cfg = source.config
     stop = source.num_episodes if max_episodes is None else min(max_episodes, source.num_episodes)
     feats = dataset_summary_features(source)
-
-    n_ok = 0
-    steps = 0
-    lengths = []
-    blank = Counter()
-    shapes: dict[str, tuple] = {}
-    instructions = Counter()
-    action_dims = set()
-    proprio_dims = set()
-    depth_valid = Counter()
-    depth_px = Counter()
-    success = Counter()
-    bad = []
+    tally = _Tally()
     for item in progress_bar(source.read(0, stop, on_error="yield"), total=stop, desc=f"inspect {source.name}",
-                     unit="ep", disable=not progress):
+                             unit="ep", disable=not progress):
         if isinstance(item, EpisodeError):
-            bad.append({"where": item.where, "reason": item.reason})
-            continue
-        ep = item
-        n_ok += 1
-        steps += ep.num_steps
-        lengths.append(ep.num_steps)
-        for cam, fr in ep.frames.items():
-            shapes.setdefault(cam, tuple(fr.shape[1:]))
-        blank.update(ep.blank_cameras)
-        instructions[ep.language] += 1
-        action_dims.add(int(ep.actions.shape[1]))
-        if ep.proprio is not None:
-            proprio_dims.add(int(ep.proprio.shape[1]))
-        for cam, d in ep.depth_m.items():
-            depth_valid[cam] += int(np.isfinite(d).sum())
-            depth_px[cam] += int(d.size)
-        if ep.success is not None:
-            success[bool(ep.success)] += 1
-
-    roles = {cfg.primary_camera: "primary", cfg.secondary_camera: "secondary", cfg.wrist_camera: "wrist"}
-    cameras = []
-    for cam in cfg.cameras:
-        shape = list(shapes.get(cam) or feats["cameras"].get(cam, []))
-        cameras.append({
-            "name": cam,
-            "role": roles.get(cam, "extra"),
-            "shape": shape,
-            "blank": n_ok > 0 and blank[cam] == n_ok,
-            "blank_episodes": int(blank[cam]),
-            "bgr_flipped": cam in cfg.bgr_cameras,
-        })
+            tally.bad.append({"where": item.where, "reason": item.reason})
+        else:
+            tally.add(item)
+    t = tally
     depth = [
         {"key": d.key, "camera": d.camera, "units": d.units, "scale_to_m": d.scale_to_m,
-         "valid_fraction": (depth_valid[d.camera] / depth_px[d.camera]) if depth_px[d.camera] else None}
+         "valid_fraction": (t.depth_valid[d.camera] / t.depth_px[d.camera]) if t.depth_px[d.camera] else None}
         for d in cfg.depth
     ]
-    distinct = sorted(t for t in instructions if t)
+    distinct = sorted(x for x in t.instructions if x)
     return {
-        "path": str(path),
-        "dataset": source.name,
-        "version": source.version,
-        "split": split,
-        "registered": not cfg.inferred,
-        "files": len(source.files),
-        "episodes_in_split": source.num_episodes,
-        "episodes": n_ok,
-        "bad_episodes": bad,
-        "steps": steps,
-        "steps_per_episode": {"min": min(lengths), "max": max(lengths), "mean": steps / len(lengths)} if lengths else {},
-        "cameras": cameras,
-        "depth": depth,
-        "instructions": distinct,
-        "num_instructions": len(distinct),
-        "episodes_without_language": int(instructions.get("", 0)),
+        "path": str(path), "dataset": source.name, "version": source.version, "split": split,
+        "registered": not cfg.inferred, "files": len(source.files), "episodes_in_split": source.num_episodes,
+        "episodes": t.n_ok, "bad_episodes": t.bad, "steps": t.steps,
+        "steps_per_episode": ({"min": min(t.lengths), "max": max(t.lengths), "mean": t.steps / len(t.lengths)}
+                              if t.lengths else {}),
+        "cameras": _camera_rows(cfg, t, feats), "depth": depth,
+        "instructions": distinct, "num_instructions": len(distinct),
+        "episodes_without_language": int(t.instructions.get("", 0)),
         "language_informative": cfg.language_informative,
-        "action_dim": sorted(action_dims)[0] if len(action_dims) == 1 else sorted(action_dims),
-        "action_keys": list(cfg.action_keys),
+        "action_dim": _one_or_all(t.action_dims), "action_keys": list(cfg.action_keys),
         "action_encoding": cfg.action_encoding,
-        "proprio_dim": (sorted(proprio_dims)[0] if len(proprio_dims) == 1 else sorted(proprio_dims)) if proprio_dims else None,
+        "proprio_dim": _one_or_all(t.proprio_dims) if t.proprio_dims else None,
         "proprio_encoding": cfg.proprio_encoding,
         "control_hz": None if math.isnan(cfg.control_hz) else cfg.control_hz,
-        "success_rate": (success[True] / sum(success.values())) if success else None,
-        "notes": cfg.notes,
-        "read_s": time.perf_counter() - t0,
+        "success_rate": (t.success[True] / sum(t.success.values())) if t.success else None,
+        "notes": cfg.notes, "read_s": time.perf_counter() - t0,
     }
 
 
