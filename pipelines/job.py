@@ -61,7 +61,7 @@ def dataset_lock(out_dir: Path):
         with store_lock(out_dir) as job_dir:
             yield job_dir
     except DatasetBusy as exc:
-        raise JobError(str(exc).replace("a curate run is writing", "another curate run is writing")) from None
+        raise JobError(str(exc)) from None
 
 
 def make_engine(cfg: JobConfig, job_dir: Path):
