@@ -193,6 +193,67 @@ def config_from_init(init: str, cfg: LaMPConfig, ds) -> LaMPConfig:
     return data_cfg
 
 
+def _resume_configs(resume: Path, tc: TrainConfig) -> tuple[dict, LaMPConfig, TrainConfig]:
+    """The checkpoint's state and its own configs: they win over what was passed, so a resume
+    cannot drift (only the DataLoader worker count may change)."""
+    st = json.loads((resume / "state.json").read_text())
+    cfg = policy_config_from_dict(st["policy_config"])
+    saved_tc = train_config_from_dict(st["train_config"])
+    if dataclasses.replace(saved_tc, num_workers=tc.num_workers) != dataclasses.replace(tc, num_workers=tc.num_workers):
+        log.warning("resuming %s with its saved train config (ignoring the one given)", resume)
+    return st, cfg, dataclasses.replace(saved_tc, num_workers=tc.num_workers)
+
+
+def _step(model, batch, optimizer, params, generator, lr: float, grad_clip: float) -> tuple[float, torch.Tensor, dict]:
+    """One optimisation step at learning rate `lr`: (loss, gradient norm before clipping, logs)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    loss, logs = model(batch, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return float(loss.detach()), grad_norm, logs
+
+
+def _load_start(policy: LaMPPolicy, stream: TripletStream, generator: torch.Generator, resume: Optional[Path],
+                st: Optional[dict], init: Optional[str]) -> int:
+    """Weights and random state to start from; returns the first step. A resume restores the
+    checkpoint exactly; `init` loads what the checkpoint has (new tensors keep their init) and
+    takes this data's statistics and query grid."""
+    from safetensors.torch import load_file
+
+    if resume is not None:
+        load_weights(policy, load_file(str(resume / "model.safetensors")))
+        torch.set_rng_state(_rng_from_b64(st["torch_rng"]))
+        generator.set_state(_rng_from_b64(st["generator_rng"]))
+        return int(st["step"])
+    if init:
+        skipped = load_weights(policy, load_file(str(resolve_checkpoint(init) / "model.safetensors")), strict=False)
+        if skipped:
+            log.info("init %s: %d tensors not in the checkpoint (new for this variant): %s", init, len(skipped), skipped[:4])
+        policy.set_stats(stream.stats_entry)
+        policy.set_query_uv(torch.from_numpy(stream.query_uv))
+    return 0
+
+
+def _optimizer_and_model(policy: LaMPPolicy, tc: TrainConfig, resume: Optional[Path], world: int):
+    """The phase's trainable parameters, AdamW over them (restored on a resume), and the module
+    to call: the policy, wrapped in DistributedDataParallel when torchrun started several ranks."""
+    policy.set_phase(tc.phase, train_vl=tc.train_vl_in_action_phase)
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    if resume is not None:
+        _load_optimizer(optimizer, policy, resume)
+    model = policy
+    if world > 1:  # torch.distributed initialised by the launcher (torchrun): average gradients over ranks
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(policy)
+    return params, optimizer, model
+
+
 def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Optional[str] = None,
           progress: bool = True, stop_after: Optional[int] = None, dataset_name: Optional[str] = None) -> dict:
     """Train one phase into `out` (resuming from its last checkpoint when there is one).
@@ -203,13 +264,8 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(out)
-    if resume is not None:  # the run's own config wins over what was passed, so a resume cannot drift
-        st = json.loads((resume / "state.json").read_text())
-        cfg = policy_config_from_dict(st["policy_config"])
-        saved_tc = train_config_from_dict(st["train_config"])
-        if dataclasses.replace(saved_tc, num_workers=tc.num_workers) != dataclasses.replace(tc, num_workers=tc.num_workers):
-            log.warning("resuming %s with its saved train config (ignoring the one given)", resume)
-        tc = dataclasses.replace(saved_tc, num_workers=tc.num_workers)
+    if resume is not None:
+        st, cfg, tc = _resume_configs(resume, tc)
 
     if tc.torch_threads:
         torch.set_num_threads(tc.torch_threads)
@@ -228,37 +284,11 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     policy = build_policy(stream, cfg)
     rank, world = dist_rank_world()
     generator = torch.Generator().manual_seed(tc.seed + 1 + 1000 * rank)  # distinct flow-matching noise per rank
-    start = 0
-    if resume is not None:
-        from safetensors.torch import load_file
-
-        load_weights(policy, load_file(str(resume / "model.safetensors")))
-        start = int(st["step"])
-        torch.set_rng_state(_rng_from_b64(st["torch_rng"]))
-        generator.set_state(_rng_from_b64(st["generator_rng"]))
-    elif init:
-        from safetensors.torch import load_file
-
-        skipped = load_weights(policy, load_file(str(resolve_checkpoint(init) / "model.safetensors")), strict=False)
-        if skipped:
-            log.info("init %s: %d tensors not in the checkpoint (new for this variant): %s", init, len(skipped), skipped[:4])
-        policy.set_stats(stream.stats_entry)
-        policy.set_query_uv(torch.from_numpy(stream.query_uv))
+    start = _load_start(policy, stream, generator, resume, st if resume is not None else None, init)
     if tc.phase == "action" and cfg.uses_motion and not init and resume is None:
         log.warning("phase action with fusion %s but no --init: the Motion Expert is untrained", cfg.fusion)
 
-    policy.set_phase(tc.phase, train_vl=tc.train_vl_in_action_phase)
-    policy.train()
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    if resume is not None:
-        _load_optimizer(optimizer, policy, resume)
-
-    model = policy
-    if world > 1:  # torch.distributed initialised by the launcher (torchrun): average gradients over ranks
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(policy)
+    params, optimizer, model = _optimizer_and_model(policy, tc, resume, world)
     is_main = rank == 0
     loader = make_loader(stream, tc.batch_size, tc.num_workers, seed=tc.seed)
     batches = iter(loader)
@@ -275,14 +305,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
         for step in range(start, end):
             batch = next(batches)
             lr = lr_at(step, tc)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            loss, logs = model(batch, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()
-            loss_val = float(loss.detach())
+            loss_val, grad_norm, logs = _step(model, batch, optimizer, params, generator, lr, tc.grad_clip)
             interval_losses.append(loss_val)
             bar.update(1)
             done = step + 1
@@ -292,8 +315,8 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
                 last_t, last_step = now, done
                 # loss: mean over the steps since the last record (single-batch losses are noisy)
                 rec = {"step": done, "phase": tc.phase, "loss": sum(interval_losses) / len(interval_losses),
-                       "loss_last": loss_val, "lr": lr, "grad_norm": float(grad_norm),
-                       "steps_per_s": sps, "samples_per_s": sps * tc.batch_size, "wall_s": now - t0, **logs}
+                       "loss_last": loss_val, "lr": lr, "grad_norm": float(grad_norm), "steps_per_s": sps,
+                       "samples_per_s": sps * tc.batch_size, "wall_s": now - t0, **logs}
                 interval_losses = []
                 mf.write(json.dumps(rec) + "\n")
                 mf.flush()

@@ -36,7 +36,6 @@ LONG_FUNCTIONS_ALLOWED: set[str] = {
     "cli/bench/labels.py:run_labels",
     "cli/bench/labels.py:run_labelers",
     "curation/describe/card.py:write_card",
-    "policy/train.py:train",
 }
 
 
