@@ -224,7 +224,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
     path = job_dir / "dedup.json"
     if path.is_file():
         return json.loads(path.read_text())["dropped"], 0.0
-    from curation.selection.dedup import DedupConfig, find_duplicates
+    from curation.selection.dedup import DedupConfig, Fingerprint, find_duplicates
 
     t0 = time.perf_counter()
     fps: dict = {}
@@ -237,7 +237,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
         if isinstance(res, Failure):
             log.warning("fingerprint pass failed for %s: %s", _unit.describe(), res.error.splitlines()[-1])
             continue
-        fps.update(res["fingerprints"])
+        fps.update({eid: Fingerprint.from_record(rec) for eid, rec in res["fingerprints"].items()})
     pairs = find_duplicates(fps, DedupConfig.from_dict(cfg.curation.dedup))
     dropped = {p.dropped: {"kept": p.kept, "kind": p.kind, "distance": int(p.distance)} for p in pairs}
     write_json_atomic(path, {"dropped": dropped, "fingerprinted": len(fps)})

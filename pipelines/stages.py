@@ -160,8 +160,9 @@ def _set_seeds(seed: int, episode_id: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 class FingerprintUnit:
-    """UnitTask -> {"group", "fingerprints": {episode_id: Fingerprint}, "seconds"}.
-    Bad episodes are skipped here; pass 2 quarantines them."""
+    """UnitTask -> {"group", "fingerprints": {episode_id: Fingerprint.to_record()}, "seconds"}:
+    plain JSON-able data, whatever the engine ships results with. Bad episodes are skipped here;
+    pass 2 quarantines them."""
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
@@ -179,7 +180,7 @@ class FingerprintUnit:
                 if isinstance(item, Episode):
                     try:
                         item.check()
-                        fps[item.episode_id] = fingerprint(item, dcfg)
+                        fps[item.episode_id] = fingerprint(item, dcfg).to_record()
                     except Exception:  # noqa: BLE001 - pass 2 records the error
                         continue
         except Exception as exc:  # noqa: BLE001
