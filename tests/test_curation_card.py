@@ -113,3 +113,32 @@ def test_accuracy_never_from_the_working_directory(card_dataset, tmp_path, monke
         assert source == "" and "Not measured for this dataset" in text
     else:
         assert source == "curation/describe/label_accuracy.json"
+
+
+def test_card_writers_replace_planted_symlinks_never_write_through_them(card_dataset, tmp_path):
+    import shutil
+
+    root, _, _ = card_dataset
+    ds = tmp_path / "copy"
+    shutil.copytree(root, ds)
+    secret = tmp_path / "credentials"
+    secret.write_text("[default]\naws_secret_access_key = do-not-touch\n")
+    for planted in (ds / "README.md", ds / "card" / "sample_tracks.png"):
+        planted.unlink()
+        planted.symlink_to(secret)
+    out = write_card(ds, accuracy={"depth": {"abs_rel": 0.07}})
+    assert secret.read_text() == "[default]\naws_secret_access_key = do-not-touch\n"
+    assert not (ds / "README.md").is_symlink() and (ds / "README.md").read_text().startswith("---\n")
+    tracks = ds / "card" / "sample_tracks.png"
+    assert str(tracks) in out["pictures"] and not tracks.is_symlink()
+    assert Image.open(tracks).format == "PNG"
+    assert not [p.name for p in ds.rglob(".tmp-*")]  # no temporaries left beside the card files
+
+    # A card directory that is itself a link elsewhere is refused.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(ds / "card")
+    (ds / "card").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError, match="symlink"):
+        write_card(ds, accuracy={"depth": {"abs_rel": 0.07}})
+    assert list(elsewhere.iterdir()) == []

@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from curation.store.durable import real_directory, write_replacing
 from schemas.dataset import DATASET_JSON, FILTERED, MANIFEST, QUARANTINE, SHARDS_DIR, STATS_JSON
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,15 @@ def _pyplot():
 
 
 def _save(fig, out: Path, dpi: int) -> bool:
+    import io
+
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
     plt.close(fig)
+    write_replacing(out, buf.getvalue())
     return True
 
 
@@ -320,7 +325,7 @@ def write_card(
     name = name or info.get("name") or root.name
 
     # ---- pictures
-    (root / CARD_DIR).mkdir(exist_ok=True)
+    real_directory(root / CARD_DIR)
     samples = _pick_samples(rows, SAMPLES)
     pictures = []
     for fname, draw in (("sample_tracks.png", lambda p: _draw_tracks(root, samples, p)),
@@ -458,5 +463,5 @@ def write_card(
            "```", ""]
     if config:
         md += ["## Configuration used", "", "```json", json.dumps(config, indent=1, sort_keys=True), "```", ""]
-    (root / README).write_text("\n".join(md))
+    write_replacing(root / README, "\n".join(md).encode())
     return {"readme": str(root / README), "pictures": [str(root / p) for p in pictures]}
