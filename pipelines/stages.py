@@ -173,10 +173,15 @@ def _short_tb(exc: BaseException) -> str:
     return text[-TRACEBACK_CHARS:]
 
 
+# Mixes the job seed into the episode's id for its seed: a prime above any seed a config sets, so
+# distinct job seeds move every episode's seed (numpy seeds are 32-bit: the result is taken mod 2**32).
+SEED_MULTIPLIER = 1_000_003
+
+
 def _set_seeds(seed: int, episode_id: str) -> None:
     """Per-episode seed, so a labeler with randomness gives the same labels on any
     engine, worker and retry."""
-    s = (int(seed) * 1_000_003 + int(episode_id, 16)) % (2**32)
+    s = (int(seed) * SEED_MULTIPLIER + int(episode_id, 16)) % (2**32)
     np.random.seed(s)
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(s)

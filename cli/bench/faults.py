@@ -31,6 +31,7 @@ SHARD_EPISODES = 3
 KILL_WINDOW = (0.05, 0.95)  # a kill lands between 5 % and 95 % of the engine's uninterrupted wall time
 RERUN_TIMEOUT_S = 900
 EXIT_GRACE_S = 15.0  # how long a killed run's processes may take to notice and exit
+STDERR_TAIL_CHARS = 2000  # of a failed run's stderr in the error: its last lines, where the error is
 
 
 def add_bench(bench_sub) -> None:
@@ -80,7 +81,7 @@ def timed_run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=RERUN_TIMEOUT_S, start_new_session=True)
     if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({res.returncode}): {res.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({res.returncode}): {res.stderr[-STDERR_TAIL_CHARS:]}")
     return time.perf_counter() - t0
 
 

@@ -35,6 +35,10 @@ SAMPLES = 4  # episodes shown in the pictures
 _HIST_FRAMES = 200_000  # action values read per dataset for the histograms
 MAX_DATASET_TAGS = 10  # source-dataset tags in the front matter, so a large mixture keeps a short tag list
 TOP_INSTRUCTIONS = 20  # the most frequent instructions listed
+# Picture titles are cut to what fits above a panel at the font size used (7 pt).
+TITLE_LANGUAGE_CHARS = 40  # of the instruction, above a track panel 3.2 inches wide
+TITLE_DATASET_CHARS = 18  # of the dataset name, above a histogram panel 1.9 inches wide
+HIST_BINS = 40  # per action dimension
 # The measured label accuracy shipped with the package (see _load_accuracy).
 LABEL_ACCURACY = "label_accuracy.json"
 
@@ -241,7 +245,7 @@ def _draw_tracks(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
         ax.scatter(tracks[q, 0, 0], tracks[q, 0, 1], s=4, c="white", edgecolors="none")
         ax.set_xlim(0, frame.shape[1])
         ax.set_ylim(frame.shape[0], 0)
-        ax.set_title(f"{r['dataset']} ep {r['episode_index']} t={step}\n{(r.get('language') or '')[:40]}", fontsize=7)
+        ax.set_title(f"{r['dataset']} ep {r['episode_index']} t={step}\n{(r.get('language') or '')[:TITLE_LANGUAGE_CHARS]}", fontsize=7)
         ax.axis("off")
     return _save(fig, out, dpi=110)
 
@@ -310,8 +314,8 @@ def _draw_action_histograms(dataset_dir: Path, rows: list[dict], out: Path) -> b
             ax = axes[i, d]
             if d < a.shape[1]:
                 v = a[:, d][np.isfinite(a[:, d])]
-                ax.hist(v, bins=40, color="tab:blue")
-                ax.set_title(f"{ds[:18]} a[{d}]", fontsize=7)
+                ax.hist(v, bins=HIST_BINS, color="tab:blue")
+                ax.set_title(f"{ds[:TITLE_DATASET_CHARS]} a[{d}]", fontsize=7)
             else:
                 ax.axis("off")
             ax.tick_params(labelsize=6)
