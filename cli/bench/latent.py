@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli.commands.latent import load_model, load_store, score_row, set_threads
+from cli.latent_io import load_model, load_store, score_row, set_threads
 from cli.output import add_report_args, emit, write_bench_json
 from curation.formats import format_table, markdown_table
 
