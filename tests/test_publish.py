@@ -78,7 +78,7 @@ def _killed(*args, **kwargs):
 def test_crash_before_index_leaves_no_visible_version(datasets, registry):
     v1, _, _ = datasets
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(P, "_create_exclusive", _killed)  # the process dies right before the index write
+        mp.setattr(P, "create_exclusive", _killed)  # the process dies right before the index write
         P.publish(v1, "synth", "0.2.0", progress=False)
     assert list((registry / "synth" / "0.2.0").glob("files-*/manifest.parquet"))  # the files were uploaded ...
     assert versions.list_versions("synth") == []  # ... but no version is visible

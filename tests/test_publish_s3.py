@@ -96,7 +96,7 @@ def test_crash_before_index_is_invisible_on_s3(s3_endpoint, datasets):
     url = f"s3://{BUCKET}/crash"
     opts = _opts(s3_endpoint)
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(P, "_create_exclusive", _killed)  # the process dies right before the index write
+        mp.setattr(P, "create_exclusive", _killed)  # the process dies right before the index write
         P.publish(a, "ds", "1.0.0", to_url=url, storage_options=opts, progress=False)
     assert versions.list_versions(f"{url}/ds", opts) == []
     with pytest.raises(refs.PublishError, match="is not published: no index.json"):
