@@ -165,7 +165,7 @@ def test_exclusive_create_on_s3_never_overwrites(s3_endpoint):
 
 def test_trainer_reader_streams_a_published_version_from_s3(s3_endpoint, datasets):
     """The published files are a complete dataset: the trainer-facing reader
-    (curation.store.reader, resolving the ref through curation.registry.publish.resolve)
+    (curation.store.reader, resolving the ref through curation.registry.versions.resolve)
     iterates every triplet straight from s3://."""
     from curation import open_dataset
 
