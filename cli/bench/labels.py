@@ -16,6 +16,10 @@ in-range steps after the query frame), 3D scene flow with dataset depth (3D
 EPE of displacements from the anchor, over point-steps valid in both), and
 depth (AbsRel, delta < 1.25). Optional backends run when configured: Depth
 Anything (--depth-model), CoTracker (--cotracker-repo/--cotracker-ckpt).
+
+The result records what every row was labelled with (`labelled_with`: {label: {row: {kind:
+{backend, params, gap | frame_step}}}}); the dataset card marks the rows of a dataset's own
+backends and parameters by it.
 """
 
 from __future__ import annotations
