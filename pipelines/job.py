@@ -34,7 +34,7 @@ from pipelines.config import ConfigError, JobConfig
 from pipelines.engines.local import Failure
 from pipelines.preflight import check_job
 from pipelines.stages import (
-    ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row,
+    ATTEMPTS_DIR, TRACEBACK_CHARS, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row,
 )
 from schemas.dataset import (
     CONTRACT_VERSION, DATASET_JSON, FILTERED, FILTERED_SCHEMA, MANIFEST, MANIFEST_SCHEMA, QUARANTINE,
@@ -247,7 +247,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
 def _failure_rows(src, task: UnitTask, error: str) -> list[dict]:
     last = error.strip().splitlines()[-1] if error.strip() else "unit failed"
     return [quarantine_row(Provenance(src.name, src.version, task.split, i, task.file, getattr(src, "source_url", "")),
-                           "unit", f"unit failed, shard not committed: {last}", error[-2000:])
+                           "unit", f"unit failed, shard not committed: {last}", error[-TRACEBACK_CHARS:])
             for i in range(task.start, task.stop)]
 
 

@@ -24,7 +24,6 @@ import base64
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -35,20 +34,18 @@ import torch
 from policy.config import LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
 from policy.loader import TripletStream, dist_rank_world, make_loader
 from policy.modeling_lamp import LaMPPolicy
+from schemas import checkpoint as layout
 
 log = logging.getLogger(__name__)
 
-CKPT_DIR = "checkpoints"
-LAST = "LAST"
+# OUT/checkpoints/step-NNNNNNN/ directories with a LAST pointer (schemas.checkpoint).
+STEPS = layout.StepLayout(digits=7)
 
 
 # ----------------------------------------------------------------------------- schedule
 def lr_at(step: int, tc: TrainConfig) -> float:
     """Linear warmup to tc.lr over warmup_steps, then cosine to lr * min_lr_ratio at tc.steps."""
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / max(1, tc.warmup_steps)
-    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return layout.warmup_cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -62,14 +59,11 @@ def _rng_from_b64(s: str) -> torch.Tensor:
 
 def save_checkpoint(out: Path, policy: LaMPPolicy, tc: TrainConfig, step: int, dataset_version: str,
                     optimizer: Optional[torch.optim.Optimizer] = None, generator: Optional[torch.Generator] = None) -> Path:
-    from safetensors.torch import save_file
-
-    d = Path(out) / CKPT_DIR / f"step-{step:07d}"
-    d.mkdir(parents=True, exist_ok=True)
+    d = STEPS.path(out, step)
     meta = {"policy_config": json.dumps(config_to_dict(policy.config)), "train_config": json.dumps(config_to_dict(tc)),
             "dataset_version": dataset_version, "step": str(step), "phase": tc.phase}
     state = {k: v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
-    save_file(state, str(d / "model.safetensors"), metadata=meta)
+    layout.save_safetensors(state, d / "model.safetensors", metadata=meta)
     extra: dict[str, Any] = {"policy_config": config_to_dict(policy.config), "train_config": config_to_dict(tc),
                              "dataset_version": dataset_version, "step": step, "phase": tc.phase,
                              "torch_rng": _rng_b64(torch.get_rng_state())}
@@ -81,9 +75,9 @@ def save_checkpoint(out: Path, policy: LaMPPolicy, tc: TrainConfig, step: int, d
             for p in group["params"]:
                 for key, val in optimizer.state.get(p, {}).items():
                     flat[f"{names[id(p)]}::{key}"] = torch.as_tensor(val).detach().clone().contiguous()
-        save_file(flat, str(d / "optimizer.safetensors"))
-    (d / "state.json").write_text(json.dumps(extra, indent=2) + "\n")
-    (Path(out) / CKPT_DIR / LAST).write_text(d.name + "\n")
+        layout.save_safetensors(flat, d / "optimizer.safetensors")
+    layout.write_text(d / "state.json", json.dumps(extra, indent=2) + "\n")
+    layout.point_last(out, d.name)  # after the files it names
     return d
 
 
@@ -99,11 +93,8 @@ def state_digest(policy: torch.nn.Module) -> str:
 
 
 def last_checkpoint(out: Path) -> Optional[Path]:
-    f = Path(out) / CKPT_DIR / LAST
-    if not f.exists():
-        return None
-    d = Path(out) / CKPT_DIR / f.read_text().strip()
-    return d if (d / "model.safetensors").exists() else None
+    d = layout.read_last(out)
+    return d if d is not None and (d / "model.safetensors").exists() else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -324,7 +315,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
             if done % tc.checkpoint_every == 0 and done != end and is_main:
                 save_checkpoint(out, policy, tc, done, stream.version, optimizer, generator)
     bar.close()
-    ckpt = Path(out) / CKPT_DIR / f"step-{end:07d}"
+    ckpt = STEPS.path(out, end)
     if is_main:
         ckpt = save_checkpoint(out, policy, tc, end, stream.version, optimizer, generator)
     if world > 1:
