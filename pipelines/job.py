@@ -23,7 +23,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from curation.store.durable import fsync_dir, replace_durably
+from schemas.durable import fsync_dir, replace_durably
 from curation.store.lock import JOB_DIR, DatasetBusy
 from curation.store.lock import dataset_lock as store_lock
 from curation.store.writer import (

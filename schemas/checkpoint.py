@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from schemas.durable import replace_durably
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "LAST"
 
@@ -62,14 +64,6 @@ class StepLayout:
             old.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` writes the file's content to a temporary path beside `path`; then it is synced
     and renamed over `path`, and the directory synced."""
@@ -78,11 +72,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
     return path
 
 

@@ -47,3 +47,26 @@ def test_schedule_warmup_then_cosine_or_constant():
     assert layout.warmup_cosine_lr(warmup + 50, lr, warmup, total, 0.1) == pytest.approx(lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))))
     assert layout.warmup_cosine_lr(total + 5, lr, warmup, total, 0.1) == pytest.approx(lr * 0.1)
     assert [layout.warmup_cosine_lr(s, lr, warmup, total, 1.0) for s in (warmup, warmup + 50, total + 5)] == [lr] * 3
+
+
+def test_checkpoint_and_last_reach_the_disk_before_they_are_named(tmp_path, monkeypatch):
+    """The checkpoint file is synced under its temporary name before the rename, the directory after,
+    and LAST the same way: a power loss never leaves LAST naming an empty checkpoint."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
+    files = layout.StepLayout(digits=7, suffix=".safetensors")
+    ckpt = files.path(tmp_path, 5)
+    layout.save_safetensors({"w": torch.ones(3)}, ckpt)
+    layout.point_last(tmp_path, ckpt.name)
+    last = tmp_path / "checkpoints" / "LAST"
+    i_ckpt, i_last = events.index(("replace", str(ckpt))), events.index(("replace", str(last)))
+    synced_before = [p for k, p in events[:i_ckpt] if k == "fsync"]
+    assert any(os.path.basename(p).startswith(f".{ckpt.name}.tmp-") for p in synced_before)
+    assert ("fsync", str(ckpt.parent)) in events[i_ckpt:i_last]  # the rename itself, before LAST
+    assert any(os.path.basename(p).startswith(".LAST.tmp-") for k, p in events[i_ckpt:i_last] if k == "fsync")
+    assert ("fsync", str(last.parent)) in events[i_last:]

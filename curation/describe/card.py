@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from curation.store.durable import real_directory, write_replacing
+from schemas.durable import real_directory, write_replacing
 from schemas.dataset import DATASET_JSON, FILTERED, MANIFEST, QUARANTINE, SHARDS_DIR, STATS_JSON
 
 log = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ from curation.registry.refs import (
 )
 from curation.registry.storage import CHUNK_BYTES, IO_THREADS, create_exclusive, is_local, open_fs, remove_quietly, url_of
 from curation.registry.versions import index_at, version_from_index
-from curation.store.durable import fsync_dir, fsync_tree
+from schemas.durable import fsync_dir, fsync_tree
 from curation.store.lock import DatasetBusy, dataset_lock
 from schemas.dataset import CONTRACT_VERSION, DATASET_JSON, MANIFEST
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from curation.registry.refs import PublishError
-from curation.store.durable import fsync_dir
+from schemas.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from curation.store.durable import fsync_dir, fsync_tree, replace_durably
+from schemas.durable import fsync_dir, fsync_tree, replace_durably
 from schemas.dataset import CONTRACT_VERSION, SHARDS_DIR, ArraySpec, episode_checksum, spec_for
 
 # Shard files are keyed "0.0.0.0" inside the array directory (zarr v3 "v2" chunk key
