@@ -102,6 +102,11 @@ class LaMPPolicy(nn.Module):
         if getattr(self.vl_encoder, "frozen", False):  # a frozen pretrained VLM stays frozen; its projections learn
             self.vl_encoder.model.requires_grad_(False)
 
+    def at_step(self, step: int, total: int) -> None:
+        """The trainer is about to run step `step` of `total` (a variant's schedules follow it)."""
+        if self.extra is not None:
+            self.extra.at_step(step, total)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.phase != "motion":

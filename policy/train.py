@@ -267,6 +267,15 @@ def _optimizer_and_model(policy: LaMPPolicy, tc: TrainConfig, resume: Optional[P
     return params, optimizer, model
 
 
+def _open(data: Any):
+    """A dataset object as is; a reference (directory, URL, URL/NAME@V) opened by the public reader."""
+    if not isinstance(data, (str, Path)):
+        return data
+    from curation import open_dataset
+
+    return open_dataset(str(data))
+
+
 def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Optional[str] = None,
           progress: bool = True, stop_after: Optional[int] = None, dataset_name: Optional[str] = None) -> dict:
     """Train one phase into `out` (resuming from its last checkpoint when there is one).
@@ -283,12 +292,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     if tc.torch_threads:
         torch.set_num_threads(tc.torch_threads)
     torch.manual_seed(tc.seed)
-    if not isinstance(data, (str, Path)):
-        ds = data
-    else:
-        from curation import open_dataset
-
-        ds = open_dataset(str(data))
+    ds = _open(data)
     motion_only = tc.phase == "motion"  # stage 1 reads frames, language and motion; never actions
     if resume is None:
         cfg = config_from_init(init, cfg, ds) if init else config_for_data(ds, cfg, motion_only=motion_only)
@@ -317,8 +321,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     with open(metrics_path if is_main else os.devnull, "a") as mf:
         for step in range(start, end):
             batch = next(batches)
-            if policy.extra is not None:
-                policy.extra.at_step(step, tc.steps)
+            policy.at_step(step, tc.steps)
             lr = lr_at(step, tc)
             loss_val, grad_norm, logs = _step(model, batch, optimizer, params, generator, lr, tc.grad_clip)
             interval_losses.append(loss_val)
