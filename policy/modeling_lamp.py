@@ -160,15 +160,14 @@ class LaMPPolicy(nn.Module):
             logs["gate"] = float(self.fusion.gate.detach())
         if self.extra is not None:  # after the action loss: its noise draws are those of the base trainer
             aux, aux_logs = self.extra.aux_loss(self, batch, vl, vl_pad, generator)
+            logs = {**logs, **aux_logs}
             if aux is not None:
-                logs = {**logs, **aux_logs, "action_loss": float(loss.detach())}
                 loss = loss + aux
         return loss, logs
 
     def _state(self, batch: Mapping[str, Any]) -> Tensor:
-        B = batch["image"].shape[0]
         if self.config.state_dim == 0 or "state" not in batch:
-            return torch.zeros(B, self.config.state_dim)
+            return torch.zeros(len(batch["language"]), self.config.state_dim)  # B 0 (or B P of zeros)
         return batch["state"].to(torch.float32)
 
     # ------------------------------------------------------------------ inference

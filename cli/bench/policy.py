@@ -76,7 +76,20 @@ def synthetic_batch(cfg: LaMPConfig, batch_size: int, seed: int = 0) -> dict:
         "motion": torch.randn(batch_size, K, T, cfg.motion_channels, generator=g),
         "motion_mask": torch.rand(batch_size, K, T, cfg.motion_channels, generator=g) > 0.2,
         "anchor_uv": torch.rand(batch_size, K, 2, generator=g) * 2 - 1,
+        **variant_fields(cfg, batch_size, g),
     }
+
+
+def variant_fields(cfg: LaMPConfig, batch_size: int, g: torch.Generator) -> dict:
+    """The extra batch entries of cfg.variant (drawn after the base entries, which stay as they are)."""
+    if cfg.variant == "motion_image":
+        G = cfg.motion_image_grid
+        return {"motion_image": torch.randn(batch_size, G, G, 2, generator=g),
+                "motion_image_valid": torch.ones(batch_size, G, G, 2, dtype=torch.bool)}
+    if cfg.variant == "action_prior":
+        return {"past_actions": torch.randn(batch_size, cfg.prior_history, cfg.action_dim, generator=g),
+                "past_actions_valid": torch.ones(batch_size, cfg.prior_history, dtype=torch.bool)}
+    return {}
 
 
 def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: int = 10, latency_reps: int = 10,
