@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,3 +298,106 @@ def test_action_prior_stages_overfit_reuse_the_decoder_and_resume_exactly(tmp_pa
     assert [r["distill_weight"] for r in logs] == [1.0, 0.0, 0.0, 0.0]  # steps 2, 4, 6, 8 of 8; KD while step < 2.4
     with pytest.raises(ValueError, match="prior_history"):
         train(ds, tmp_path / "bad", dataclasses.replace(cfg, prior_history=3), tc, init=str(tmp_path / "s1"), progress=False)
+
+
+def test_bench_policy_reports_every_variant_phase_and_latency():
+    from cli.bench.policy import bench_policy
+
+    res = bench_policy(LaMPConfig(**TINY), batch_size=2, steps=1, latency_reps=1, progress=False,
+                       variants=["lamp", "motion_image", "action_prior"])
+    got = [(r["variant"], r["measure"].split(" (")[0]) for r in res["rows"]]
+    assert got == [("lamp", "train step, phase motion"), ("lamp", "train step, phase action"), ("lamp", "action chunk latency"),
+                   ("motion_image", "train step, phase action"), ("motion_image", "action chunk latency"),
+                   ("action_prior", "train step, phase prior"), ("action_prior", "train step, phase action"),
+                   ("action_prior", "action chunk latency")]
+    assert all(r["seconds_median"] > 0 for r in res["rows"])
+    per = res["parameters_per_variant"]
+    assert per["motion_image"] > per["lamp"] and per["action_prior"] > per["lamp"]
+
+
+# ----------------------------------------------------------------------------- the plan
+def test_plan_waves_append_new_variants_and_stage1_chains(tmp_path):
+    from test_experiment import write_plan
+
+    from policy.experiment import plan_steps
+    from policy.experiment_plan import load_plan
+
+    base = dict(regimes=[1, 2], action_steps={1: 2, 2: 3}, seeds=[0, 1])
+    before = [(s.name, s.argv) for s in plan_steps(load_plan(write_plan(tmp_path, **base)))]
+    grown = load_plan(write_plan(tmp_path, **base, stage1={
+        "uvd": {"label_set": "ours", "steps": 2},
+        "actions": {"label_set": "ours", "steps": 2, "phase": "prior", "init": "uvd", "policy": {"variant": "action_prior"}}},
+        variants={"scratch": {"stage1": None, "fusion": "none"}, "lamp": {"stage1": "uvd", "fusion": "gated_sigmoid"},
+                  "action_prior": {"stage1": "actions", "fusion": "none", "wave": 1, "policy": {"variant": "action_prior"}}}))
+    steps = plan_steps(grown)
+    assert [(s.name, s.argv) for s in steps[: len(before)]] == before  # the old steps, unchanged and first
+    new = [s.name for s in steps[len(before):]]
+    assert new[:3] == ["stage1/actions", "train/action_prior@1/s0", "eval/action_prior@1/s0"]
+    assert len(new) == 1 + 2 * 2 * 2
+    s1 = next(s for s in steps if s.name == "stage1/actions")
+    assert s1.argv[s1.argv.index("--phase") + 1] == "prior" and s1.argv[s1.argv.index("--init") + 1].endswith("stage1-uvd")
+    for bad, msg in [({"uvd": {"label_set": "ours", "steps": 2, "init": "uvd"}}, "a cycle"),
+                     ({"uvd": {"label_set": "ours", "steps": 2, "init": "nope"}}, "not a stage1 entry"),
+                     ({"uvd": {"label_set": "ours", "steps": 2, "phase": "action"}}, "pretraining phase")]:
+        with pytest.raises(ValueError, match=msg):
+            load_plan(write_plan(tmp_path, stage1=bad))
+
+
+def test_the_motion_prior_plan_lists_both_new_variants_after_the_existing_steps():
+    from policy.experiment import plan_steps
+    from policy.experiment_plan import load_plan
+
+    plan = load_plan("policy/experiments/motion_prior.yaml")
+    plan.workdir = Path(tempfile.mkdtemp())  # run_config writes the merged configs there, not into the experiment
+    names = [s.name for s in plan_steps(plan)]
+    first_new = min(i for i, n in enumerate(names) if "motion_image" in n or "action" in n.split("/")[1])
+    old = names[:first_new]
+    assert len(old) == 74 and not any("motion_image" in n or "action_prior" in n for n in old)
+    assert {n for n in names[first_new:]} >= {"stage1/actions", "train/motion_image@5/s0", "eval/action_prior@20/s2"}
+    assert len(names) - first_new == 1 + 2 * 2 * 3 * 2
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def curated_dir(tmp_path_factory, sim_dataset_dir):
+    """The shared simulated fixture curated by our pipeline (`curate run`, local runner)."""
+    from cli.main import main
+
+    out = tmp_path_factory.mktemp("curated") / "ds"
+    assert main(["run", str(sim_dataset_dir), "--out", str(out), "--runner", "local", "--shard-episodes", "1",
+                 "--no-progress"]) == 0
+    return out
+
+
+def test_cli_both_variants_train_on_curated_data_and_act_in_metaworld(curated_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from cli.main import main
+
+    def cfg(variant: str):
+        p = tmp_path / f"{variant}.yaml"
+        p.write_text("policy: {d_model: 32, n_heads: 2, vl_layers: 1, motion_layers: 1, action_layers: 1, motion_points: 16, "
+                     f"motion_horizon: 4, variant: {variant}, motion_image_layers: 1, prior_layers: 1}}\n"
+                     "train: {batch_size: 4, log_every: 1, warmup_steps: 1, shuffle_buffer: 4}\n")
+        return str(p)
+
+    def run(*argv):
+        assert main(["policy", "train", "--data", str(curated_dir), "--steps", "3", "--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    m = tmp_path / "m"
+    run("--phase", "motion", "--config", cfg("lamp"), "--out", str(m))
+    mi = run("--phase", "action", "--config", cfg("motion_image"), "--init", str(m), "--fusion", "none", "--out", str(tmp_path / "mi"))
+    assert mi["variant"] == "motion_image"
+    recs = [json.loads(x) for x in open(tmp_path / "mi" / "metrics.jsonl")]
+    assert all(np.isfinite(r["motion_image_loss"]) and r["motion_image_loss"] > 0 for r in recs)
+    run("--phase", "prior", "--config", cfg("action_prior"), "--init", str(m), "--out", str(tmp_path / "prior"))
+    run("--phase", "action", "--config", cfg("action_prior"), "--init", str(tmp_path / "prior"), "--fusion", "none",
+        "--out", str(tmp_path / "ap"))
+    for out in ("mi", "ap"):  # MuJoCo's renderer and TensorFlow cannot share a process: evaluate in a fresh one
+        proc = subprocess.run([sys.executable, "-m", "cli.main", "policy", "eval", "--checkpoint", str(tmp_path / out),
+                               "--task", "drawer-open-v3", "--episodes", "1", "--max-steps", "12", "--threads", "1",
+                               "--strips", str(tmp_path / f"strips-{out}"), "--json"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["tasks"][0]["episodes"] == 1
