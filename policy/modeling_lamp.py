@@ -6,6 +6,8 @@
                        Motion Expert: noise ─Euler→ tau ─forward→ hidden ─► fusion (gated x-attn
                                                                            │     / concat / add / none)
                                                                            ▼
+                                              guided VL tokens (+ a variant's context tokens)
+                                                                           ▼
                           state, noisy chunk ─► Action Expert (joint attention with guided VL)
                                                         │ 10 Euler steps, t = 1 → 0
                                                         ▼
@@ -39,8 +41,8 @@ from policy.action_expert import ActionExpert
 from policy.config import LaMPConfig
 from policy.gated_xattn import build_fusion
 from policy.motion_expert import MotionExpert
-from policy.variants import build_variant_parts
 from policy.normalize import center_scale
+from policy.variants import build_variant_parts
 from policy.vl_encoder import build_vl_encoder
 
 

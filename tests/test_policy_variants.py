@@ -401,3 +401,22 @@ def test_cli_both_variants_train_on_curated_data_and_act_in_metaworld(curated_di
                                "--strips", str(tmp_path / f"strips-{out}"), "--json"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads(proc.stdout)["tasks"][0]["episodes"] == 1
+
+
+def test_checkpoints_written_before_the_variants_existed_resume_and_load(tmp_path):
+    from policy.config import VARIANT_FIELDS
+    from policy.train import last_checkpoint, load_policy, train
+
+    ds = SyntheticDataset(num_shards=1, episodes_per_shard=2, anchors_per_episode=3)
+    cfg = LaMPConfig(**{k: v for k, v in TINY.items() if not k.startswith(("motion_image", "prior"))})
+    full = train(ds, tmp_path / "full", cfg, tiny_train(phase="action", steps=4), progress=False)
+    train(ds, tmp_path / "old", cfg, tiny_train(phase="action", steps=4), progress=False, stop_after=2)
+    st_path = last_checkpoint(tmp_path / "old") / "state.json"
+    st = json.loads(st_path.read_text())
+    for key in ("variant", *[k for fields in VARIANT_FIELDS.values() for k in fields]):
+        del st["policy_config"][key]  # as the trainer wrote it before LaMPConfig.variant
+    st_path.write_text(json.dumps(st))
+    resumed = train(ds, tmp_path / "old", cfg, tiny_train(phase="action", steps=4), progress=False)
+    assert resumed["state_sha1"] == full["state_sha1"]
+    policy, _ = load_policy(tmp_path / "old")
+    assert policy.config.variant == "lamp" and policy.extra is None
