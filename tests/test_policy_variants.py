@@ -400,7 +400,8 @@ def test_cli_both_variants_train_on_curated_data_and_act_in_metaworld(curated_di
                                "--task", "drawer-open-v3", "--episodes", "1", "--max-steps", "12", "--threads", "1",
                                "--strips", str(tmp_path / f"strips-{out}"), "--json"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert json.loads(proc.stdout)["tasks"][0]["episodes"] == 1
+        report = json.loads(proc.stdout)
+        assert report["tasks"][0]["episodes"] == 1 and report["variant"] == {"mi": "motion_image", "ap": "action_prior"}[out]
 
 
 def test_checkpoints_written_before_the_variants_existed_resume_and_load(tmp_path):
