@@ -172,6 +172,22 @@ def test_motion_image_overfits_and_resumes_exactly(mi_data, tmp_path):
     recs = [json.loads(x) for x in open(tmp_path / "fit" / "metrics.jsonl")]
     first, last = recs[0]["motion_image_loss"], np.mean([r["motion_image_loss"] for r in recs[-3:]])
     assert last < first / 1.5, (first, last)
+    # the head's one-step estimate of the flow from a half-noised input, x1 = x_t - t v, is the
+    # training flow, not the zero-flow background
+    from policy import flow_matching as fm
+    from policy.train import load_policy
+
+    policy, _ = load_policy(tmp_path / "fit")
+    policy.eval()
+    stream = TripletStream(mi_data, policy.config, shuffle_buffer=1, epochs=1)
+    batch = collate([stream.transform(tr) for tr in mi_data.iter_triplets() if tr.anchor == 0])
+    x1 = batch["motion_image"].reshape(len(batch["language"]), -1, 2)  # B G*G 2
+    t = torch.full((x1.shape[0],), 0.5)
+    x_t = fm.interpolate(x1, torch.randn(x1.shape, generator=torch.Generator().manual_seed(1)), t, noise_at=1.0)
+    with torch.no_grad():
+        vl, pad = policy.encode(batch)
+        estimate = x_t - 0.5 * policy.extra.head(x_t, t, vl, pad)
+    assert float(((estimate - x1) ** 2).mean()) < 0.5 * float((x1 ** 2).mean())
     tc = tiny_train(phase="action", steps=6)
     full = train(mi_data, tmp_path / "full", cfg, tc, progress=False)
     train(mi_data, tmp_path / "part", cfg, tc, progress=False, stop_after=2)
