@@ -19,9 +19,11 @@ def add_commands(sub) -> None:
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    t = psub.add_parser("train", help="train one phase (motion | action) on a curated dataset")
+    from policy.config import PHASES
+
+    t = psub.add_parser("train", help="train one phase (motion | action, or a variant's own) on a curated dataset")
     t.add_argument("--data", required=True, help="dataset directory, fsspec URL or URL/NAME@V")
-    t.add_argument("--phase", required=True, choices=["motion", "action"])
+    t.add_argument("--phase", required=True, choices=list(PHASES))
     t.add_argument("--config", default=None, help="YAML/JSON with policy: and train: sections")
     t.add_argument("--out", default=None, help="output directory (default runs/<phase>-<fusion>-s<seed>)")
     t.add_argument("--steps", type=int, default=None)
@@ -64,11 +66,15 @@ def add_commands(sub) -> None:
 
 
 def add_bench(bench_sub) -> None:
+    from policy.config import VARIANTS
+
     b = bench_sub.add_parser("policy", help="training steps/s and action-chunk latency of the policy on this CPU")
     b.add_argument("--config", default=None, help="YAML/JSON with a policy: section (default: the shipped defaults)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--variant", action="append", default=None, choices=list(VARIANTS),
+                   help="variant to measure, repeatable (default: every variant)")
     add_report_args(b, bench="policy")
     b.set_defaults(func=cmd_bench_policy)
 
@@ -187,9 +193,11 @@ def cmd_bench_policy(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, _, _ = _configs(args)
-    result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps)
+    from policy.config import VARIANTS
+
+    result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps, variants=args.variant or list(VARIANTS))
     path = write_bench_json("policy", result, args.out_json)
-    text = format_table(result["rows"], ["measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
+    text = format_table(result["rows"], ["variant", "measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
     emit(result, args.json, text + f"\nparameters: {result['parameters']:,}  torch threads: {result['torch_threads']}  -> {path}")
     return 0
 
