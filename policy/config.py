@@ -71,6 +71,14 @@ class LaMPConfig:
     action_layers: int = 3
     num_inference_steps: int = 10  # Euler steps from t = 1 (noise) to t = 0 (actions)
 
+    # --- latent action flow policy (variant lafp, policy/lafp.py) ---
+    latent_tokens: int = 4  # L: tokens per latent action (from the latent action model; its presets use 4)
+    latent_dim: int = 8  # c: numbers per code vector (from the latent action model; `small` uses 8)
+    latent_codebook: tuple = ()  # V x c code vectors of that model (from it: `curate policy train --latent-checkpoint`)
+    latent_layers: int = 2  # Latent Expert depth: L = 4 tokens of 8 numbers need less than the C x A chunk's 3
+    latent_inference_steps: int = 10  # Euler steps of the latent policy, as many as the Action Expert's
+    lafp_interp: float = 0.5  # decoder training input: sampled latent moved this far towards the demo's (0..1)
+
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
         if self.fusion not in FUSIONS:
@@ -85,10 +93,20 @@ class LaMPConfig:
             raise ValueError("motion_tau must be in (0, 1)")
         if self.n_action_steps > self.chunk_size:
             raise ValueError("n_action_steps must be <= chunk_size")
+        self.latent_codebook = tuple(tuple(float(x) for x in row) for row in self.latent_codebook)
+        if any(len(row) != self.latent_dim for row in self.latent_codebook):
+            raise ValueError(f"latent_codebook rows must have latent_dim = {self.latent_dim} numbers")
+        if not 0.0 <= self.lafp_interp <= 1.0:
+            raise ValueError(f"lafp_interp must be in [0, 1], got {self.lafp_interp}")
 
     @property
     def uses_motion(self) -> bool:
         return self.fusion != "none"
+
+    @property
+    def latent_codes(self) -> int:
+        """V: codes in the latent action model's codebook."""
+        return len(self.latent_codebook)
 
     @property
     def motion_channels(self) -> int:
