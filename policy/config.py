@@ -29,6 +29,15 @@ MOTION_REPRS = ("uvd", "xyz", "uv")
 # (LaMP's ablation of 3D scene flow), pixel displacement only.
 MOTION_CHANNELS = {"uvd": 3, "xyz": 3, "uv": 2}
 NORM_MODES = ("mean_std", "quantile")
+# What is trained beside the two experts (policy/variants.py). "lamp" is the dual-expert trainer
+# itself: scratch, none, lamp, lamp_gt and lamp_2d of the motion-prior experiment differ only by
+# fusion and stage 1. Each other name adds its own parts (heads, a pretraining phase).
+VARIANTS = ("lamp",)
+# Each variant's own fields of LaMPConfig: a stage-2 run takes them from its config, not from the
+# stage-1 checkpoint it starts from (policy/train.py config_from_init).
+VARIANT_FIELDS: dict[str, tuple[str, ...]] = {"lamp": ()}
+# Training phases: the two of the dual-expert trainer, then those a variant adds.
+PHASES = ("motion", "action")
 
 
 @dataclass
@@ -67,6 +76,9 @@ class LaMPConfig:
     # --- fusion of motion features into the VL tokens ---
     fusion: str = "gated_sigmoid"  # gated_sigmoid (LaMP) | gated_tanh (Flamingo) | concat | add | none
 
+    # --- variant: the parts beside the two experts (policy/variants.py) ---
+    variant: str = "lamp"
+
     # --- action expert ---
     action_layers: int = 3
     num_inference_steps: int = 10  # Euler steps from t = 1 (noise) to t = 0 (actions)
@@ -81,6 +93,8 @@ class LaMPConfig:
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.motion_repr not in MOTION_REPRS:
@@ -116,7 +130,7 @@ class LaMPConfig:
 
 @dataclass
 class TrainConfig:
-    phase: str = "motion"  # motion | action
+    phase: str = "motion"  # one of PHASES: motion | action, or a variant's own pretraining phase
     steps: int = 3000
     batch_size: int = 32
     lr: float = 3e-4  # LaMP stage 2 uses 1e-4 on a pretrained VLM; small models from scratch like more
@@ -134,8 +148,8 @@ class TrainConfig:
     train_vl_in_action_phase: bool = True  # LaMP freezes its VLM; our compact encoder is small and learns
 
     def __post_init__(self) -> None:
-        if self.phase not in ("motion", "action"):
-            raise ValueError(f"phase must be motion or action, got {self.phase!r}")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
         self.betas = tuple(float(b) for b in self.betas)
 
 

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from policy.config import LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
+from policy.config import VARIANT_FIELDS, LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
 from policy.loader import TripletStream, dist_rank_world, make_loader
 from policy.modeling_lamp import LaMPPolicy
 
@@ -186,11 +186,24 @@ def config_from_init(init: str, cfg: LaMPConfig, ds) -> LaMPConfig:
     arch = dict(init_state["policy_config"])
     for key in ("fusion", "n_action_steps", "num_inference_steps"):
         arch[key] = getattr(cfg, key)
+    arch.update(variant_fields(cfg, arch))
     data_cfg = config_for_data(ds, policy_config_from_dict(arch))
     if tuple(data_cfg.image_size) != tuple(arch["image_size"]):
         raise ValueError(f"init {init}: stage 1 saw {tuple(arch['image_size'])} px images, the action data has "
                          f"{tuple(data_cfg.image_size)}")
     return data_cfg
+
+
+def variant_fields(cfg: LaMPConfig, arch: dict) -> dict:
+    """The variant and its own fields, taken from `cfg` over a stage-1 architecture `arch`. When
+    stage 1 trained the same variant its parts must have the same shape: a field that differs is
+    an error (the init would silently leave those parts untrained)."""
+    fields = {"variant": cfg.variant, **{k: getattr(cfg, k) for k in VARIANT_FIELDS.get(cfg.variant, ())}}
+    if arch.get("variant", "lamp") == cfg.variant:
+        differ = sorted(k for k, v in fields.items() if k in arch and json.dumps(arch[k]) != json.dumps(v))
+        if differ:
+            raise ValueError(f"the init checkpoint's {cfg.variant} parts differ from the config in {differ}")
+    return fields
 
 
 def _resume_configs(resume: Path, tc: TrainConfig) -> tuple[dict, LaMPConfig, TrainConfig]:
@@ -254,6 +267,15 @@ def _optimizer_and_model(policy: LaMPPolicy, tc: TrainConfig, resume: Optional[P
     return params, optimizer, model
 
 
+def _open(data: Any):
+    """A dataset object as is; a reference (directory, URL, URL/NAME@V) opened by the public reader."""
+    if not isinstance(data, (str, Path)):
+        return data
+    from curation import open_dataset
+
+    return open_dataset(str(data))
+
+
 def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Optional[str] = None,
           progress: bool = True, stop_after: Optional[int] = None, dataset_name: Optional[str] = None) -> dict:
     """Train one phase into `out` (resuming from its last checkpoint when there is one).
@@ -270,12 +292,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     if tc.torch_threads:
         torch.set_num_threads(tc.torch_threads)
     torch.manual_seed(tc.seed)
-    if not isinstance(data, (str, Path)):
-        ds = data
-    else:
-        from curation import open_dataset
-
-        ds = open_dataset(str(data))
+    ds = _open(data)
     motion_only = tc.phase == "motion"  # stage 1 reads frames, language and motion; never actions
     if resume is None:
         cfg = config_from_init(init, cfg, ds) if init else config_for_data(ds, cfg, motion_only=motion_only)
@@ -304,6 +321,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     with open(metrics_path if is_main else os.devnull, "a") as mf:
         for step in range(start, end):
             batch = next(batches)
+            policy.at_step(step, tc.steps)
             lr = lr_at(step, tc)
             loss_val, grad_norm, logs = _step(model, batch, optimizer, params, generator, lr, tc.grad_clip)
             interval_losses.append(loss_val)
@@ -332,7 +350,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     elapsed = time.perf_counter() - t0
     return {"phase": tc.phase, "steps": end, "rank": rank, "world_size": world, "state_sha1": state_digest(policy), "final_loss": loss_val, "wall_s": elapsed,
             "steps_per_s": (end - start) / max(elapsed, 1e-9), "checkpoint": str(ckpt),
-            "dataset_version": stream.version, "fusion": cfg.fusion, "parameters": policy.num_parameters(),
+            "dataset_version": stream.version, "fusion": cfg.fusion, "variant": cfg.variant, "parameters": policy.num_parameters(),
             "trainable_parameters": sum(p.numel() for p in params)}
 
 

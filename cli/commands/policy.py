@@ -19,9 +19,11 @@ def add_commands(sub) -> None:
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    t = psub.add_parser("train", help="train one phase (motion | action) on a curated dataset")
+    from policy.config import PHASES
+
+    t = psub.add_parser("train", help="train one phase (motion | action, or a variant's own) on a curated dataset")
     t.add_argument("--data", required=True, help="dataset directory, fsspec URL or URL/NAME@V")
-    t.add_argument("--phase", required=True, choices=["motion", "action"])
+    t.add_argument("--phase", required=True, choices=list(PHASES))
     t.add_argument("--config", default=None, help="YAML/JSON with policy: and train: sections")
     t.add_argument("--out", default=None, help="output directory (default runs/<phase>-<fusion>-s<seed>)")
     t.add_argument("--steps", type=int, default=None)
