@@ -32,12 +32,16 @@ NORM_MODES = ("mean_std", "quantile")
 # What is trained beside the two experts (policy/variants.py). "lamp" is the dual-expert trainer
 # itself: scratch, none, lamp, lamp_gt and lamp_2d of the motion-prior experiment differ only by
 # fusion and stage 1. Each other name adds its own parts (heads, a pretraining phase).
-VARIANTS = ("lamp",)
+VARIANTS = ("lamp", "lafp")  # lafp: the latent action flow policy (policy/lafp.py)
 # Each variant's own fields of LaMPConfig: a stage-2 run takes them from its config, not from the
 # stage-1 checkpoint it starts from (policy/train.py config_from_init).
-VARIANT_FIELDS: dict[str, tuple[str, ...]] = {"lamp": ()}
+VARIANT_FIELDS: dict[str, tuple[str, ...]] = {"lamp": (), "lafp": ()}
 # Training phases: the two of the dual-expert trainer, then those a variant adds.
-PHASES = ("motion", "action")
+PHASES = ("motion", "action", "latent")
+# Phases that read no actions (frames, language and labels only): the action-free corpus's.
+ACTION_FREE_PHASES = ("motion", "latent")
+# Stage-2 choices a run takes from its own config over the stage-1 checkpoint's (config_from_init).
+STAGE2_FIELDS = ("fusion", "n_action_steps", "num_inference_steps", "lafp_interp")
 
 
 @dataclass

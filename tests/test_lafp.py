@@ -126,7 +126,7 @@ def test_latent_loss_at_initialisation(syn):
     p.set_phase("latent")
     z, usable = p.extra.latent_expert.latents(batch["latent_tokens"], batch["latent_valid"])
     zero_velocity = 1.0 + float((z[usable] ** 2).mean())
-    losses = [float(p(batch, generator=torch.Generator().manual_seed(s))[0]) for s in range(8)]
+    losses = [float(p(batch, generator=torch.Generator().manual_seed(s))[0].detach()) for s in range(8)]
     assert 0.6 * zero_velocity < np.mean(losses) < 1.6 * zero_velocity, (losses, zero_velocity)
 
 
@@ -316,6 +316,7 @@ PLAN_TRAIN = dict(batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=2,
 def write_plan(tmp_path, lafp: bool = True, **over):
     import yaml
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "tiny_config.yaml"
     cfg.write_text(yaml.safe_dump({"policy": PLAN_POLICY, "train": PLAN_TRAIN}))
     plan = {
@@ -342,8 +343,8 @@ def write_plan(tmp_path, lafp: bool = True, **over):
     return p
 
 
-LAFP_STEPS = ["latent/train", "curate/corpus-latent", "publish/corpus-latent", "stage1/lafp", "curate/demos1-latent",
-              "publish/demos1-latent", "train/lafp@1/s0", "eval/lafp@1/s0", "train/lafp_no_interp@1/s0",
+LAFP_STEPS = ["latent/train", "curate/demos1-latent", "publish/demos1-latent", "curate/corpus-latent",
+              "publish/corpus-latent", "stage1/lafp", "train/lafp@1/s0", "eval/lafp@1/s0", "train/lafp_no_interp@1/s0",
               "eval/lafp_no_interp@1/s0"]
 
 

@@ -76,7 +76,23 @@ def synthetic_batch(cfg: LaMPConfig, batch_size: int, seed: int = 0) -> dict:
         "motion": torch.randn(batch_size, K, T, cfg.motion_channels, generator=g),
         "motion_mask": torch.rand(batch_size, K, T, cfg.motion_channels, generator=g) > 0.2,
         "anchor_uv": torch.rand(batch_size, K, 2, generator=g) * 2 - 1,
+        **variant_batch_fields(cfg, batch_size, g),
     }
+
+
+def variant_batch_fields(cfg: LaMPConfig, batch_size: int, g: torch.Generator) -> dict:
+    """The extra training fields of cfg.variant (lafp: latent tokens B L, 1 in 8 anchors invalid)."""
+    if cfg.variant != "lafp":
+        return {}
+    tokens = torch.randint(0, cfg.latent_codes, (batch_size, cfg.latent_tokens), generator=g)
+    valid = torch.arange(batch_size) % 8 != 7
+    return {"latent_tokens": torch.where(valid[:, None], tokens, -1), "latent_valid": valid}
+
+
+def bench_phases(policy) -> tuple[str, ...]:
+    """The phases a variant trains: motion + action, or its own pretraining phase + action."""
+    own = policy.extra.phases if policy.extra is not None else ()
+    return (*own, "action") if own else ("motion", "action")
 
 
 def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: int = 10, latency_reps: int = 10,
@@ -94,7 +110,7 @@ def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: 
     batch = synthetic_batch(cfg, batch_size)
     rows = []
     bar = progress_bar(total=2 * (steps + 1) + latency_reps + 1, desc="bench policy", disable=not progress, leave=False)
-    for phase in ("motion", "action"):
+    for phase in bench_phases(policy):
         policy.set_phase(phase)
         policy.train()
         params = [p for p in policy.parameters() if p.requires_grad]
@@ -127,10 +143,12 @@ def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: 
                 lat_cpu.append(time.process_time() - c0)
             bar.update(1)
     bar.close()
-    rows.append({"measure": f"action chunk latency (fusion {cfg.fusion}, {cfg.num_inference_steps} Euler steps)",
+    steps = f"{cfg.num_inference_steps} Euler steps" + (f" + {cfg.latent_inference_steps} latent" if cfg.variant == "lafp" else "")
+    rows.append({"measure": f"action chunk latency (variant {cfg.variant}, fusion {cfg.fusion}, {steps})",
                  "batch": 1, "seconds_median": float(np.median(lat)), "per_s": 1.0 / float(np.median(lat)),
                  "cpu_seconds_median": float(np.median(lat_cpu)),
                  "trainable_params": None})
     return {"config": {"d_model": cfg.d_model, "image_size": list(cfg.image_size), "motion_points": cfg.motion_points,
-                       "motion_horizon": cfg.motion_horizon, "fusion": cfg.fusion, "chunk_size": cfg.chunk_size},
+                       "motion_horizon": cfg.motion_horizon, "fusion": cfg.fusion, "chunk_size": cfg.chunk_size,
+                       "variant": cfg.variant},
             "parameters": policy.num_parameters(), "torch_threads": torch.get_num_threads(), "rows": rows}

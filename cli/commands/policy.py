@@ -73,6 +73,7 @@ def add_bench(bench_sub) -> None:
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--latent-checkpoint", default=None, help="latent action model whose codebook variant lafp uses")
     add_report_args(b, bench="policy")
     b.set_defaults(func=cmd_bench_policy)
 
@@ -204,6 +205,8 @@ def cmd_bench_policy(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, _, _ = _configs(args)
+    if args.latent_checkpoint:
+        cfg = with_latent_codebook(cfg, args.latent_checkpoint)
     result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps)
     path = write_bench_json("policy", result, args.out_json)
     text = format_table(result["rows"], ["measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
