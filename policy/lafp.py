@@ -8,7 +8,7 @@ through policy/variants.py.
     image, instruction ─► VL encoder ─► VL tokens B N D ─────────────────────────────┐
                                           │                                           │
                                           ▼                                           │
-                     Latent Expert: noise B L c ─10 Euler steps→ sampled latent ẑ     │
+                     Latent Expert: noise B L c ─4 Euler steps─→ sampled latent ẑ     │
                                                                       │               │
                 (phase action, training only)  demo latent z* ─► ẑ + s (z* - ẑ)      │
                                                                       ▼               ▼
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from policy.config import LaMPConfig
 from policy.latent_expert import LatentExpert
-from policy.variants import VariantParts
+from policy.variant_parts import VariantParts
 
 LATENT_PHASE = "latent"
 

@@ -27,45 +27,15 @@ stream that draws them) are the same whichever variant is chosen.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from policy.config import LaMPConfig
+from policy.lafp import LAFPParts, latent_sample_fields
+from policy.variant_parts import VariantParts
 
-
-class VariantParts(nn.Module):
-    """Base of a variant's parts: every hook does nothing."""
-
-    phases: tuple[str, ...] = ()
-
-    def phase_loss(self, policy, batch: Mapping[str, Any], generator: Optional[torch.Generator]) -> tuple[Tensor, dict]:
-        raise ValueError(f"variant {policy.config.variant} has no phase {policy.phase!r}")
-
-    def trainable(self, policy, phase: str) -> None:
-        """Switch on requires_grad of what `phase` trains among this variant's parts."""
-
-    def context_tokens(self, policy, batch: Mapping[str, Any], vl: Tensor, vl_pad: Optional[Tensor],
-                       generator: Optional[torch.Generator]) -> Optional[Tensor]:
-        return None
-
-    def aux_loss(self, policy, batch: Mapping[str, Any], vl: Tensor, vl_pad: Optional[Tensor],
-                 generator: Optional[torch.Generator]) -> tuple[Optional[Tensor], dict]:
-        return None, {}
-
-    def observe(self, policy, observation: Mapping[str, Any], batch: dict[str, Any]) -> None:
-        """Add to `batch` (a prepared observation) what context_tokens needs when acting."""
-
-    def executed(self, policy, action: np.ndarray) -> None:
-        """The policy has just executed `action` (A, dataset units)."""
-
-    def reset(self) -> None:
-        """A new episode starts."""
-
-    def at_step(self, step: int, total: int) -> None:
-        """Training is about to run step `step` of `total`."""
+__all__ = ["VariantParts", "action_history_length", "build_variant_parts", "sample_fields"]
 
 
 def build_variant_parts(cfg: LaMPConfig) -> Optional[VariantParts]:
@@ -73,8 +43,6 @@ def build_variant_parts(cfg: LaMPConfig) -> Optional[VariantParts]:
     if cfg.variant == "lamp":
         return None
     if cfg.variant == "lafp":
-        from policy.lafp import LAFPParts  # policy/lafp.py builds on VariantParts below
-
         return LAFPParts(cfg)
     raise ValueError(f"unknown variant {cfg.variant!r}")
 
@@ -83,8 +51,6 @@ def sample_fields(cfg: LaMPConfig, transform, triplet) -> dict[str, np.ndarray]:
     """Extra fields of one training sample for cfg.variant (none for "lamp"). `transform` is the
     loader's TripletTransform (its normalisation arrays), `triplet` the reader's Triplet."""
     if cfg.variant == "lafp":
-        from policy.lafp import latent_sample_fields
-
         return latent_sample_fields(triplet)
     return {}
 
