@@ -32,12 +32,17 @@ NORM_MODES = ("mean_std", "quantile")
 # What is trained beside the two experts (policy/variants.py). "lamp" is the dual-expert trainer
 # itself: scratch, none, lamp, lamp_gt and lamp_2d of the motion-prior experiment differ only by
 # fusion and stage 1. Each other name adds its own parts (heads, a pretraining phase).
-VARIANTS = ("lamp", "lafp")  # lafp: the latent action flow policy (policy/lafp.py)
+VARIANTS = ("lamp", "motion_image", "action_prior", "lafp")  # lafp: latent action flow policy (policy/lafp.py)
 # Each variant's own fields of LaMPConfig: a stage-2 run takes them from its config, not from the
 # stage-1 checkpoint it starts from (policy/train.py config_from_init).
-VARIANT_FIELDS: dict[str, tuple[str, ...]] = {"lamp": (), "lafp": ()}
+VARIANT_FIELDS: dict[str, tuple[str, ...]] = {
+    "lamp": (),
+    "motion_image": ("motion_image_grid", "motion_image_layers", "motion_image_weight"),
+    "action_prior": ("prior_history", "prior_layers", "prior_distill_weight", "prior_distill_frac"),
+    "lafp": (),
+}
 # Training phases: the two of the dual-expert trainer, then those a variant adds.
-PHASES = ("motion", "action", "latent")
+PHASES = ("motion", "action", "prior", "latent")  # prior: action_prior's stage 1; latent: lafp's (policy/lafp.py)
 # Phases that read no actions (frames, language and labels only): the action-free corpus's.
 ACTION_FREE_PHASES = ("motion", "latent")
 # Stage-2 choices a run takes from its own config over the stage-1 checkpoint's (config_from_init).
@@ -82,6 +87,15 @@ class LaMPConfig:
 
     # --- variant: the parts beside the two experts (policy/variants.py) ---
     variant: str = "lamp"
+    # motion_image (policy/motion_image_head.py): the anchor's optical flow pooled to G x G cells
+    motion_image_grid: int = 8  # G; 8 = one cell per image token at 96 px with 12 px patches
+    motion_image_layers: int = 2  # the head is lighter than the experts (3 layers): it is only a training signal
+    motion_image_weight: float = 1.0  # loss = action + weight * motion image; the paper sums the two
+    # action_prior (policy/action_prior.py): history encoder + distillation of the VL latent
+    prior_history: int = 8  # H past actions: two anchors back at the curated stride of 4 steps
+    prior_layers: int = 2
+    prior_distill_weight: float = 1.0
+    prior_distill_frac: float = 0.3  # KD in the first 30 % of stage 2 ("early-stage latent distillation")
 
     # --- action expert ---
     action_layers: int = 3
@@ -111,6 +125,10 @@ class LaMPConfig:
             raise ValueError("d_model must be divisible by n_heads")
         if not 0 < self.motion_tau < 1:
             raise ValueError("motion_tau must be in (0, 1)")
+        if self.motion_image_grid < 1 or self.prior_history < 1:
+            raise ValueError("motion_image_grid and prior_history must be >= 1")
+        if not 0 <= self.prior_distill_frac <= 1:
+            raise ValueError("prior_distill_frac must be in [0, 1]")
         if self.n_action_steps > self.chunk_size:
             raise ValueError("n_action_steps must be <= chunk_size")
         self.latent_codebook = tuple(tuple(float(x) for x in row) for row in self.latent_codebook)

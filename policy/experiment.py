@@ -126,6 +126,7 @@ def plan_steps(plan: Plan) -> list[Step]:
 
     def need_stage1(name: str) -> Path:
         s1 = plan.stage1[name]
+        init = need_stage1(s1.init) if s1.init else None
         ref = need_corpus(s1.label_set)
         cfg = run_config(plan, f"stage1-{name}", s1.policy, s1.train)
         out = lay.stage1_dir(name)
@@ -133,31 +134,31 @@ def plan_steps(plan: Plan) -> list[Step]:
                 "--seed", "0", "--threads", str(plan.threads), "--out", str(out), "--json"]
         if s1.label_set == LATENT_LABEL_SET:
             argv += ["--latent-checkpoint", str(lay.latent_model_dir())]
-        add(Step(f"stage1/{name}", "stage1", argv))
+        add(Step(f"stage1/{name}", "stage1", argv + (["--init", str(init)] if init is not None else [])))
         return out
 
     e = plan.eval
-    for regime in plan.regimes:
-        for seed in plan.seeds:
-            for vname, v in plan.variants.items():
-                latent = v.stage1 is not None and plan.stage1[v.stage1].label_set == LATENT_LABEL_SET
-                ref = need_demos(regime, latent)
-                init = need_stage1(v.stage1) if v.stage1 else None
-                cfg = run_config(plan, vname, v.policy, v.train)
-                out = lay.run_dir(vname, regime, seed)
-                key = {"variant": vname, "regime": regime, "seed": seed}
-                argv = ["policy", "train", "--data", ref, "--phase", "action", "--config", str(cfg),
-                        "--steps", str(plan.action_steps[regime]), "--seed", str(seed), "--threads", str(plan.threads),
-                        "--fusion", v.fusion, "--out", str(out), "--json"]
-                if init is not None:
-                    argv += ["--init", str(init)]
-                add(Step(f"train/{vname}@{regime}/s{seed}", "train", argv, key=key))
-                strips = lay.strips(vname, regime, seed)
-                add(Step(f"eval/{vname}@{regime}/s{seed}", "eval",
-                         ["policy", "eval", "--checkpoint", str(out), *[a for t in d.tasks for a in ("--task", t)],
-                          "--episodes", str(e.episodes), "--max-steps", str(e.max_steps), "--eval-seed", str(e.seed),
-                          "--threads", str(plan.threads), "--strips", str(strips), "--json"],
-                         stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key))
+    order = [(regime, seed, vname, v) for wave in sorted({v.wave for v in plan.variants.values()})
+             for regime in plan.regimes for seed in plan.seeds for vname, v in plan.variants.items() if v.wave == wave]
+    for regime, seed, vname, v in order:
+        latent = v.stage1 is not None and plan.stage1[v.stage1].label_set == LATENT_LABEL_SET
+        ref = need_demos(regime, latent)
+        init = need_stage1(v.stage1) if v.stage1 else None
+        cfg = run_config(plan, vname, v.policy, v.train)
+        out = lay.run_dir(vname, regime, seed)
+        key = {"variant": vname, "regime": regime, "seed": seed}
+        argv = ["policy", "train", "--data", ref, "--phase", "action", "--config", str(cfg),
+                "--steps", str(plan.action_steps[regime]), "--seed", str(seed), "--threads", str(plan.threads),
+                "--fusion", v.fusion, "--out", str(out), "--json"]
+        if init is not None:
+            argv += ["--init", str(init)]
+        add(Step(f"train/{vname}@{regime}/s{seed}", "train", argv, key=key))
+        strips = lay.strips(vname, regime, seed)
+        add(Step(f"eval/{vname}@{regime}/s{seed}", "eval",
+                 ["policy", "eval", "--checkpoint", str(out), *[a for t in d.tasks for a in ("--task", t)],
+                  "--episodes", str(e.episodes), "--max-steps", str(e.max_steps), "--eval-seed", str(e.seed),
+                  "--threads", str(plan.threads), "--strips", str(strips), "--json"],
+                 stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key))
     return steps
 
 

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from policy.config import MOTION_CHANNELS, LaMPConfig
+from policy.action_history import with_action_history
 from policy.normalize import center_scale
 from policy.variants import action_history_length, sample_fields
 
@@ -295,8 +296,6 @@ class TripletStream(IterableDataset):
             return ds.iter_triplets(shards=shards, chunk=chunk, motion_only=True)
         history = action_history_length(self.cfg)
         if history:
-            from policy.action_history import with_action_history
-
             return with_action_history(ds.iter_triplets(shards=shards, chunk=chunk), history)
         return ds.iter_triplets(shards=shards, chunk=chunk)
 

@@ -6,6 +6,8 @@
                        Motion Expert: noise ─Euler→ tau ─forward→ hidden ─► fusion (gated x-attn
                                                                            │     / concat / add / none)
                                                                            ▼
+                                              guided VL tokens (+ a variant's context tokens)
+                                                                           ▼
                           state, noisy chunk ─► Action Expert (joint attention with guided VL)
                                                         │ 10 Euler steps, t = 1 → 0
                                                         ▼
@@ -39,8 +41,8 @@ from policy.action_expert import ActionExpert
 from policy.config import LaMPConfig
 from policy.gated_xattn import build_fusion
 from policy.motion_expert import MotionExpert
-from policy.variants import build_variant_parts
 from policy.normalize import center_scale
+from policy.variants import build_variant_parts
 from policy.vl_encoder import build_vl_encoder
 
 
@@ -160,15 +162,14 @@ class LaMPPolicy(nn.Module):
             logs["gate"] = float(self.fusion.gate.detach())
         if self.extra is not None:  # after the action loss: its noise draws are those of the base trainer
             aux, aux_logs = self.extra.aux_loss(self, batch, vl, vl_pad, generator)
+            logs = {**logs, **aux_logs}
             if aux is not None:
-                logs = {**logs, **aux_logs, "action_loss": float(loss.detach())}
                 loss = loss + aux
         return loss, logs
 
     def _state(self, batch: Mapping[str, Any]) -> Tensor:
-        B = batch["image"].shape[0]
         if self.config.state_dim == 0 or "state" not in batch:
-            return torch.zeros(B, self.config.state_dim)
+            return torch.zeros(len(batch["language"]), self.config.state_dim)  # B 0 (or B P of zeros)
         return batch["state"].to(torch.float32)
 
     # ------------------------------------------------------------------ inference

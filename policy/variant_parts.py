@@ -1,6 +1,28 @@
-"""The base of a variant's parts (policy/variants.py describes the hooks): every hook does
-nothing. Its own module so that a variant's parts (policy/lafp.py, ...) can build on it while
-policy/variants.py picks among them, without an import cycle."""
+"""The parts a variant of the trainer adds beside the VL encoder and the two experts.
+
+`LaMPConfig.variant` names one (policy/variants.py builds it). "lamp" adds nothing (the wrapper, the trainer and the loader run
+exactly as without this module). Any other name maps to a `VariantParts` module that the wrapper
+holds as `policy.extra` and calls at these hooks, each a no-op by default:
+
+    wrapper    phases                               pretraining phases of its own ("prior", ...)
+               phase_loss(policy, batch, gen)       the loss of such a phase
+               trainable(policy, phase)             which parts the phase trains (after the base's)
+               context_tokens(policy, batch, vl,    extra tokens for the Action Expert (B X D),
+                              vl_pad, gen)          from the batch and the VL tokens B N D;
+                                                    used when acting too
+               aux_loss(policy, batch, vl, pad, gen) extra loss terms of phase "action" (not run
+                                                    when acting)
+               observe(policy, observation, batch)  what acting needs from a raw observation
+               executed(policy, action)             an action the policy has just executed
+               reset()                              start of an episode
+    trainer    at_step(step, total)                 before each optimisation step (schedules)
+
+The loader's side is two plain functions of the config in policy/variants.py (no modules, no
+random draws), beside the table that builds the parts.
+
+Parts are built after every base module, so the base modules' initial weights (and the random
+stream that draws them) are the same whichever variant is chosen.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +31,6 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 from torch import Tensor, nn
-
 
 class VariantParts(nn.Module):
     """Base of a variant's parts: every hook does nothing."""

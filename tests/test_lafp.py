@@ -300,11 +300,13 @@ def test_codebook_comes_from_a_latent_action_model_checkpoint(tmp_path):
 def test_bench_policy_reports_the_lafp_phases_and_latency():
     from cli.bench.policy import bench_policy
 
-    r = bench_policy(lafp_config(), batch_size=2, steps=1, latency_reps=1, progress=False)
-    measures = [row["measure"] for row in r["rows"]]
-    assert any("phase latent" in m for m in measures) and any("phase action" in m for m in measures)
-    assert any("latency" in m and "lafp" in m for m in measures)
-    assert all(row["seconds_median"] > 0 for row in r["rows"])
+    r = bench_policy(LaMPConfig(**TINY), batch_size=2, steps=1, latency_reps=1, progress=False, variants=["lamp", "lafp"])
+    rows = [row for row in r["rows"] if row["variant"] == "lafp"]
+    measures = [row["measure"] for row in rows]
+    assert measures[:2] == ["train step, phase latent", "train step, phase action"]
+    assert "latency" in measures[2] and "4 latent" in measures[2] and "fusion none" in measures[2]
+    assert all(row["seconds_median"] > 0 for row in rows)
+    assert r["parameters_per_variant"]["lafp"] > r["parameters_per_variant"]["lamp"]
 
 
 # ----------------------------------------------------------------------------- the experiment plan

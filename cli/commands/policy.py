@@ -68,11 +68,15 @@ def add_commands(sub) -> None:
 
 
 def add_bench(bench_sub) -> None:
+    from policy.config import VARIANTS
+
     b = bench_sub.add_parser("policy", help="training steps/s and action-chunk latency of the policy on this CPU")
     b.add_argument("--config", default=None, help="YAML/JSON with a policy: section (default: the shipped defaults)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--variant", action="append", default=None, choices=list(VARIANTS),
+                   help="variant to measure, repeatable (default: every variant)")
     b.add_argument("--latent-checkpoint", default=None, help="latent action model whose codebook variant lafp uses")
     add_report_args(b, bench="policy")
     b.set_defaults(func=cmd_bench_policy)
@@ -207,9 +211,11 @@ def cmd_bench_policy(args) -> int:
     cfg, _, _ = _configs(args)
     if args.latent_checkpoint:
         cfg = with_latent_codebook(cfg, args.latent_checkpoint)
-    result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps)
+    from policy.config import VARIANTS
+
+    result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps, variants=args.variant or list(VARIANTS))
     path = write_bench_json("policy", result, args.out_json)
-    text = format_table(result["rows"], ["measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
+    text = format_table(result["rows"], ["variant", "measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
     emit(result, args.json, text + f"\nparameters: {result['parameters']:,}  torch threads: {result['torch_threads']}  -> {path}")
     return 0
 
