@@ -110,7 +110,8 @@ class ActionPriorParts(VariantParts):
         return policy.action_expert.loss(batch["action"], batch["action_valid"].to(torch.bool), policy._state(batch),
                                          z, None, generator)
 
-    def context_tokens(self, policy, batch: Mapping[str, Any]) -> Optional[Tensor]:
+    def context_tokens(self, policy, batch: Mapping[str, Any], vl: Tensor, vl_pad: Optional[Tensor],
+                       generator: Optional[torch.Generator]) -> Optional[Tensor]:
         return self.history_latent(batch)[:, None, :]  # B 1 D
 
     def aux_loss(self, policy, batch: Mapping[str, Any], vl: Tensor, vl_pad: Optional[Tensor],

@@ -140,7 +140,7 @@ class LaMPPolicy(nn.Module):
         vl, vl_pad = self.encode(batch)
         m = self.motion_features(vl, vl_pad, batch.get("anchor_uv"), generator)
         tokens, pad = (vl if m is None else self.fusion(vl, m)), vl_pad
-        ctx = self.extra.context_tokens(self, batch) if self.extra is not None else None  # B X D
+        ctx = self.extra.context_tokens(self, batch, vl, vl_pad, generator) if self.extra is not None else None  # B X D
         if ctx is not None:
             tokens = torch.cat([tokens, ctx], dim=1)
             if pad is not None:

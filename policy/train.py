@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import torch
 
-from policy.config import VARIANT_FIELDS, LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
+from policy.config import ACTION_FREE_PHASES, STAGE2_FIELDS, VARIANT_FIELDS, LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
 from policy.loader import TripletStream, dist_rank_world, make_loader
 from policy.modeling_lamp import LaMPPolicy
 from schemas import checkpoint as layout
@@ -171,11 +171,11 @@ def config_for_data(ds, cfg: LaMPConfig, motion_only: bool = False) -> LaMPConfi
 
 def config_from_init(init: str, cfg: LaMPConfig, ds) -> LaMPConfig:
     """Stage 2's config from a stage-1 checkpoint: the architecture of the checkpoint, the stage-2
-    choices of `cfg` (fusion, chunk execution, Euler steps) and the action/state dims of the action
+    choices of `cfg` (STAGE2_FIELDS: fusion, chunk execution, Euler steps, LAFP strength) and the action/state dims of the action
     data (stage 1 may have read no actions). The image size must agree."""
     init_state = json.loads((resolve_checkpoint(init) / "state.json").read_text())
     arch = dict(init_state["policy_config"])
-    for key in ("fusion", "n_action_steps", "num_inference_steps"):
+    for key in STAGE2_FIELDS:
         arch[key] = getattr(cfg, key)
     arch.update(variant_fields(cfg, arch))
     data_cfg = config_for_data(ds, policy_config_from_dict(arch))
@@ -284,7 +284,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
         torch.set_num_threads(tc.torch_threads)
     torch.manual_seed(tc.seed)
     ds = _open(data)
-    motion_only = tc.phase == "motion"  # stage 1 reads frames, language and motion; never actions
+    motion_only = tc.phase in ACTION_FREE_PHASES  # stage 1 reads frames, language and labels; never actions
     if resume is None:
         cfg = config_from_init(init, cfg, ds) if init else config_for_data(ds, cfg, motion_only=motion_only)
     stream = TripletStream(ds if not isinstance(data, (str, Path)) else str(data), cfg, seed=tc.seed,

@@ -7,7 +7,8 @@ holds as `policy.extra` and calls at these hooks, each a no-op by default:
     wrapper    phases                               pretraining phases of its own ("prior", ...)
                phase_loss(policy, batch, gen)       the loss of such a phase
                trainable(policy, phase)             which parts the phase trains (after the base's)
-               context_tokens(policy, batch)        extra tokens for the Action Expert (B X D);
+               context_tokens(policy, batch, vl,    extra tokens for the Action Expert (B X D),
+                              vl_pad, gen)          from the batch and the VL tokens B N D;
                                                     used when acting too
                aux_loss(policy, batch, vl, pad, gen) extra loss terms of phase "action" (not run
                                                     when acting)
@@ -42,7 +43,8 @@ class VariantParts(nn.Module):
     def trainable(self, policy, phase: str) -> None:
         """Switch on requires_grad of what `phase` trains among this variant's parts."""
 
-    def context_tokens(self, policy, batch: Mapping[str, Any]) -> Optional[Tensor]:
+    def context_tokens(self, policy, batch: Mapping[str, Any], vl: Tensor, vl_pad: Optional[Tensor],
+                       generator: Optional[torch.Generator]) -> Optional[Tensor]:
         return None
 
     def aux_loss(self, policy, batch: Mapping[str, Any], vl: Tensor, vl_pad: Optional[Tensor],

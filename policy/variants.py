@@ -4,6 +4,7 @@ needs from the loader. The hooks themselves are documented in policy/variant_par
     lamp          nothing beside the two experts (scratch, none, lamp, lamp_gt, lamp_2d)
     motion_image  policy/motion_image_head.py: a motion-image head trained beside the Action Expert
     action_prior  policy/action_prior.py: action-only pretraining (phase prior) + history token + KD
+    lafp          policy/lafp.py: a flow policy over the VQ latent actions (phase latent) + their decoder
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 
 from policy.action_prior import ActionPriorParts, action_prior_fields
 from policy.config import LaMPConfig
+from policy.lafp import LAFPParts, latent_sample_fields
 from policy.motion_image_head import MotionImageParts, motion_image_fields
 from policy.variant_parts import VariantParts
 
-PARTS = {"motion_image": MotionImageParts, "action_prior": ActionPriorParts}
+PARTS = {"motion_image": MotionImageParts, "action_prior": ActionPriorParts, "lafp": LAFPParts}
 
 
 def build_variant_parts(cfg: LaMPConfig) -> Optional[VariantParts]:
@@ -36,6 +38,8 @@ def sample_fields(cfg: LaMPConfig, transform, triplet) -> dict[str, np.ndarray]:
         return motion_image_fields(cfg, transform, triplet)
     if cfg.variant == "action_prior" and not transform.motion_only:
         return action_prior_fields(cfg, transform, triplet)
+    if cfg.variant == "lafp":
+        return latent_sample_fields(triplet)
     return {}
 
 

@@ -13,6 +13,8 @@ import torch
 from policy.config import LaMPConfig
 from policy.loader import TripletStream, collate, make_loader
 
+LAFP_BENCH_CODES = 8  # V of the `small` latent action model (labelers/latent/config.py) when no checkpoint is given
+
 
 def bench_loader(ref: Any, cfg: Optional[LaMPConfig] = None, num_triplets: int = 256, batch_size: int = 16,
                  workers: tuple[int, ...] = (0, 1, 2), seed: int = 0, progress: bool = True) -> dict:
@@ -90,7 +92,21 @@ def variant_fields(cfg: LaMPConfig, batch_size: int, g: torch.Generator) -> dict
     if cfg.variant == "action_prior":
         return {"past_actions": torch.randn(batch_size, cfg.prior_history, cfg.action_dim, generator=g),
                 "past_actions_valid": torch.ones(batch_size, cfg.prior_history, dtype=torch.bool)}
+    if cfg.variant == "lafp":  # latent tokens B L, 1 in 8 anchors invalid (no frame t + gap)
+        tokens = torch.randint(0, cfg.latent_codes, (batch_size, cfg.latent_tokens), generator=g)
+        valid = torch.arange(batch_size) % 8 != 7
+        return {"latent_tokens": torch.where(valid[:, None], tokens, -1), "latent_valid": valid}
     return {}
+
+
+def variant_config(cfg: LaMPConfig, variant: str) -> LaMPConfig:
+    """cfg for `variant`. lafp conditions on latents, not motion (fusion none), and needs a codebook:
+    cfg's (`--latent-checkpoint`) or unit vectors of the configured size (the values cost nothing)."""
+    if variant != "lafp":
+        return dataclasses.replace(cfg, variant=variant)
+    codebook = cfg.latent_codebook or torch.nn.functional.normalize(
+        torch.randn(LAFP_BENCH_CODES, cfg.latent_dim, generator=torch.Generator().manual_seed(0)), dim=-1).tolist()
+    return dataclasses.replace(cfg, variant=variant, fusion="none", latent_codebook=codebook)
 
 
 def _step_times(policy, batch: dict, phase: str, steps: int, bar) -> dict:
@@ -153,7 +169,7 @@ def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: 
     rows, parameters = [], {}
     bar = progress_bar(desc="bench policy", disable=not progress, leave=False)
     for variant in variants or [cfg.variant]:
-        vcfg = dataclasses.replace(cfg, variant=variant)
+        vcfg = variant_config(cfg, variant)
         torch.manual_seed(0)
         policy = LaMPPolicy(vcfg)
         parameters[variant] = policy.num_parameters()
@@ -161,7 +177,8 @@ def bench_policy(cfg: Optional[LaMPConfig] = None, batch_size: int = 32, steps: 
         for phase in variant_phases(policy):
             rows.append({"variant": variant, "measure": f"train step, phase {phase}", "batch": batch_size,
                          **_step_times(policy, batch, phase, steps, bar)})
-        rows.append({"variant": variant, "measure": f"action chunk latency (fusion {cfg.fusion}, {cfg.num_inference_steps} Euler steps)",
+        euler = f"{vcfg.num_inference_steps} Euler steps" + (f" + {vcfg.latent_inference_steps} latent" if variant == "lafp" else "")
+        rows.append({"variant": variant, "measure": f"action chunk latency (fusion {vcfg.fusion}, {euler})",
                      "batch": 1, **_chunk_latency(policy, batch, latency_reps, bar)})
     bar.close()
     return {"config": {"d_model": cfg.d_model, "image_size": list(cfg.image_size), "motion_points": cfg.motion_points,
