@@ -169,7 +169,7 @@ MOTION_POINT_STEP_ARRAYS = ("tracks_px", "visible", "valid_3d", "depth_track_m",
 def subsample_motion(m: Mapping[str, np.ndarray], k_idx: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
     """The arrays relative_motion reads at points k_idx (k) and steps `steps` (s):
     K T ... -> k s ..., in_range T -> s."""
-    out = {n: np.asarray(m[n])[k_idx[:, None], steps[None, :]] for n in MOTION_POINT_STEP_ARRAYS if m.get(n) is not None}
+    out = {n: np.asarray(m[n]).take(k_idx, 0).take(steps, 1) for n in MOTION_POINT_STEP_ARRAYS if m.get(n) is not None}
     if m.get("in_range") is not None:
         out["in_range"] = np.asarray(m["in_range"]).reshape(-1)[steps]
     return out

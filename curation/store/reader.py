@@ -6,11 +6,14 @@
     for tr in ds.iter_triplets(chunk=10):                # schemas.triplet.Triplet
         ...
 
-Episodes are read one at a time (`read_episode`): each array by the episode's own slice, so Zarr
-reads only the inner chunks the episode overlaps (one shard file per array, its index then byte
-ranges), decoded in the reading process (a DataLoader worker), up to `prefetch` episodes ahead in
-a background thread. Memory is a few episodes, plus, for a published version, the verified files
-of the last `open_shards` shards. `read_shard` still reads a shard's arrays whole.
+Episodes are read in blocks (`read_block`): runs of consecutive episodes of a shard up to
+READ_BLOCK_BYTES decoded, each array by the block's slice (all arrays in one trip through Zarr's
+event loop), so Zarr reads only the inner chunks the block overlaps (one shard file per array:
+its index, then byte ranges); a small shard is one read per array, a large one is never decoded
+whole. Reads happen in the reading process (a DataLoader worker), up to `prefetch` episodes ahead
+in a background thread, in any episode order (`iter_triplets(episodes=...)`). Memory is the last
+`open_shards` blocks, plus, for a published version, the verified files of as many shards.
+`read_shard` still reads a shard's arrays whole.
 
 Reads verify themselves (`verify=True`, the default; `verify=False` skips it, for a reader that
 trusts its storage: the cost is in `curate bench loader`):
@@ -26,6 +29,7 @@ trusts its storage: the cost is in `curate bench loader`):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import posixpath
@@ -50,6 +54,10 @@ DEFAULT_PREFETCH = 2
 # Shards whose opened arrays a reader keeps (CuratedDataset.open_shard); for a published version
 # each holds its verified files in memory, so this bounds memory to that many shards.
 DEFAULT_OPEN_SHARDS = 4
+# Decoded bytes of one read (CuratedDataset.read_block): consecutive episodes of a shard are read
+# together up to this size, so a small shard is one read per array (the per-read cost of Zarr's
+# event loop and thread hand-offs is paid once) and a large one is never decoded whole.
+READ_BLOCK_BYTES = 64 << 20
 
 
 class DatasetIntegrityError(RuntimeError):
@@ -70,13 +78,14 @@ class CuratedDataset:
 
     def __init__(self, fs, root: str, ref: str = "", version: Optional[str] = None,
                  storage_options: Optional[dict] = None, files: Optional[dict[str, dict]] = None,
-                 verify: bool = True, open_shards: int = DEFAULT_OPEN_SHARDS):
+                 verify: bool = True, open_shards: int = DEFAULT_OPEN_SHARDS, block_bytes: int = READ_BLOCK_BYTES):
         import pyarrow.parquet as pq
 
         self.fs, self.root, self.ref, self.version = fs, root.rstrip("/"), ref, version
         self.storage_options = storage_options or {}
         self.files, self.verify = files, verify  # files: a published version's index table
         self.open_shards = max(1, int(open_shards))
+        self.block_bytes = int(block_bytes)
         if verify and files is not None:
             self._check_published_files()
         manifest_path = self._path(MANIFEST)
@@ -90,6 +99,9 @@ class CuratedDataset:
             raise ValueError(f"{ref or root}: {problem}")
         self._rows = self.manifest.to_pylist()
         self._by_id = {r["episode_id"]: r for r in self._rows}
+        self._by_shard: dict[str, list[dict]] = {}
+        for r in self._rows:
+            self._by_shard.setdefault(r["shard"], []).append(r)
         bad = sorted({r["shard"] for r in self._rows if not SHARD_NAME_RE.match(str(r["shard"]))})
         if bad:
             raise DatasetIntegrityError(f"{ref or root}: {MANIFEST} names shard(s) {bad[:3]} not of the form shard-NNNNN")
@@ -206,11 +218,11 @@ class CuratedDataset:
         return self.__dict__["_open_lock"]
 
     def __getstate__(self) -> dict:  # a copy for another process: no open shards, no lock
-        return {k: v for k, v in self.__dict__.items() if k not in ("_open", "_open_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_open", "_open_lock", "_blocks")}
 
     def _open_arrays(self, shard: str, skip: Sequence[str]) -> dict[str, Any]:
         group = self._group(shard, skip)
-        rows = [r for r in self._rows if r["shard"] == shard]
+        rows = self._by_shard.get(shard, [])
         frames = max((r["frame_start"] + r["frame_count"] for r in rows), default=0)
         anchors = max((r["anchor_start"] + r["anchor_count"] for r in rows), default=0)
         out = {}
@@ -237,23 +249,80 @@ class CuratedDataset:
 
     def read_episode(self, episode_id: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """One episode's arrays but those in `skip` (frame arrays F x ..., anchor arrays N x ...),
-        read by their own slices: Zarr reads only the inner chunks they overlap (for a published
-        version, from the shard's verified files in memory). Checked against the manifest checksum
-        when every array is read (a read that skips arrays cannot recompute it)."""
+        cut from its read block (see read_block), checked against the manifest checksum when every
+        array is read (a read that skips arrays cannot recompute it)."""
         r = self._by_id[episode_id]
-        fs, fc, as_, ac = r["frame_start"], r["frame_count"], r["anchor_start"], r["anchor_count"]
-        arrays = {}
-        for name, arr in self.open_shard(r["shard"], skip).items():
-            start, count = (fs, fc) if name.split("/")[0] in FRAME_ARRAYS else (as_, ac)
-            try:
-                arrays[name] = arr[start:start + count]
-            except (ValueError, OSError) as exc:  # e.g. a damaged shard index (its crc32c)
-                raise DatasetIntegrityError(
-                    f"{self.ref or self.root}: {SHARDS_DIR}/{r['shard']}/{name}: cannot be read for episode "
-                    f"{episode_id}: {type(exc).__name__}: {exc}") from exc
+        first, data = self.read_block(episode_id, skip)
+        f0, a0 = first["frame_start"], first["anchor_start"]
+        fs, fc, as_, ac = r["frame_start"] - f0, r["frame_count"], r["anchor_start"] - a0, r["anchor_count"]
+        arrays = {n: (v[fs:fs + fc] if n.split("/")[0] in FRAME_ARRAYS else v[as_:as_ + ac]) for n, v in data.items()}
         if not skip:
             self._check_episode(r, arrays)
         return arrays
+
+    def blocks_of(self, shard: str, skip: Sequence[str] = ()) -> list[list[dict]]:
+        """The shard's episodes (manifest rows) in read blocks: runs of consecutive episodes of
+        at most READ_BLOCK_BYTES decoded (one episode at least)."""
+        key = (shard, tuple(sorted(skip)))
+        known = self.__dict__.setdefault("_block_table", {})
+        if key in known:
+            return known[key]
+        opened = self.open_shard(shard, skip)
+        per_frame = sum(a.nbytes // max(a.shape[0], 1) for n, a in opened.items() if n.split("/")[0] in FRAME_ARRAYS)
+        per_anchor = sum(a.nbytes // max(a.shape[0], 1) for n, a in opened.items() if n.split("/")[0] not in FRAME_ARRAYS)
+        blocks: list[list[dict]] = [[]]
+        size = 0
+        for r in self._by_shard.get(shard, []):
+            nbytes = r["frame_count"] * per_frame + r["anchor_count"] * per_anchor
+            if blocks[-1] and size + nbytes > self.block_bytes:
+                blocks.append([])
+                size = 0
+            blocks[-1].append(r)
+            size += nbytes
+        known[key] = blocks
+        return blocks
+
+    def read_block(self, episode_id: str, skip: Sequence[str] = ()) -> tuple[dict, dict[str, np.ndarray]]:
+        """(first row, arrays) of the read block holding `episode_id`: every array's slice over the
+        block's frames / anchors, read at once (one trip through zarr's event loop; Zarr reads only
+        the inner chunks the slices overlap; for a published version, from the shard's verified
+        files in memory). The last `open_shards` blocks read are kept for the episodes after."""
+        r = self._by_id[episode_id]
+        block = next(b for b in self.blocks_of(r["shard"], skip) if any(x["episode_id"] == episode_id for x in b))
+        key = (r["shard"], block[0]["episode_id"], tuple(sorted(skip)))
+        with self._lock:
+            cache = self.__dict__.setdefault("_blocks", {})
+            if key in cache:
+                cache[key] = cache.pop(key)
+                return cache[key]
+        data = self._read_slices(r["shard"], block, skip)
+        with self._lock:
+            while len(cache) >= self.open_shards:
+                cache.pop(next(iter(cache)))
+            cache[key] = (block[0], data)
+        return block[0], data
+
+    def _read_slices(self, shard: str, block: list[dict], skip: Sequence[str]) -> dict[str, np.ndarray]:
+        from zarr.core.sync import sync
+
+        opened = self.open_shard(shard, skip)
+        f0, a0 = block[0]["frame_start"], block[0]["anchor_start"]
+        f1 = block[-1]["frame_start"] + block[-1]["frame_count"]
+        a1 = block[-1]["anchor_start"] + block[-1]["anchor_count"]
+        slices = {n: slice(f0, f1) if n.split("/")[0] in FRAME_ARRAYS else slice(a0, a1) for n in opened}
+
+        async def read_all() -> list:
+            return await asyncio.gather(*(opened[n].async_array.getitem(slices[n]) for n in opened),
+                                        return_exceptions=True)
+
+        data = {}
+        for name, value in zip(opened, sync(read_all())):
+            if isinstance(value, Exception):  # e.g. a damaged shard index (its crc32c)
+                raise DatasetIntegrityError(
+                    f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: cannot be read (episodes "
+                    f"{block[0]['episode_id']}..{block[-1]['episode_id']}): {type(value).__name__}: {value}") from value
+            data[name] = value
+        return data
 
     def _slice(self, r: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         fs, fc, as_, ac = r["frame_start"], r["frame_count"], r["anchor_start"], r["anchor_count"]
@@ -278,7 +347,7 @@ class CuratedDataset:
     # ---- triplets ----------------------------------------------------------------
     def episodes_of(self, shard: str) -> list[str]:
         """Episode ids of a shard, in manifest order."""
-        return [r["episode_id"] for r in self._rows if r["shard"] == shard]
+        return [r["episode_id"] for r in self._by_shard.get(shard, [])]
 
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = DEFAULT_CHUNK,
                       cameras: Optional[Sequence[str]] = None, motion_only: bool = False,
