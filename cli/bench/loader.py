@@ -164,14 +164,14 @@ def memory_rate(ds, stream, num_triplets: int, batch_size: int) -> float:
 
 
 def bench_source(label: str, ref: str, size: int, workers: tuple[int, ...], num_triplets: int, batch_size: int,
-                 repeats: int) -> list[dict]:
+                 repeats: int, policy=None) -> list[dict]:
     """Rows for one dataset reference: each worker count with and without verification, best of
     `repeats` rates (the highest peak RSS of the runs is reported)."""
     from curation import open_dataset
     from policy.config import LaMPConfig
     from policy.train import config_for_data
 
-    cfg = config_for_data(open_dataset(ref), LaMPConfig())
+    cfg = config_for_data(open_dataset(ref), policy or LaMPConfig())
     rows = []
     for verify in (True, False):
         stream = stream_for(ref, cfg, verify)
@@ -190,7 +190,7 @@ def bench_source(label: str, ref: str, size: int, workers: tuple[int, ...], num_
 
 
 def measure_ref(ref: str, size: int, workers: tuple[int, ...], num_triplets: int, batch_size: int, repeats: int,
-                s3_copy: bool = False) -> dict:
+                s3_copy: bool = False, policy=None) -> dict:
     """The in-memory rate (best of `repeats` runs before and of `repeats` after the loaders), the
     loader rows of `ref` and, with s3_copy, of its version published to the loopback S3 server."""
     from curation import open_dataset
@@ -198,14 +198,14 @@ def measure_ref(ref: str, size: int, workers: tuple[int, ...], num_triplets: int
     from policy.train import config_for_data
 
     ds = open_dataset(ref)
-    cfg = config_for_data(ds, LaMPConfig())
+    cfg = config_for_data(ds, policy or LaMPConfig())
     base = stream_for(ref, cfg, True)
     mem = [memory_rate(ds, base, num_triplets, batch_size) for _ in range(repeats)]
-    rows = bench_source("directory", ref, size, workers, num_triplets, batch_size, repeats)
+    rows = bench_source("directory", ref, size, workers, num_triplets, batch_size, repeats, policy)
     if s3_copy:
         with s3_server():
             pub = published_version(Path(ref), f"s3://{BUCKET}/v{size}-{time.time_ns()}", f"bench{size}")
-            rows += bench_source("s3 (published)", pub, size, workers, num_triplets, batch_size, repeats)
+            rows += bench_source("s3 (published)", pub, size, workers, num_triplets, batch_size, repeats, policy)
     mem += [memory_rate(ds, base, num_triplets, batch_size) for _ in range(repeats)]
     best = max(mem)
     for r in rows:
@@ -227,26 +227,28 @@ def _start(batch_size: int, num_triplets: int, repeats: int) -> dict:
 
 
 def bench_size_of_ref(ref: str, workers: tuple[int, ...] = (0, 1, 2), num_triplets: int = 1024,
-                      batch_size: int = 32, repeats: int = 3) -> dict:
+                      batch_size: int = 32, repeats: int = 3, policy=None) -> dict:
     """The loader bench of one given dataset (directory or URL; no S3 copy)."""
     from curation import open_dataset
 
     first = next(iter(open_dataset(ref).iter_triplets(chunk=1)))
     size = int(next(iter(first.images.values())).shape[0])
     result = _start(batch_size, num_triplets, repeats)
-    result["sizes"] = [measure_ref(ref, size, workers, num_triplets, batch_size, repeats)]
+    result["sizes"] = [measure_ref(ref, size, workers, num_triplets, batch_size, repeats, policy=policy)]
     return _finish(result)
 
 
 def bench_loader(workdir: Path, sizes: tuple[int, ...] = (64, 128), workers: tuple[int, ...] = (0, 1, 2),
                  num_triplets: int = 1024, batch_size: int = 32, repeats: int = 3, with_s3: bool = True,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, policy=None) -> dict:
+    """The loader bench on `curate run` outputs at each image size (module docstring); policy:
+    the LaMPConfig whose K, T and camera the samples take (default the shipped one)."""
     from schemas.progress import progress_bar
 
     workdir.mkdir(parents=True, exist_ok=True)
     result = _start(batch_size, num_triplets, repeats)
     result["sizes"] = [measure_ref(str(curated_dataset(workdir, s)), s, workers, num_triplets, batch_size, repeats,
-                                   s3_copy=with_s3)
+                                   s3_copy=with_s3, policy=policy)
                        for s in progress_bar(sizes, desc="bench loader", unit="size", disable=not progress, leave=False)]
     return _finish(result)
 

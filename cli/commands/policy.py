@@ -83,6 +83,7 @@ def add_bench(bench_sub) -> None:
     lb.add_argument("--repeats", type=int, default=3, help="runs per configuration (the best is kept)")
     lb.add_argument("--no-s3", action="store_true", help="skip the published version on the loopback S3 server")
     lb.add_argument("--workdir", default=None, help="where the datasets are made and kept")
+    lb.add_argument("--config", default=None, help="YAML/JSON with a policy: section (K, T, camera of the samples)")
     add_report_args(lb, bench="loader")
     lb.set_defaults(func=cmd_bench_loader)
 
@@ -206,7 +207,9 @@ def cmd_bench_loader(args) -> int:
     from cli.bench.loader import bench_loader, bench_size_of_ref, default_workdir, table_rows
 
     workdir = Path(args.workdir) if args.workdir else default_workdir()
-    kw = dict(workers=tuple(args.workers), num_triplets=args.triplets, batch_size=args.batch_size, repeats=args.repeats)
+    cfg, _, _ = _configs(args)
+    kw = dict(workers=tuple(args.workers), num_triplets=args.triplets, batch_size=args.batch_size, repeats=args.repeats,
+              policy=cfg)
     if args.ref:
         result = bench_size_of_ref(args.ref, **kw)
     else:
