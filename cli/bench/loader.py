@@ -8,6 +8,8 @@ The datasets are real `curate run` outputs: simulated Meta-World episodes at eac
 curated with the default labels (made once under the work dir). The machine may be shared: every
 configuration is measured `repeats` times and the best rate kept, the in-memory rate is measured
 in the same run (before and after the loaders, best kept), and the load average is recorded.
+Each row also has the CPU seconds per 1,000 triplets of all the loader's processes, and its ratio
+to the in-memory path's: what the loader costs whatever share of the cores it is given.
 """
 
 from __future__ import annotations
@@ -126,9 +128,22 @@ def stream_for(ref: Any, cfg, verify: bool, seed: int = 0):
     return TripletStream(ref, cfg, **kwargs)
 
 
-def loader_rate(stream, workers: int, num_triplets: int, batch_size: int, seed: int = 0) -> tuple[float, int]:
-    """(triplets/s, peak RSS bytes) of one DataLoader run: start-up, the first batch and the
-    batches already prefetched are not throughput."""
+def _tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) so far of this process and its live children (the workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def loader_rate(stream, workers: int, num_triplets: int, batch_size: int, seed: int = 0) -> tuple[float, int, float]:
+    """(triplets/s, peak RSS bytes, CPU seconds per 1,000 triplets of all the loader's processes)
+    of one DataLoader run: start-up, the first batch and the batches already prefetched are not
+    throughput. The CPU figure does not depend on how many cores the others leave free."""
     from policy.loader import make_loader
 
     with PeakRSS() as rss:
@@ -136,12 +151,12 @@ def loader_rate(stream, workers: int, num_triplets: int, batch_size: int, seed: 
         it = iter(loader)
         for _ in range(1 + 4 * workers):
             next(it)
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), _tree_cpu_seconds()
         while n < num_triplets:
             n += len(next(it)["language"])
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, _tree_cpu_seconds() - c0
         del it, loader
-    return n / dt, rss.peak
+    return n / dt, rss.peak, cpu / n * 1000
 
 
 def memory_rate(ds, stream, num_triplets: int, batch_size: int) -> float:
@@ -153,14 +168,14 @@ def memory_rate(ds, stream, num_triplets: int, batch_size: int) -> float:
         raw.append(tr)
         if len(raw) >= num_triplets:
             break
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while n < num_triplets:
         for i in range(0, len(raw), batch_size):
             collate([stream.transform(tr) for tr in raw[i: i + batch_size]])
             n += len(raw[i: i + batch_size])
             if n >= num_triplets:
                 break
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000
 
 
 def bench_source(label: str, ref: str, size: int, workers: tuple[int, ...], num_triplets: int, batch_size: int,
@@ -184,8 +199,9 @@ def bench_source(label: str, ref: str, size: int, workers: tuple[int, ...], num_
             except Exception as exc:  # noqa: BLE001 - a configuration that cannot run is a result
                 rows.append(dict(row, triplets_per_s=None, peak_rss_MB=None, error=f"{type(exc).__name__}: {exc}"[-300:]))
                 continue
-            rows.append(dict(row, triplets_per_s=max(r for r, _ in runs), runs_per_s=[r for r, _ in runs],
-                             peak_rss_MB=max(m for _, m in runs) / 1e6))
+            rows.append(dict(row, triplets_per_s=max(r for r, _, _ in runs), runs_per_s=[r for r, _, _ in runs],
+                             peak_rss_MB=max(m for _, m, _ in runs) / 1e6,
+                             cpu_s_per_1000_triplets=min(c for _, _, c in runs)))
     return rows
 
 
@@ -200,18 +216,21 @@ def measure_ref(ref: str, size: int, workers: tuple[int, ...], num_triplets: int
     ds = open_dataset(ref)
     cfg = config_for_data(ds, policy or LaMPConfig())
     base = stream_for(ref, cfg, True)
-    mem = [memory_rate(ds, base, num_triplets, batch_size) for _ in range(repeats)]
+    mem = [memory_rate(ds, base, num_triplets, batch_size) for _ in range(repeats)]  # (rate, CPU s / 1000)
     rows = bench_source("directory", ref, size, workers, num_triplets, batch_size, repeats, policy)
     if s3_copy:
         with s3_server():
             pub = published_version(Path(ref), f"s3://{BUCKET}/v{size}-{time.time_ns()}", f"bench{size}")
             rows += bench_source("s3 (published)", pub, size, workers, num_triplets, batch_size, repeats, policy)
     mem += [memory_rate(ds, base, num_triplets, batch_size) for _ in range(repeats)]
-    best = max(mem)
+    best, best_cpu = max(m for m, _ in mem), min(c for _, c in mem)
     for r in rows:
         r["ratio_vs_memory"] = r["triplets_per_s"] / best if r["triplets_per_s"] else None
+        if r.get("cpu_s_per_1000_triplets"):
+            r["cpu_ratio_vs_memory"] = best_cpu / r["cpu_s_per_1000_triplets"]  # memory's CPU per triplet / the loader's
     return {"size": size, "dataset": ref, "triplets": ds.num_triplets(), "episodes": len(ds),
-            "shards": len(ds.shard_names), "memory_per_s": best, "memory_runs_per_s": mem, "rows": rows}
+            "shards": len(ds.shard_names), "memory_per_s": best, "memory_cpu_s_per_1000_triplets": best_cpu,
+            "memory_runs_per_s": [m for m, _ in mem], "rows": rows}
 
 
 def _finish(result: dict) -> dict:
@@ -256,7 +275,8 @@ def bench_loader(workdir: Path, sizes: tuple[int, ...] = (64, 128), workers: tup
 def table_rows(result: dict) -> list[dict]:
     return [{"px": r["size"], "source": r["source"], "verify": "on" if r["verify"] else "off", "workers": r["workers"],
              "triplets/s": r["triplets_per_s"], "memory/s": r["memory_per_s"], "ratio": r["ratio_vs_memory"],
-             "peak RSS MB": r["peak_rss_MB"], "error": r.get("error", "")[-60:]} for r in result["rows"]]
+             "peak RSS MB": r["peak_rss_MB"], "CPU s/1000": r.get("cpu_s_per_1000_triplets"),
+             "error": r.get("error", "")[-60:]} for r in result["rows"]]
 
 
 def default_workdir() -> Path:
