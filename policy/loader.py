@@ -278,6 +278,8 @@ class TripletStream(IterableDataset):
 
     ref: dataset directory, fsspec URL, URL/NAME@V, or an already-open dataset object.
     epochs: None streams forever (epoch e reshuffles with seed + e); an int stops after that many.
+    verify: the reader's read-side verification (curation.store.reader); False only for storage
+    that is trusted. interleave_shards: shards whose episodes a worker reads in one random order.
     """
 
     def __init__(self, ref: Any, cfg: LaMPConfig, *, seed: int = 0, shuffle_buffer: int = 512,
