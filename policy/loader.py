@@ -6,14 +6,23 @@
 
 Work split. Global worker g = rank * num_workers + worker_id of G = world_size * num_workers.
 With at least G shards each worker reads shards g, g + G, ... of the epoch's permutation
-(shard-level split, no wasted reads). With fewer shards than workers every worker reads all
-shards in the same order and keeps triplets i with i % G == g. Either way each triplet of an
-epoch is yielded by exactly one worker, and the stream is a pure function of
+(shard-level split, no wasted reads); with fewer shards but at least G episodes, episodes g,
+g + G, ... of the epoch's permutation of all episodes; with fewer episodes than workers every
+worker reads all of them in the same order and keeps triplets i with i % G == g. Either way each
+triplet of an epoch is yielded by exactly one worker, and the stream is a pure function of
 (seed, epoch, rank, world_size, num_workers).
 
+Read order. A reader with episode-level reads (`episodes_of(shard)`, `iter_triplets(episodes=)`,
+as curation's) is read one episode at a time, decoded in the DataLoader worker, a few episodes
+ahead (the reader's prefetch thread): a worker's shards are taken INTERLEAVE_SHARDS at a time
+and the episodes of those shards are read in a random order (seed, epoch, worker), so
+neighbouring samples come from several shards and episodes before the shuffle buffer mixes them
+further. A reader with only `iter_triplets(shards=)` is read shard by shard in the epoch's order.
+
 The one reader. Triplets come from curation.open_dataset (or any object with the
-same interface: `shard_names`, `stats`, `manifest`, `iter_triplets(shards=...)`); nothing here
-reads Zarr.
+same interface: `shard_names`, `stats`, `manifest`, `iter_triplets(shards=...)`, optionally
+`episodes_of` and `iter_triplets(episodes=...)`); nothing here reads Zarr. Its read-side
+verification stays on unless `verify=False` is asked for.
 
 Sample (numpy, one triplet; see modeling_lamp for the batched form):
   image        3 H W uint8     the policy camera at the anchor
@@ -35,6 +44,7 @@ and samples carry no state / action / action_valid.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
@@ -45,6 +55,11 @@ from policy.config import MOTION_CHANNELS, LaMPConfig
 from policy.action_history import with_action_history
 from policy.normalize import center_scale
 from policy.variants import action_history_length, sample_fields
+
+# Shards whose episodes a worker reads in one random order (see the module docstring); a published
+# version holds the verified files of this many shards in memory per worker (the reader's
+# open_shards is raised to it).
+INTERLEAVE_SHARDS = 4
 
 
 def source_stats(stats: Mapping[str, Any], dataset_name: Optional[str] = None,
@@ -98,6 +113,7 @@ class TripletTransform:
         self.motion_center, self.motion_scale = motion_center_scale(stats_entry, cfg.motion_repr, mode)
         self.k_idx = subsample_points(data_points, cfg.motion_points)
         self.t_idx = subsample_horizon(data_horizon, cfg.motion_horizon)
+        self.steps = np.concatenate([[0], self.t_idx])  # the anchor step and the model's horizon steps
 
     def __call__(self, tr) -> dict[str, Any]:
         cfg = self.cfg
@@ -113,14 +129,16 @@ class TripletTransform:
         if not self.motion_only:
             out.update(self.state_and_actions(tr))
 
-        motion, mask, anchor_px = relative_motion(tr.motion, cfg.motion_repr)  # K T M, K T M, K 2
-        motion = motion[self.k_idx][:, self.t_idx]
-        mask = mask[self.k_idx][:, self.t_idx]
+        # the model's points and steps (plus the anchor step 0 they are relative to) first: the
+        # motion is elementwise in (point, step), so this equals subsampling the full result
+        sub = subsample_motion(tr.motion, self.k_idx, self.steps)
+        motion, mask, anchor_px = relative_motion(sub, cfg.motion_repr)  # k t+1 M, k t+1 M, k 2
+        motion, mask = motion[:, 1:], mask[:, 1:]
         motion = (motion - self.motion_center) / self.motion_scale
         out["motion"] = np.where(mask, motion, 0.0).astype(np.float32)
         out["motion_mask"] = mask
         Hd, Wd = img_size_of(tr, cam)
-        uv = anchor_px[self.k_idx] / np.array([Wd, Hd], np.float32) * 2.0 - 1.0
+        uv = anchor_px / np.array([Wd, Hd], np.float32) * 2.0 - 1.0
         out["anchor_uv"] = np.nan_to_num(uv).astype(np.float32)
         if cfg.variant != "lamp":
             out.update(sample_fields(cfg, self, tr))
@@ -146,6 +164,19 @@ class TripletTransform:
         valid[: len(av)] = av
         out["action"], out["action_valid"] = chunk, valid
         return out
+
+
+# Motion arrays relative_motion reads, with their (point, step) axes first; in_range is per step.
+MOTION_POINT_STEP_ARRAYS = ("tracks_px", "visible", "valid_3d", "depth_track_m", "depth_m", "points_cam_m")
+
+
+def subsample_motion(m: Mapping[str, np.ndarray], k_idx: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays relative_motion reads at points k_idx (k) and steps `steps` (s):
+    K T ... -> k s ..., in_range T -> s."""
+    out = {n: np.asarray(m[n]).take(k_idx, 0).take(steps, 1) for n in MOTION_POINT_STEP_ARRAYS if m.get(n) is not None}
+    if m.get("in_range") is not None:
+        out["in_range"] = np.asarray(m["in_range"]).reshape(-1)[steps]
+    return out
 
 
 def img_size_of(tr, cam: str) -> tuple[int, int]:
@@ -251,14 +282,18 @@ class TripletStream(IterableDataset):
 
     ref: dataset directory, fsspec URL, URL/NAME@V, or an already-open dataset object.
     epochs: None streams forever (epoch e reshuffles with seed + e); an int stops after that many.
+    verify: the reader's read-side verification (curation.store.reader); False only for storage
+    that is trusted. interleave_shards: shards whose episodes a worker reads in one random order.
     """
 
     def __init__(self, ref: Any, cfg: LaMPConfig, *, seed: int = 0, shuffle_buffer: int = 512,
                  epochs: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
                  dataset_name: Optional[str] = None, shards: Optional[Sequence[str]] = None, read_chunk: int = 10,
-                 motion_only: bool = False):
+                 motion_only: bool = False, verify: bool = True, interleave_shards: int = INTERLEAVE_SHARDS):
         super().__init__()
         self.ref = ref
+        self.verify = bool(verify)
+        self.interleave = max(1, int(interleave_shards))
         self.cfg = cfg
         self.seed = int(seed)
         self.buffer = int(shuffle_buffer)
@@ -282,22 +317,30 @@ class TripletStream(IterableDataset):
     def dataset(self):
         if not isinstance(self.ref, (str, bytes)) and hasattr(self.ref, "iter_triplets"):
             return self.ref
-        if getattr(self, "_ds", None) is None:
+        # a forked DataLoader worker inherits the parent's open dataset, whose filesystem (s3fs:
+        # an event loop) must not be used across a fork: each process opens its own
+        if getattr(self, "_ds", None) is None or getattr(self, "_ds_pid", None) != os.getpid():
             from curation import open_dataset
 
-            self._ds = open_dataset(self.ref)
+            self._ds, self._ds_pid = open_dataset(self.ref, verify=self.verify), os.getpid()
+            self._ds.open_shards = max(self._ds.open_shards, self.interleave)
         return self._ds
 
-    def read(self, ds, shards: Sequence[str], chunk: int):
-        """The reader's triplets of `shards`, in the reader's order; in motion-only mode without
-        actions or proprio. A variant that needs past actions has them attached here, before any
-        split or shuffle, while each episode's anchors still come in order."""
+    def read(self, ds, shards: Sequence[str], chunk: int, episodes: Optional[Sequence[str]] = None):
+        """The reader's triplets of `shards` (or of `episodes`, in that order); in motion-only mode
+        without actions or proprio. A variant that needs past actions has them attached here, before
+        any shuffle, while each episode's anchors still come in order."""
+        kwargs: dict[str, Any] = {"chunk": chunk}
+        if episodes is not None:
+            kwargs["episodes"] = list(episodes)
+        else:
+            kwargs["shards"] = shards
         if self.motion_only:
-            return ds.iter_triplets(shards=shards, chunk=chunk, motion_only=True)
+            return ds.iter_triplets(**kwargs, motion_only=True)
         history = action_history_length(self.cfg)
         if history:
-            return with_action_history(ds.iter_triplets(shards=shards, chunk=chunk), history)
-        return ds.iter_triplets(shards=shards, chunk=chunk)
+            return with_action_history(ds.iter_triplets(**kwargs), history)
+        return ds.iter_triplets(**kwargs)
 
     def __getstate__(self):  # workers reopen the dataset lazily
         state = dict(self.__dict__)
@@ -316,12 +359,36 @@ class TripletStream(IterableDataset):
         g, G = self.worker_slot()
         order = [self.shards[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))]
         ds = self.dataset()
+        if not hasattr(ds, "episodes_of"):  # a reader without episode-level reads
+            if len(order) >= G:
+                yield from self.read(ds, order[g::G], self.read_chunk)
+            else:
+                yield from (tr for i, tr in enumerate(self.read(ds, order, self.read_chunk)) if i % G == g)
+            return
+        episodes = self.epoch_episodes(ds, order, epoch, g, G)
+        if episodes is not None:
+            yield from self.read(ds, (), self.read_chunk, episodes=episodes)
+            return
+        everything = [e for shard in order for e in ds.episodes_of(shard)]
+        for i, tr in enumerate(self.read(ds, (), self.read_chunk, episodes=everything)):
+            if i % G == g:
+                yield tr
+
+    def epoch_episodes(self, ds, order: Sequence[str], epoch: int, g: int, G: int) -> Optional[list[str]]:
+        """Episode ids worker g of G reads in `epoch` (shards in the epoch's `order`), or None when
+        there are fewer episodes than workers (the caller splits triplets instead)."""
+        rng = np.random.default_rng([self.seed, epoch, g, 2])
         if len(order) >= G:
-            yield from self.read(ds, order[g::G], self.read_chunk)
-        else:
-            for i, tr in enumerate(self.read(ds, order, self.read_chunk)):
-                if i % G == g:
-                    yield tr
+            mine, out = list(order[g::G]), []
+            for i in range(0, len(mine), self.interleave):
+                window = [e for shard in mine[i: i + self.interleave] for e in ds.episodes_of(shard)]
+                out += [window[j] for j in rng.permutation(len(window))]
+            return out
+        everything = [e for shard in order for e in ds.episodes_of(shard)]
+        if len(everything) < G:
+            return None
+        perm = np.random.default_rng([self.seed, epoch, 2]).permutation(len(everything))  # the same in every worker
+        return [everything[j] for j in perm[g::G]]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         g, _ = self.worker_slot()

@@ -1,5 +1,6 @@
 """`curate bench pipeline`: engine throughput, overhead against the stages alone,
-Ray scaling, Zarr write against numpy.save, and peak memory for two dataset sizes.
+Ray scaling, Zarr write against numpy.save, peak memory for two dataset sizes, and the
+planning costs (cli/bench/plan.py: core-seconds and bytes per 1,000 frames, fsync, Open-X).
 
 All parts use the same simulated Meta-World dataset (made once under the work dir)
 and the same job config; throughput is frames written per second of the
@@ -73,34 +74,31 @@ def _stages_alone(src: Path, workdir: Path, part: tuple[int, int] = (0, 1)) -> d
     labeler = local_labeler(cfg)
     fcfg = FilterConfig.from_dict(cfg.curation.filters)
     t = {"read": 0.0, "label": 0.0, "filter": 0.0, "arrays": 0.0, "write": 0.0}
+    cpu = dict.fromkeys(t, 0.0)  # process CPU seconds (all threads): the stage's core-seconds
     frames = 0
+
+    def timed(stage: str, fn, *a):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn(*a)
+        t[stage] += time.perf_counter() - w
+        cpu[stage] += time.process_time() - c
+        return out
+
     units = srcobj.work_units(episodes_per_unit=2)[part[0]::part[1]]
     for u in units:
-        a = time.perf_counter()
-        eps = [e for e in srcobj.read_unit(u, on_error="yield") if not isinstance(e, Exception)]
-        t["read"] += time.perf_counter() - a
+        eps = timed("read", lambda: [e for e in srcobj.read_unit(u, on_error="yield") if not isinstance(e, Exception)])
         payloads = []
         for ep in eps:
-            a = time.perf_counter()
-            apply_filters(ep, None, fcfg)
-            t["filter"] += time.perf_counter() - a
-            a = time.perf_counter()
-            labels = labeler(ep)
-            t["label"] += time.perf_counter() - a
-            a = time.perf_counter()
-            apply_filters(ep, labels, fcfg)
-            t["filter"] += time.perf_counter() - a
-            a = time.perf_counter()
-            arrays = episode_arrays(ep, labels)
-            payloads.append(EpisodePayload(arrays, manifest_row(ep, labels, arrays)))
-            t["arrays"] += time.perf_counter() - a
+            timed("filter", apply_filters, ep, None, fcfg)
+            labels = timed("label", labeler, ep)
+            timed("filter", apply_filters, ep, labels, fcfg)
+            arrays = timed("arrays", episode_arrays, ep, labels)
+            payloads.append(timed("arrays", lambda: EpisodePayload(arrays, manifest_row(ep, labels, arrays))))
             frames += ep.num_steps
-        a = time.perf_counter()
         d = Path(tempfile.mkdtemp(dir=workdir))
-        write_shard_group(d / "g", "shard-x", payloads, 16, "none")
-        t["write"] += time.perf_counter() - a
+        timed("write", write_shard_group, d / "g", "shard-x", payloads, 16, "none")
         shutil.rmtree(d)
-    return {"seconds": t, "total_s": sum(t.values()), "frames": frames}
+    return {"seconds": t, "cpu_seconds": cpu, "total_s": sum(t.values()), "frames": frames}
 
 
 def _zarr_vs_npy(src: Path, workdir: Path, repeats: int = 16) -> dict:
@@ -262,6 +260,12 @@ def run_bench(args) -> int:
                 rows.append({"measure": f"{name.replace('x', ' x')}: workers busy", "value": sp["busy_fraction"],
                              "unit": "fraction", "note": f"{sp['units']} units, mean {sp['mean_s']:.2f} s per unit; "
                                                          f"driver CPU {eng[name]['driver_cpu_units_s']:.2f} s"})
+    if "cost" not in skip:
+        from cli.bench.plan import plan_costs
+
+        alone = result.get("stages_alone") or _stages_alone(src, workdir)
+        result["plan"], plan_rows = plan_costs(_run, alone, src, workdir, args.openx_episodes, args.openx_steps)
+        rows += plan_rows
     if "zarr" not in skip:
         z = _zarr_vs_npy(src, workdir)
         result["zarr_vs_npy"] = z
@@ -293,7 +297,9 @@ def add_bench(bench_sub) -> None:
     p.add_argument("--episodes", type=int, default=16, help="simulated episodes for the engine comparison")
     p.add_argument("--steps", type=int, default=40, help="steps per simulated episode")
     p.add_argument("--size", type=int, default=64, help="image size of the simulated episodes")
-    p.add_argument("--skip", action="append", default=[], help="skip a part: engines, scaling, zarr, memory")
+    p.add_argument("--skip", action="append", default=[], help="skip a part: engines, cost, zarr, memory")
+    p.add_argument("--openx-episodes", type=int, default=None, help="episodes of Open-X assumed by the projection")
+    p.add_argument("--openx-steps", type=int, default=None, help="mean steps per Open-X episode assumed by the projection")
     p.add_argument("--workdir", default=None, help="where to put the bench datasets (default a temp dir)")
     add_report_args(p, bench="pipeline")
     p.set_defaults(func=run_bench)

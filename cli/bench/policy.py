@@ -1,4 +1,4 @@
-"""Benchmarks of the policy side: the loader (triplets/s by worker count vs memory) and the
+"""Benchmarks of the policy side (the loader's is cli/bench/loader.py): the
 model (training steps/s per phase, latency of one action chunk incl. motion partial denoising)."""
 
 from __future__ import annotations
@@ -11,59 +11,8 @@ import numpy as np
 import torch
 
 from policy.config import LaMPConfig
-from policy.loader import TripletStream, collate, make_loader
 
 LAFP_BENCH_CODES = 8  # V of the `small` latent action model (labelers/latent/config.py) when no checkpoint is given
-
-
-def bench_loader(ref: Any, cfg: Optional[LaMPConfig] = None, num_triplets: int = 256, batch_size: int = 16,
-                 workers: tuple[int, ...] = (0, 1, 2), seed: int = 0, progress: bool = True) -> dict:
-    """Triplets/s of TripletStream through a DataLoader with each worker count, and of the same
-    transform + collate over the same triplets held in memory (raw arrays, already read)."""
-    from schemas.progress import progress_bar
-
-    from policy.train import config_for_data
-
-    ds = ref if hasattr(ref, "iter_triplets") else None
-    if ds is None:
-        from curation import open_dataset
-
-        ds = open_dataset(str(ref))
-    cfg = config_for_data(ds, cfg or LaMPConfig())
-    stream = TripletStream(ds if not isinstance(ref, str) else ref, cfg, seed=seed, shuffle_buffer=64, epochs=None)
-    rows = []
-    for nw in progress_bar(workers, desc="bench loader", unit="config", disable=not progress, leave=False):
-        loader = make_loader(stream, batch_size, nw, seed=seed)
-        it = iter(loader)
-        # worker start-up, the first read and the batches already prefetched are not throughput
-        for _ in range(1 + 4 * nw):
-            next(it)
-        n, t0 = 0, time.perf_counter()
-        while n < num_triplets:
-            n += len(next(it)["language"])
-        dt = time.perf_counter() - t0
-        del it, loader
-        rows.append({"source": f"loader, {nw} workers", "workers": nw, "triplets": n, "seconds": dt, "triplets_per_s": n / dt})
-    # memory baseline: the same triplets, already read, through the same transform + collate
-    raw = []
-    for tr in ds.iter_triplets(shards=stream.shards):
-        raw.append(tr)
-        if len(raw) >= num_triplets:
-            break
-    t0, n = time.perf_counter(), 0
-    while n < num_triplets:
-        for i in range(0, len(raw), batch_size):
-            collate([stream.transform(tr) for tr in raw[i : i + batch_size]])
-            n += len(raw[i : i + batch_size])
-            if n >= num_triplets:
-                break
-    dt = time.perf_counter() - t0
-    mem = n / dt
-    rows.append({"source": "memory (same arrays)", "workers": 0, "triplets": n, "seconds": dt, "triplets_per_s": mem})
-    for r in rows:
-        r["ratio_vs_memory"] = r["triplets_per_s"] / mem
-    return {"dataset": getattr(stream, "version", "?"), "batch_size": batch_size, "image_size": list(cfg.image_size),
-            "rows": rows}
 
 
 def synthetic_batch(cfg: LaMPConfig, batch_size: int, seed: int = 0) -> dict:

@@ -81,11 +81,18 @@ def add_bench(bench_sub) -> None:
     add_report_args(b, bench="policy")
     b.set_defaults(func=cmd_bench_policy)
 
-    lb = bench_sub.add_parser("loader", help="triplets/s of the training loader with 0/1/2 workers vs memory")
-    lb.add_argument("--ref", default=None, help="curated dataset (default: an in-memory synthetic dataset)")
-    lb.add_argument("--triplets", type=int, default=512)
-    lb.add_argument("--batch-size", type=int, default=16)
-    lb.add_argument("--config", default=None, help="YAML/JSON with a policy: section (K, T, image size of the samples)")
+    lb = bench_sub.add_parser("loader", help="triplets/s of the training loader with 0/1/2 workers vs memory, "
+                                             "from a directory and from S3 on loopback, with and without verification")
+    lb.add_argument("--ref", default=None, help="a curated dataset to measure (default: `curate run` outputs of "
+                                                "simulated episodes at each --sizes, made under --workdir)")
+    lb.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="image sizes of the default datasets")
+    lb.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    lb.add_argument("--triplets", type=int, default=1024, help="triplets per measured run")
+    lb.add_argument("--batch-size", type=int, default=32)
+    lb.add_argument("--repeats", type=int, default=3, help="runs per configuration (the best is kept)")
+    lb.add_argument("--no-s3", action="store_true", help="skip the published version on the loopback S3 server")
+    lb.add_argument("--workdir", default=None, help="where the datasets are made and kept")
+    lb.add_argument("--config", default=None, help="YAML/JSON with a policy: section (K, T, camera of the samples)")
     add_report_args(lb, bench="loader")
     lb.set_defaults(func=cmd_bench_loader)
 
@@ -221,19 +228,21 @@ def cmd_bench_policy(args) -> int:
 
 
 def cmd_bench_loader(args) -> int:
-    from cli.bench.policy import bench_loader
+    from pathlib import Path
 
-    ref = args.ref
-    if ref is None:
-        from policy.testing.synthetic import SyntheticDataset
+    from cli.bench.loader import bench_loader, bench_size_of_ref, default_workdir, table_rows
 
-        log.info("no --ref: benchmarking on an in-memory synthetic dataset (64 px)")
-        ref = SyntheticDataset(num_shards=8, episodes_per_shard=4, anchors_per_episode=16, size=64, grid=20, horizon=32)
+    workdir = Path(args.workdir) if args.workdir else default_workdir()
     cfg, _, _ = _configs(args)
-    result = bench_loader(ref, cfg, num_triplets=args.triplets, batch_size=args.batch_size)
-    if args.ref is None:
-        result["dataset"] = "synthetic (in memory, 64 px, K=400, T=32)"
+    kw = dict(workers=tuple(args.workers), num_triplets=args.triplets, batch_size=args.batch_size, repeats=args.repeats,
+              policy=cfg)
+    if args.ref:
+        result = bench_size_of_ref(args.ref, **kw)
+    else:
+        result = bench_loader(workdir, sizes=tuple(args.sizes), with_s3=not args.no_s3, **kw)
     path = write_bench_json("loader", result, args.out_json)
-    text = format_table(result["rows"], ["source", "triplets", "seconds", "triplets_per_s", "ratio_vs_memory"])
-    emit(result, args.json, text + f"\ndataset: {result['dataset']} -> {path}")
+    c = result["conditions"]
+    text = (format_table(table_rows(result), floatfmt=".2f")
+            + f"\nload average {c['load_avg_start'][0]:.1f} -> {c['load_avg_end'][0]:.1f} on {c['cpus']} CPUs -> {path}")
+    emit(result, args.json, text)
     return 0

@@ -6,16 +6,22 @@
     for tr in ds.iter_triplets(chunk=10):                # schemas.triplet.Triplet
         ...
 
-A shard's arrays are read in bulk (one Zarr shard file per array), then sliced
-per episode and anchor in memory: reading costs one request per array per shard,
-never one per element. Memory is one shard at a time.
+Episodes are read in blocks (`read_block`): runs of consecutive episodes of a shard up to
+READ_BLOCK_BYTES decoded, each array by the block's slice (all arrays in one trip through Zarr's
+event loop), so Zarr reads only the inner chunks the block overlaps (one shard file per array:
+its index, then byte ranges); a small shard is one read per array, a large one is never decoded
+whole. Reads happen in the reading process (a DataLoader worker), up to `prefetch` episodes ahead
+in a background thread, in any episode order (`iter_triplets(episodes=...)`). Memory is the last
+`open_shards` blocks, plus, for a published version, the verified files of as many shards.
+`read_shard` still reads a shard's arrays whole.
 
 Reads verify themselves (`verify=True`, the default; `verify=False` skips it, for a reader that
 trusts its storage: the cost is in `curate bench loader`):
 - a published version: opening it checks every file's size against `index.json` and the sha256
-  of every file outside `shards/` (manifest, stats, card); a shard's files are fetched once, each
-  checked against its sha256, and decoded from memory. A missing or damaged file is a
-  `DatasetIntegrityError` naming it.
+  of every file outside `shards/` (manifest, stats, card); a shard's files are fetched once, whole
+  (one request per array per shard), each checked against its sha256 as fetched, and episodes are
+  decoded from those bytes in memory. A missing or damaged file is a `DatasetIntegrityError`
+  naming it.
 - any dataset: every episode read is checked against its manifest checksum, so a missing chunk
   (which Zarr would read as fill values) or a damaged one is an error naming shard and episode.
   A motion-only read (no action arrays) cannot recompute that checksum; it keeps the file checks.
@@ -23,10 +29,13 @@ trusts its storage: the cost is in `curate bench loader`):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import posixpath
+import queue
 import re
+import threading
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
@@ -37,7 +46,19 @@ from schemas.dataset import (
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
+# Arrays every shard holds (the contract's non-optional, camera-independent ones).
+REQUIRED_ARRAYS = tuple(sorted(s.name for s in SHARD_ARRAYS if not s.optional and "{" not in s.name))
 # Shard names come from the manifest (input): checked before a path is built from one.
+# Episodes read ahead by iter_triplets' background thread: one being turned into triplets, one
+# waiting, one being read covers a fetch's latency without holding more than 3 episodes.
+DEFAULT_PREFETCH = 2
+# Shards whose opened arrays a reader keeps (CuratedDataset.open_shard); for a published version
+# each holds its verified files in memory, so this bounds memory to that many shards.
+DEFAULT_OPEN_SHARDS = 4
+# Decoded bytes of one read (CuratedDataset.read_block): consecutive episodes of a shard are read
+# together up to this size, so a small shard is one read per array (the per-read cost of Zarr's
+# event loop and thread hand-offs is paid once) and a large one is never decoded whole.
+READ_BLOCK_BYTES = 64 << 20
 
 
 class DatasetIntegrityError(RuntimeError):
@@ -58,12 +79,14 @@ class CuratedDataset:
 
     def __init__(self, fs, root: str, ref: str = "", version: Optional[str] = None,
                  storage_options: Optional[dict] = None, files: Optional[dict[str, dict]] = None,
-                 verify: bool = True):
+                 verify: bool = True, open_shards: int = DEFAULT_OPEN_SHARDS, block_bytes: int = READ_BLOCK_BYTES):
         import pyarrow.parquet as pq
 
         self.fs, self.root, self.ref, self.version = fs, root.rstrip("/"), ref, version
         self.storage_options = storage_options or {}
         self.files, self.verify = files, verify  # files: a published version's index table
+        self.open_shards = max(1, int(open_shards))
+        self.block_bytes = int(block_bytes)
         if verify and files is not None:
             self._check_published_files()
         manifest_path = self._path(MANIFEST)
@@ -77,6 +100,9 @@ class CuratedDataset:
             raise ValueError(f"{ref or root}: {problem}")
         self._rows = self.manifest.to_pylist()
         self._by_id = {r["episode_id"]: r for r in self._rows}
+        self._by_shard: dict[str, list[dict]] = {}
+        for r in self._rows:
+            self._by_shard.setdefault(r["shard"], []).append(r)
         bad = sorted({r["shard"] for r in self._rows if not SHARD_NAME_RE.match(str(r["shard"]))})
         if bad:
             raise DatasetIntegrityError(f"{ref or root}: {MANIFEST} names shard(s) {bad[:3]} not of the form shard-NNNNN[-KK-<attempt>]")
@@ -140,13 +166,18 @@ class CuratedDataset:
 
         if not SHARD_NAME_RE.match(shard):
             raise DatasetIntegrityError(f"{self.ref or self.root}: bad shard name {shard!r}")
-        if self.verify and self.files is not None:
+        if self.verified_files:
             return zarr.open_group(self._verified_store(shard, skip), mode="r", zarr_format=3)
         path = self._path(SHARDS_DIR, shard)
         if isinstance(self.fs, LocalFileSystem):
             return zarr.open_group(path, mode="r", zarr_format=3)
         return zarr.open_group(self.fs.unstrip_protocol(path), mode="r", zarr_format=3,
                                storage_options=self.storage_options)
+
+    @property
+    def verified_files(self) -> bool:
+        """Whether shard files are fetched whole and checked against a published index."""
+        return self.verify and self.files is not None
 
     def _verified_store(self, shard: str, skip: Sequence[str] = ()):
         """The shard's files fetched once each (but those of the arrays in `skip`), checked against
@@ -163,12 +194,36 @@ class CuratedDataset:
             raise DatasetIntegrityError(f"{self.ref or self.root}: shard {shard} is not in index.json")
         return MemoryStore(contents, read_only=True)
 
-    def read_shard(self, shard: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """Every array of a shard but those named in `skip` (top-level names, e.g. "actions"),
-        read in bulk: {name: array over the shard's frames/anchors}. Skipped arrays are not opened.
-        Each array's declared length is checked against the manifest before anything is read."""
+    def open_shard(self, shard: str, skip: Sequence[str] = ()) -> dict[str, Any]:
+        """The shard's arrays but those named in `skip` (top-level names, e.g. "actions"), opened
+        (metadata read, no data): {name: zarr.Array}. Each array's declared length is checked
+        against the manifest here, before anything is read. Kept for the last OPEN_SHARDS shards
+        this process opened (a published shard's verified files are held in memory with it)."""
+        key = (shard, tuple(sorted(skip)))
+        with self._lock:
+            cache = self.__dict__.setdefault("_open", {})
+            if key in cache:
+                cache[key] = cache.pop(key)  # most recently used last
+                return cache[key]
+        out = self._open_arrays(shard, skip)
+        with self._lock:
+            while len(cache) >= self.open_shards:
+                cache.pop(next(iter(cache)))
+            cache[key] = out
+        return out
+
+    @property
+    def _lock(self) -> threading.Lock:
+        if "_open_lock" not in self.__dict__:
+            self.__dict__["_open_lock"] = threading.Lock()
+        return self.__dict__["_open_lock"]
+
+    def __getstate__(self) -> dict:  # a copy for another process: no open shards, no lock
+        return {k: v for k, v in self.__dict__.items() if k not in ("_open", "_open_lock", "_blocks")}
+
+    def _open_arrays(self, shard: str, skip: Sequence[str]) -> dict[str, Any]:
         group = self._group(shard, skip)
-        rows = [r for r in self._rows if r["shard"] == shard]
+        rows = self._by_shard.get(shard, [])
         frames = max((r["frame_start"] + r["frame_count"] for r in rows), default=0)
         anchors = max((r["anchor_start"] + r["anchor_count"] for r in rows), default=0)
         out = {}
@@ -181,8 +236,94 @@ class CuratedDataset:
                 raise DatasetIntegrityError(
                     f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: declared shape {arr.shape} is shorter than "
                     f"the {want} {'frames' if want == frames else 'anchors'} the manifest places in it")
-            out[name] = arr[...]
+            out[name] = arr
+        missing = [n for n in REQUIRED_ARRAYS if n not in out and n.split("/")[0] not in skip]
+        if missing:
+            raise DatasetIntegrityError(f"{self.ref or self.root}: {SHARDS_DIR}/{shard} has no array {missing[0]!r} "
+                                        f"(required by the contract; a motion-only read skips {list(ACTION_ARRAYS)})")
         return out
+
+    def read_shard(self, shard: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Every array of a shard but those named in `skip`, read whole: {name: array over the
+        shard's frames/anchors}. Skipped arrays are not opened."""
+        return {name: arr[...] for name, arr in self.open_shard(shard, skip).items()}
+
+    def read_episode(self, episode_id: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """One episode's arrays but those in `skip` (frame arrays F x ..., anchor arrays N x ...),
+        cut from its read block (see read_block), checked against the manifest checksum when every
+        array is read (a read that skips arrays cannot recompute it)."""
+        r = self._by_id[episode_id]
+        first, data = self.read_block(episode_id, skip)
+        f0, a0 = first["frame_start"], first["anchor_start"]
+        fs, fc, as_, ac = r["frame_start"] - f0, r["frame_count"], r["anchor_start"] - a0, r["anchor_count"]
+        arrays = {n: (v[fs:fs + fc] if n.split("/")[0] in FRAME_ARRAYS else v[as_:as_ + ac]) for n, v in data.items()}
+        if not skip:
+            self._check_episode(r, arrays)
+        return arrays
+
+    def blocks_of(self, shard: str, skip: Sequence[str] = ()) -> list[list[dict]]:
+        """The shard's episodes (manifest rows) in read blocks: runs of consecutive episodes of
+        at most READ_BLOCK_BYTES decoded (one episode at least)."""
+        key = (shard, tuple(sorted(skip)))
+        known = self.__dict__.setdefault("_block_table", {})
+        if key in known:
+            return known[key]
+        opened = self.open_shard(shard, skip)
+        per_frame = sum(a.nbytes // max(a.shape[0], 1) for n, a in opened.items() if n.split("/")[0] in FRAME_ARRAYS)
+        per_anchor = sum(a.nbytes // max(a.shape[0], 1) for n, a in opened.items() if n.split("/")[0] not in FRAME_ARRAYS)
+        blocks: list[list[dict]] = [[]]
+        size = 0
+        for r in self._by_shard.get(shard, []):
+            nbytes = r["frame_count"] * per_frame + r["anchor_count"] * per_anchor
+            if blocks[-1] and size + nbytes > self.block_bytes:
+                blocks.append([])
+                size = 0
+            blocks[-1].append(r)
+            size += nbytes
+        known[key] = blocks
+        return blocks
+
+    def read_block(self, episode_id: str, skip: Sequence[str] = ()) -> tuple[dict, dict[str, np.ndarray]]:
+        """(first row, arrays) of the read block holding `episode_id`: every array's slice over the
+        block's frames / anchors, read at once (one trip through zarr's event loop; Zarr reads only
+        the inner chunks the slices overlap; for a published version, from the shard's verified
+        files in memory). The last `open_shards` blocks read are kept for the episodes after."""
+        r = self._by_id[episode_id]
+        block = next(b for b in self.blocks_of(r["shard"], skip) if any(x["episode_id"] == episode_id for x in b))
+        key = (r["shard"], block[0]["episode_id"], tuple(sorted(skip)))
+        with self._lock:
+            cache = self.__dict__.setdefault("_blocks", {})
+            if key in cache:
+                cache[key] = cache.pop(key)
+                return cache[key]
+        data = self._read_slices(r["shard"], block, skip)
+        with self._lock:
+            while len(cache) >= self.open_shards:
+                cache.pop(next(iter(cache)))
+            cache[key] = (block[0], data)
+        return block[0], data
+
+    def _read_slices(self, shard: str, block: list[dict], skip: Sequence[str]) -> dict[str, np.ndarray]:
+        from zarr.core.sync import sync
+
+        opened = self.open_shard(shard, skip)
+        f0, a0 = block[0]["frame_start"], block[0]["anchor_start"]
+        f1 = block[-1]["frame_start"] + block[-1]["frame_count"]
+        a1 = block[-1]["anchor_start"] + block[-1]["anchor_count"]
+        slices = {n: slice(f0, f1) if n.split("/")[0] in FRAME_ARRAYS else slice(a0, a1) for n in opened}
+
+        async def read_all() -> list:
+            return await asyncio.gather(*(opened[n].async_array.getitem(slices[n]) for n in opened),
+                                        return_exceptions=True)
+
+        data = {}
+        for name, value in zip(opened, sync(read_all())):
+            if isinstance(value, Exception):  # e.g. a damaged shard index (its crc32c)
+                raise DatasetIntegrityError(
+                    f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: cannot be read (episodes "
+                    f"{block[0]['episode_id']}..{block[-1]['episode_id']}): {type(value).__name__}: {value}") from value
+            data[name] = value
+        return data
 
     def _slice(self, r: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         fs, fc, as_, ac = r["frame_start"], r["frame_count"], r["anchor_start"], r["anchor_count"]
@@ -195,16 +336,26 @@ class CuratedDataset:
                 f"the manifest checksum (a chunk file of {SHARDS_DIR}/{r['shard']} is missing or damaged)")
 
     def episode_arrays(self, episode_id: str, data: Optional[dict] = None) -> dict[str, np.ndarray]:
-        """One episode's arrays (frame arrays F x ..., anchor arrays N x ...), checked."""
+        """One episode's arrays (frame arrays F x ..., anchor arrays N x ...), checked; sliced
+        from `data` (a read_shard result) when given, else read on their own."""
+        if data is None:
+            return self.read_episode(episode_id)
         r = self._by_id[episode_id]
-        arrays = self._slice(r, data if data is not None else self.read_shard(r["shard"]))
+        arrays = self._slice(r, data)
         self._check_episode(r, arrays)
         return arrays
 
     # ---- triplets ----------------------------------------------------------------
+    def episodes_of(self, shard: str) -> list[str]:
+        """Episode ids of a shard, in manifest order."""
+        return [r["episode_id"] for r in self._by_shard.get(shard, [])]
+
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = DEFAULT_CHUNK,
-                      cameras: Optional[Sequence[str]] = None, motion_only: bool = False) -> Iterator[Triplet]:
-        """Every anchor of every episode of `shards` (default all), in manifest order.
+                      cameras: Optional[Sequence[str]] = None, motion_only: bool = False,
+                      episodes: Optional[Sequence[str]] = None, prefetch: int = DEFAULT_PREFETCH) -> Iterator[Triplet]:
+        """Every anchor of every episode of `shards` (default all) in manifest order, or of
+        `episodes` (ids) in that order. Episodes are read one at a time (read_episode), up to
+        `prefetch` of them ahead in a background thread (0: none).
 
         action_chunk: C x A from the anchor step; steps past the end of the episode
         are zeros with action_chunk_valid False. images: the anchor frame of each
@@ -212,49 +363,85 @@ class CuratedDataset:
         (tracks_px K T 2, visible K T, in_range T, ... as stored).
         motion_only: frames, language and motion only; the action and proprio arrays are
         never read (the triplet's action_chunk is C x 0, its proprio empty)."""
-        wanted = shards if shards is not None else self.shard_names
-        by_shard: dict[str, list[dict]] = {}
-        for r in self._rows:
-            by_shard.setdefault(r["shard"], []).append(r)
-        for shard in wanted:
-            rows = by_shard.get(shard, [])
-            if not rows:
-                continue
-            data = self.read_shard(shard, skip=ACTION_ARRAYS if motion_only else ())
-            cams = [n.split("/", 1)[1] for n in data if n.startswith("frames/")]
-            cams = [c for c in cams if cameras is None or c in cameras]
-            motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"]
-            actions = data["actions"] if not motion_only else np.zeros((0, 0), np.float32)  # F A
-            proprio = data.get("proprio")
-            for r in rows:
-                if not motion_only:  # the checksum covers every array; a motion-only read relies on file hashes
-                    self._check_episode(r, self._slice(r, data))
-                yield from self._episode_triplets(r, data, cams, motion_names, actions, proprio, chunk)
+        if episodes is None:
+            wanted = set(shards) if shards is not None else None
+            episodes = [r["episode_id"] for r in self._rows if wanted is None or r["shard"] in wanted]
+        skip = ACTION_ARRAYS if motion_only else ()
+        reads = ((eid, self.read_episode(eid, skip)) for eid in episodes)
+        for eid, data in prefetched(reads, prefetch):
+            yield from self._episode_triplets(self._by_id[eid], data, cameras, chunk)
 
-    def _episode_triplets(self, r, data, cams, motion_names, actions, proprio, chunk) -> Iterator[Triplet]:
-        fs, fc = r["frame_start"], r["frame_count"]
+    def _episode_triplets(self, r: dict, data: dict[str, np.ndarray], cameras, chunk: int) -> Iterator[Triplet]:
+        """The triplets of one episode from its arrays (frame arrays F x ..., anchor arrays N x ...)."""
+        cams = [n.split("/", 1)[1] for n in data if n.startswith("frames/")]
+        cams = [c for c in cams if cameras is None or c in cameras]
+        motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"]
+        actions = data.get("actions", np.zeros((0, 0), np.float32))  # F A (C x 0 chunks when not read)
+        proprio = data.get("proprio")
+        fc = r["frame_count"]
         intr = np.asarray(r["intrinsics"], np.float32) if r.get("intrinsics") is not None else np.full(4, np.nan, np.float32)
         meta = {k: r.get(k) for k in ("dataset", "split", "episode_index", "shard", "primary_camera", "action_encoding",
                                       "control_hz", "depth_kind", "success", "intrinsics_estimated")}
         meta["backends"] = json.loads(r["backends"]) if r.get("backends") else {}
         A = actions.shape[1]
-        for i in range(r["anchor_count"]):
-            a = r["anchor_start"] + i
+        for a in range(r["anchor_count"]):
             t = int(data["anchor_step"][a])
             n_valid = max(0, min(chunk, fc - t))
             act = np.zeros((chunk, A), np.float32)
             valid = np.zeros(chunk, bool)
             if A:
-                act[:n_valid] = actions[fs + t: fs + t + n_valid]
+                act[:n_valid] = actions[t: t + n_valid]
                 valid[:n_valid] = True
             yield Triplet(
                 episode_id=r["episode_id"], anchor=t,
-                images={c: data[f"frames/{c}"][fs + t] for c in cams},
-                proprio=proprio[fs + t] if proprio is not None else np.zeros(0, np.float32),
+                images={c: data[f"frames/{c}"][t] for c in cams},
+                proprio=proprio[t] if proprio is not None else np.zeros(0, np.float32),
                 language=r.get("language") or "",
                 motion={n: data[n][a] for n in motion_names},
                 action_chunk=act, action_chunk_valid=valid, intrinsics=intr, meta=meta,
             )
+
+
+def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """`items` produced up to `depth` ahead by a background thread (the consumer's order, its
+    errors re-raised here); depth 0 iterates them in place. Stopping early stops the thread."""
+    if depth <= 0:
+        yield from items
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((False, exc))
+
+    thread = threading.Thread(target=produce, name="curated-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def open_directory(ref: str, storage_options: Optional[dict] = None, verify: bool = True) -> CuratedDataset:

@@ -109,13 +109,24 @@ class SyntheticDataset:
                 for s in self.shard_names for si, e in self._episodes[s]]
         return pa.Table.from_pylist(rows)
 
+    def episodes_of(self, shard: str) -> list[str]:
+        return [f"syn-{si}-{e}" for si, e in self._episodes[shard]]
+
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = 10,
-                      motion_only: bool = False) -> Iterator[Triplet]:
-        for s in (self.shard_names if shards is None else shards):
-            for tr in self._triplets[s]:
-                # motion_only: as the curated reader does, no actions and no proprio
-                yield (dataclasses.replace(tr, action_chunk=np.zeros((chunk, 0), np.float32), proprio=np.zeros(0, np.float32),
-                                           action_chunk_valid=np.zeros(chunk, bool)) if motion_only else tr)
+                      motion_only: bool = False, episodes: Optional[Sequence[str]] = None) -> Iterator[Triplet]:
+        """The triplets of `shards` (default all) in order, or of `episodes` (ids) in that order."""
+        if episodes is not None:
+            by_episode: dict[str, list[Triplet]] = {}
+            for s in self.shard_names:
+                for tr in self._triplets[s]:
+                    by_episode.setdefault(tr.episode_id, []).append(tr)
+            triplets = (tr for eid in episodes for tr in by_episode[eid])
+        else:
+            triplets = (tr for s in (self.shard_names if shards is None else shards) for tr in self._triplets[s])
+        for tr in triplets:
+            # motion_only: as the curated reader does, no actions and no proprio
+            yield (dataclasses.replace(tr, action_chunk=np.zeros((chunk, 0), np.float32), proprio=np.zeros(0, np.float32),
+                                       action_chunk_valid=np.zeros(chunk, bool)) if motion_only else tr)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._triplets.values())

@@ -1,0 +1,241 @@
+"""The reader's episode-level read path and the loader on it: an episode read by its own slices
+equals plain zarr-python reads and the whole-shard read; any read order yields the same
+triplets; a dataset streamed from s3:// (a directory copied there, and a published version)
+equals the local directory, through the reader and through the loader with workers; the
+verification catches a flipped byte and a deleted chunk through the new path; the loader's
+subsample-first transform equals the full computation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_pipeline_helpers import cached_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def bridge(bridge_dir) -> Path:
+    """25 Bridge episodes of 10 steps in shards of 3: episodes start at frames 0, 10, 20 of
+    their shard, inner chunks are 16 frames, so most episodes straddle a chunk boundary."""
+    out, summary = cached_run("bridge-local", bridge_dir)
+    assert summary["complete"]
+    return out
+
+
+def _assert_same_triplet(a, b) -> None:
+    assert (a.episode_id, a.anchor, a.language) == (b.episode_id, b.anchor, b.language)
+    assert sorted(a.images) == sorted(b.images) and sorted(a.motion) == sorted(b.motion) and a.motion
+    for name in a.images:
+        np.testing.assert_array_equal(a.images[name], b.images[name])
+    for name in a.motion:
+        np.testing.assert_array_equal(a.motion[name], b.motion[name], err_msg=name)
+    np.testing.assert_array_equal(a.action_chunk, b.action_chunk)
+    np.testing.assert_array_equal(a.action_chunk_valid, b.action_chunk_valid)
+    np.testing.assert_array_equal(a.proprio, b.proprio)
+
+
+def test_episode_reads_equal_plain_zarr_and_the_whole_shard(bridge):
+    import zarr
+
+    from curation import open_dataset
+    from curation.store.reader import FRAME_ARRAYS, array_names
+
+    ds = open_dataset(str(bridge))
+    straddling = 0
+    for shard in ds.shard_names:
+        whole = ds.read_shard(shard)
+        plain = zarr.open_group(str(bridge / "shards" / shard), mode="r", zarr_format=3)
+        names = array_names(plain)
+        assert sorted(whole) == names and "actions" in names and "tracks_px" in names
+        for eid in ds.episodes_of(shard):
+            r = ds.row(eid)
+            got = ds.read_episode(eid)
+            assert sorted(got) == names
+            fs, fc, as_, ac = r["frame_start"], r["frame_count"], r["anchor_start"], r["anchor_count"]
+            straddling += fs // 16 != (fs + fc - 1) // 16
+            for name in names:
+                lo, n = (fs, fc) if name.split("/")[0] in FRAME_ARRAYS else (as_, ac)
+                ref = plain[name][lo:lo + n]  # zarr-python's own read of the same slice
+                assert got[name].shape[0] == n and got[name].dtype == ref.dtype
+                np.testing.assert_array_equal(got[name], ref, err_msg=f"{shard}/{name} episode {eid}")
+                np.testing.assert_array_equal(got[name], whole[name][lo:lo + n])
+    assert straddling > 0  # the slices really cross inner-chunk boundaries
+
+
+def test_any_episode_order_reads_the_same_triplets(bridge):
+    from curation import open_dataset
+
+    ds = open_dataset(str(bridge))
+    by_episode = {}
+    for tr in ds.iter_triplets(prefetch=0):
+        by_episode.setdefault(tr.episode_id, []).append(tr)
+    order = list(np.random.default_rng(0).permutation(ds.episode_ids))
+    got = list(ds.iter_triplets(episodes=order))  # with the prefetch thread
+    assert [t.episode_id for t in got] == [e for e in order for _ in by_episode[e]]
+    for a, b in zip((t for e in order for t in by_episode[e]), got, strict=True):
+        _assert_same_triplet(a, b)
+    # stopping early stops the prefetch thread (no thread left behind)
+    import threading
+
+    it = ds.iter_triplets(episodes=order)
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name == "curated-prefetch"]
+
+
+@pytest.fixture(scope="module")
+def s3(bridge):
+    """moto's S3 server on loopback with the AWS_* environment pointing at it; the Bridge dataset
+    copied there as a directory and published there as a version."""
+    import boto3
+    import fsspec
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    from curation.registry.publish import publish
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    try:
+        host, port = server.get_host_and_port()
+        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "k",
+                     "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            mp.setenv(k, v)
+        boto3.client("s3").create_bucket(Bucket="loader")
+        fsspec.filesystem("s3").put(str(bridge), "loader/dir/bridge", recursive=True)
+        pv = publish(str(bridge), "bridge", "1.0.0", to_url="s3://loader/reg", progress=False)
+        yield {"dir": "s3://loader/dir/bridge", "published": pv.ref}
+    finally:
+        mp.undo()
+        server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_s3_streaming_equals_the_directory(bridge, s3):
+    from curation import open_dataset
+
+    local = list(open_dataset(str(bridge)).iter_triplets())
+    for ref in (s3["dir"], s3["published"]):
+        remote = open_dataset(ref)
+        assert remote.episode_ids == open_dataset(str(bridge)).episode_ids
+        got = list(remote.iter_triplets())
+        assert len(got) == len(local) > 0
+        for a, b in zip(local, got, strict=True):
+            _assert_same_triplet(a, b)
+
+
+def _samples(ref, cfg, workers: int, **kw) -> dict:
+    from policy.loader import TripletStream, make_loader
+
+    out = {}
+    for batch in make_loader(TripletStream(ref, cfg, seed=5, shuffle_buffer=8, epochs=1, **kw), 4, workers, seed=0):
+        for i, (eid, t) in enumerate(zip(batch["episode_id"], batch["anchor"])):
+            assert (eid, t) not in out
+            out[(eid, t)] = {k: batch[k][i].numpy() for k in ("image", "motion", "motion_mask", "action", "state")}
+    return out
+
+
+def test_loader_from_s3_with_workers_equals_the_directory(bridge, s3):
+    from curation import open_dataset
+    from policy.config import LaMPConfig
+    from policy.train import config_for_data
+
+    cfg = config_for_data(open_dataset(str(bridge)), LaMPConfig(d_model=32, n_heads=2, motion_points=16,
+                                                                motion_horizon=4, image_patch=8))
+    local = _samples(str(bridge), cfg, 0)
+    assert len(local) == open_dataset(str(bridge)).num_triplets()
+    for ref in (s3["published"], s3["dir"]):
+        remote = _samples(ref, cfg, 2)
+        assert sorted(remote) == sorted(local)
+        for key, sample in local.items():
+            for name, value in sample.items():
+                np.testing.assert_array_equal(value, remote[key][name], err_msg=f"{ref} {key} {name}")
+
+
+def _copy(bridge: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "ds"
+    shutil.copytree(bridge, copy)
+    return copy
+
+
+def test_flipped_byte_is_caught_by_the_episode_read_and_the_loader(bridge, tmp_path):
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+    from policy.config import LaMPConfig
+    from policy.train import config_for_data
+
+    copy = _copy(bridge, tmp_path)
+    ds = open_dataset(str(copy))
+    shard = ds.shard_names[1]
+    victim_eid = ds.episodes_of(shard)[1]
+    r = ds.row(victim_eid)
+    frames = copy / "shards" / shard / "frames"
+    cam = sorted(p.name for p in frames.iterdir() if p.is_dir())[0]
+    data_file = frames / cam / "0.0.0.0"
+    per_frame = int(np.prod(ds.read_episode(victim_eid)[f"frames/{cam}"].shape[1:]))
+    raw = bytearray(data_file.read_bytes())
+    raw[(r["frame_start"] + 2) * per_frame + 5] ^= 0x10  # a pixel of the episode's third frame
+    data_file.write_bytes(bytes(raw))
+    ds = open_dataset(str(copy))
+    with pytest.raises(DatasetIntegrityError, match=f"episode {victim_eid} in shard {shard}: its arrays do not match"):
+        ds.read_episode(victim_eid)
+    for eid in ds.episodes_of(shard):  # the chunk's other episodes are intact and read
+        if eid != victim_eid:
+            assert ds.read_episode(eid)
+    cfg = config_for_data(open_dataset(str(bridge)), LaMPConfig(d_model=32, n_heads=2, motion_points=16,
+                                                                motion_horizon=4, image_patch=8))
+    with pytest.raises(Exception, match=f"episode {victim_eid} in shard {shard}: its arrays do not match"):
+        _samples(str(copy), cfg, 2)  # raised in a DataLoader worker, re-raised here
+    assert len(_samples(str(copy), cfg, 2, verify=False)) == ds.num_triplets()  # verify=False asked for
+
+
+def test_deleted_chunk_is_caught_by_the_episode_read(bridge, tmp_path):
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    copy = _copy(bridge, tmp_path)
+    shard = open_dataset(str(copy)).shard_names[0]
+    (copy / "shards" / shard / "tracks_px" / "0.0.0.0").unlink()
+    ds = open_dataset(str(copy))
+    for eid in ds.episodes_of(shard):
+        with pytest.raises(DatasetIntegrityError, match=f"episode {eid} in shard {shard}: its arrays do not match"):
+            ds.read_episode(eid)
+
+
+def test_missing_required_array_is_named(bridge, tmp_path):
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    copy = _copy(bridge, tmp_path)
+    shard = open_dataset(str(copy)).shard_names[0]
+    shutil.rmtree(copy / "shards" / shard / "anchor_step")
+    with pytest.raises(DatasetIntegrityError, match=f"shards/{shard} has no array 'anchor_step'"):
+        list(open_dataset(str(copy)).iter_triplets())
+
+
+def test_subsample_first_transform_equals_the_full_computation():
+    from policy.loader import relative_motion, subsample_horizon, subsample_motion, subsample_points
+
+    rng = np.random.default_rng(0)
+    K, T = 36, 12
+    m = {"tracks_px": rng.normal(size=(K, T, 2)).astype(np.float32) * 9, "visible": rng.random((K, T)) > 0.3,
+         "in_range": rng.random(T) > 0.2, "valid_3d": rng.random((K, T)) > 0.4,
+         "depth_track_m": rng.random((K, T)).astype(np.float32), "points_cam_m": rng.normal(size=(K, T, 3)).astype(np.float32)}
+    m["tracks_px"][3, 5] = np.nan
+    m["depth_track_m"][7, 0] = np.nan
+    k_idx, t_idx = subsample_points(K, 9), subsample_horizon(T, 4)
+    steps = np.concatenate([[0], t_idx])
+    for repr_ in ("uvd", "xyz", "uv"):
+        full, mask, anchor = relative_motion(m, repr_)
+        sub, sub_mask, sub_anchor = relative_motion(subsample_motion(m, k_idx, steps), repr_)
+        np.testing.assert_array_equal(sub[:, 1:], full[k_idx][:, t_idx])
+        np.testing.assert_array_equal(sub_mask[:, 1:], mask[k_idx][:, t_idx])
+        np.testing.assert_array_equal(sub_anchor, anchor[k_idx])
+        assert sub_mask.any() and not sub_mask.all()
