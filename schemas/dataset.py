@@ -70,7 +70,7 @@ class ArraySpec:
     `encoding` (contract 3.x, curation/store/encodings.py): "image" (one encoded frame per inner
     chunk: the source's JPEG/PNG bytes, or PNG; decoded exactly as TFDS decodes the source),
     "fixed_point" (integers round(x * scale), NaN kept; error at most `max_abs_error` = 0.5 / scale
-    in `units`), "plain" (the dtype's bytes, exact); all but images then zstd (writer.compression).
+    in `units`, plus float32's own rounding of the decoded value, 6e-8 of it), "plain" (the dtype's bytes, exact); all but images then zstd (writer.compression).
     `scale`: fixed-point steps per unit, from the label's accuracy (a comment in the table)."""
 
     name: str  # may contain {camera}

@@ -71,6 +71,20 @@ def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
+def bound_slack(x: np.ndarray) -> np.ndarray:
+    """What float32 itself adds to a fixed-point bound: the decoded value q / scale is rounded to
+    the nearest float32, up to half its spacing away (6e-8 of the value)."""
+    return np.spacing(np.abs(x).astype(np.float32)).astype(np.float64)
+
+
+def within_bound(got: np.ndarray, want: np.ndarray, bound: float) -> np.ndarray:
+    """Where decoded `got` equals `want` within `bound` (+ float32 rounding); NaN matches NaN only."""
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(g - w) <= bound + bound_slack(want)
+    return np.where(np.isnan(g) | np.isnan(w), np.isnan(g) & np.isnan(w), close)
+
+
 def fixed_point_dtype(x: np.ndarray, scale: float) -> str:
     """int16 when every finite value fits at `scale` (the sentinel aside), else int32."""
     finite = x[np.isfinite(x)]
