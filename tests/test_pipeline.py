@@ -67,6 +67,28 @@ def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
             assert (json.loads(mine) == json.loads(theirs)) if f.name == "zarr.json" else mine == theirs, f
 
 
+def test_encoded_shards_are_byte_identical_to_zarrs(tmp_path):
+    """The direct path encodes fixed point, blosc and PNG frames exactly as zarr's codecs do."""
+    from curation.store.writer import _write_array, _write_array_fast, write_group_json
+
+    rng = np.random.default_rng(1)
+    tracks = rng.uniform(-5, 70, (21, 4, 6, 2)).astype(np.float32)
+    tracks[:, :, 4:] = np.nan
+    arrays = {"tracks_px": tracks, "visible": rng.random((21, 4, 6)) > 0.3,
+              "depth_m/cam": rng.uniform(0.2, 3, (5, 8, 8)).astype(np.float32),
+              "frames/cam": rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
+              "actions": rng.normal(size=(5, 7)).astype(np.float32)}
+    (tmp_path / "ours").mkdir()
+    write_group_json(tmp_path / "ours", {})
+    ref = zarr.open_group(str(tmp_path / "ref"), mode="w", zarr_format=3)
+    for name, a in arrays.items():
+        _write_array_fast(tmp_path / "ours", name, a, 16, "zstd")
+        _write_array(ref, name, a, 16, "zstd")
+        for f in sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref" / name).rglob("*") if p.is_file()):
+            mine, theirs = (tmp_path / "ours" / f).read_bytes(), (tmp_path / "ref" / f).read_bytes()
+            assert (json.loads(mine) == json.loads(theirs)) if f.name == "zarr.json" else mine == theirs, f
+
+
 def test_local_run_on_bridge_is_complete_valid_and_readable(bridge_dir):
     from curation.store.validate import validate_dataset
 

@@ -169,3 +169,16 @@ def test_validate_names_a_wrong_encoding_or_bound(written):
             restore()
         assert any("[encoding]" in v and "tracks_px" in v and expect in v for v in found), (expect, found)
     assert violations() == []
+
+
+def test_frames_without_source_bytes_are_lossless_png(written, tmp_path):
+    """writer.frames=png (and any camera without source bytes: pixel tensors, BGR) re-encodes the
+    pixels as PNG through the codec: exact."""
+    episodes, payloads, _, _ = written["bridge"]
+    commit_unit(tmp_path, 0, payloads, {}, frames="png")
+    group = zarr.open_group(str(tmp_path / SHARDS_DIR / "shard-00000"), mode="r")
+    for name in [n for n in payloads[0].arrays if n.startswith("frames/")]:
+        meta = json.loads((tmp_path / SHARDS_DIR / "shard-00000" / name / "zarr.json").read_text())
+        assert meta["codecs"][0]["configuration"]["codecs"][0]["configuration"]["format"] == "png"
+        assert "source_bytes" not in meta["attributes"]
+        np.testing.assert_array_equal(group[name][...], _concat(payloads, name))

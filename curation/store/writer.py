@@ -41,7 +41,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from curation.store.durable import fsync_dir, fsync_tree, replace_durably
-from curation.store.encodings import FixedPointCodec, ImageCodec, dequantize, fixed_point_dtype, quantize
+from curation.store.encodings import FixedPointCodec, ImageCodec, dequantize, encode_image, fixed_point_dtype, quantize
 from schemas.dataset import CONTRACT_VERSION, SHARDS_DIR, ArraySpec, episode_checksum, spec_for
 from schemas.episode import EncodedFrames
 
@@ -52,11 +52,11 @@ CHUNK_KEY_ENCODING = {"name": "v2", "separator": "."}
 COMMIT_RECORD = "zarr.json"  # the commit record is its "commit" attribute
 SHARD_PREFIX = "shard-"
 TMP_PREFIX = ".tmp-"
-# `writer.compression: zstd` is blosc's zstd at level 5 after its byte shuffle (both in the Zarr v3
-# spec's blosc codec): on the curated Bridge labels (int16 tracks, masks, motion images) it takes
-# 27 % fewer bytes than plain zstd level 1 (313 vs 430 KB of tracks) and still encodes at ~25 MB/s,
-# a few per cent of the labeling time (measured with numcodecs on the shards of `curate bench storage`).
-ZSTD_LEVEL = 5
+# `writer.compression: zstd` is blosc's zstd at level 3 after its byte shuffle (both in the Zarr v3
+# spec's blosc codec). On the curated Bridge labels (numcodecs, chunks of 16 anchors): int16
+# tracks take 349 KB against 430 KB with plain zstd 1; level 5 takes 313 KB but made the shard
+# write 1.25x slower (12 against 9.6 s per 1,000 frames, the old raw write 5.7 s).
+ZSTD_LEVEL = 3
 FRAME_MODES = ("source", "png")  # writer.frames: the source's own bytes where it has them, or PNG
 
 
@@ -133,28 +133,17 @@ def stored_values(name: str, data: np.ndarray) -> np.ndarray:
 
 
 def _write_array(group, name: str, data: np.ndarray, frames_per_chunk: int, compression: str) -> None:
-    """Through zarr, with the spec's codecs (encodings.py) and `compression` after them."""
+    """Through zarr, with the spec's codecs (encodings.py) and `compression` after them: the
+    reference `_write_array_fast` is tested against."""
     import zarr
 
     spec = spec_by_name(name)
-    chunks, shards = _layout(data, frames_per_chunk)
-    stored = np.dtype(fixed_point_dtype(data, spec.scale)) if spec.encoding == "fixed_point" else data.dtype
-    kwargs: dict = {"compressors": _compressor(stored) if compression == "zstd" else None}
-    if spec.encoding == "fixed_point":
-        kwargs["filters"] = [FixedPointCodec(scale=spec.scale, dtype=str(stored))]
-    elif spec.encoding == "image":  # pixels without source bytes: lossless PNG, one frame per chunk
-        chunks, shards = (1,) + data.shape[1:], (max(1, data.shape[0]),) + data.shape[1:]
-        kwargs = {"serializer": ImageCodec(format="png"), "compressors": None}
-    arr = group.create_array(
-        name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards, fill_value=_fill(data.dtype),
-        chunk_key_encoding=CHUNK_KEY_ENCODING, attributes=_attributes(spec), **kwargs,
-    )
-    if data.shape[0] == 0:
-        return
-    if kwargs["compressors"] is None and "filters" not in kwargs and "serializer" not in kwargs \
-            and data.dtype.byteorder in ("=", "<", "|"):
-        _write_raw_shard(Path(arr.store_path.store.root) / arr.store_path.path, data, chunks[0], shards[0])
-    else:
+    kwargs = _codecs_for(spec, data, compression)
+    chunks, shards = _layout_for(spec, data, frames_per_chunk)
+    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+                             fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
+                             attributes=_attributes(spec), **kwargs)
+    if data.shape[0]:
         with zarr.config.set({"array.write_empty_chunks": True}):
             arr[...] = data
 
@@ -166,31 +155,6 @@ def _compressor(stored: np.dtype):
 
     return BloscCodec(cname="zstd", clevel=ZSTD_LEVEL, shuffle="bitshuffle" if stored == np.bool_ else "shuffle",
                       typesize=stored.itemsize)
-
-
-def _write_source_images(group, name: str, shape: tuple, frames: EncodedFrames) -> None:
-    """A frame array whose inner chunks are the source's own encoded frames, one per chunk: its
-    zarr.json by zarr (codec curator.image), its one shard file written here the way zarr's
-    ShardingCodec lays it out (chunks in order, then the index of (offset, nbytes) uint64 pairs
-    and its crc32c)."""
-    import google_crc32c
-
-    spec = spec_by_name(name)
-    arr = group.create_array(
-        name, shape=shape, dtype="uint8", chunks=(1,) + tuple(shape[1:]), shards=(max(1, shape[0]),) + tuple(shape[1:]),
-        serializer=ImageCodec(format=frames.format), compressors=None, fill_value=0,
-        chunk_key_encoding=CHUNK_KEY_ENCODING, attributes=_attributes(spec, source_bytes=True),
-    )
-    if not shape[0]:
-        return
-    sizes = np.array([len(b) for b in frames.blobs], dtype="<u8")
-    index = np.stack([np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype("<u8"), sizes], axis=1)
-    index_bytes = np.ascontiguousarray(index, dtype="<u8").tobytes()
-    key = Path(arr.store_path.store.root) / arr.store_path.path / ".".join("0" for _ in shape)
-    with open(key, "wb") as f:
-        f.write(b"".join(frames.blobs))
-        f.write(index_bytes)
-        f.write(struct.pack("<I", google_crc32c.value(index_bytes)))
 
 
 def _source_frames(payloads: list["EpisodePayload"], name: str, frames: str) -> "EncodedFrames | None":
@@ -208,21 +172,37 @@ _META_TEMPLATES: dict[tuple, str] = {}
 _GROUP_JSON = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
 
 
-def _array_metadata(name: str, data: np.ndarray, frames_per_chunk: int) -> dict:
-    """zarr.json of an uncompressed sharded array: made by zarr itself once per
-    (name, dtype, trailing shape) and patched for the length, so zarr's event loop
-    is entered once per process instead of once per array."""
+def _codecs_for(spec: ArraySpec, data: np.ndarray, compression: str, image_format: str = "png") -> dict:
+    """zarr create_array codec arguments of an array: the spec's encoding, then `compression`."""
+    if spec.encoding == "image":
+        return {"serializer": ImageCodec(format=image_format), "compressors": None}
+    stored = np.dtype(fixed_point_dtype(data, spec.scale)) if spec.encoding == "fixed_point" else data.dtype
+    kwargs: dict = {"compressors": _compressor(stored) if compression == "zstd" else None}
+    if spec.encoding == "fixed_point":
+        kwargs["filters"] = [FixedPointCodec(scale=spec.scale, dtype=str(stored))]
+    return kwargs
+
+
+def _layout_for(spec: ArraySpec, data: np.ndarray, frames_per_chunk: int) -> tuple[tuple, tuple]:
+    """(inner chunk shape, shard shape): frames one per chunk, the rest `frames_per_chunk` long."""
+    if spec.encoding == "image":
+        return (1,) + data.shape[1:], (max(1, data.shape[0]),) + data.shape[1:]
+    return _layout(data, frames_per_chunk)
+
+
+def _array_metadata(name: str, data: np.ndarray, chunks: tuple, shards: tuple, kwargs: dict, attrs: dict) -> dict:
+    """zarr.json of a sharded array: made by zarr itself once per (name, dtype, trailing shape,
+    codecs, attributes) and patched for the length, so zarr's event loop is entered once per
+    process instead of once per array."""
     import zarr
 
-    chunks, shards = _layout(data, frames_per_chunk)
-    key = (name, data.dtype.str, data.shape[1:])
+    key = (name, data.dtype.str, data.shape[1:], chunks[0], json.dumps({k: _codec_json(v) for k, v in kwargs.items()}),
+           json.dumps(attrs, sort_keys=True))
     if key not in _META_TEMPLATES:
-        spec = spec_by_name(name)
         with tempfile.TemporaryDirectory() as d:
             g = zarr.open_group(d, mode="w", zarr_format=3)
-            g.create_array("a", shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards, compressors=None,
-                           fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
-                           attributes=_attributes(spec))
+            g.create_array("a", shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+                           fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING, attributes=attrs, **kwargs)
             _META_TEMPLATES[key] = (Path(d) / "a" / "zarr.json").read_text()
     meta = json.loads(_META_TEMPLATES[key])
     meta["shape"] = list(data.shape)
@@ -231,8 +211,52 @@ def _array_metadata(name: str, data: np.ndarray, frames_per_chunk: int) -> dict:
     return meta
 
 
-def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk: int) -> None:
-    """An uncompressed array without zarr's machinery: its zarr.json and one raw shard file."""
+def _codec_json(value):
+    if isinstance(value, (list, tuple)):
+        return [_codec_json(v) for v in value]
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _encoded_chunks(spec: ArraySpec, data: np.ndarray, c0: int, shard_len: int, kwargs: dict) -> list[bytes]:
+    """The inner chunks of an array's one shard, encoded as zarr's codecs would (the edge chunk
+    padded with the fill value, all zero bytes): fixed point, little-endian bytes, blosc."""
+    from numcodecs import Blosc
+
+    if spec.encoding == "image":
+        return [encode_image(frame, kwargs["serializer"].format) for frame in data]
+    pad = shard_len - data.shape[0]
+    if pad:
+        data = np.concatenate([data, np.zeros((pad,) + data.shape[1:], data.dtype)])
+    if "filters" in kwargs:
+        data = quantize(data, spec.scale, kwargs["filters"][0].dtype)
+    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+    comp = kwargs["compressors"]
+    blosc = None if comp is None else Blosc(cname="zstd", clevel=comp.clevel, blocksize=0, typesize=comp.typesize,
+                                            shuffle=Blosc.BITSHUFFLE if comp.shuffle.name == "bitshuffle" else Blosc.SHUFFLE)
+    chunks = [data[i:i + c0].tobytes() for i in range(0, shard_len, c0)]
+    return chunks if blosc is None else [bytes(blosc.encode(c)) for c in chunks]
+
+
+def _write_shard_file(array_dir: Path, ndim: int, chunks: Iterable[bytes]) -> None:
+    """One shard file laid out as zarr's ShardingCodec does: the inner chunks in order, then the
+    index of (offset, nbytes) uint64 pairs and its crc32c, with one write each."""
+    import google_crc32c
+
+    chunks = list(chunks)
+    sizes = np.array([len(c) for c in chunks], dtype="<u8")
+    index = np.stack([np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype("<u8"), sizes], axis=1)
+    index_bytes = np.ascontiguousarray(index, dtype="<u8").tobytes()
+    with open(array_dir / ".".join("0" for _ in range(ndim)), "wb") as f:
+        f.write(b"".join(chunks))
+        f.write(index_bytes)
+        f.write(struct.pack("<I", google_crc32c.value(index_bytes)))
+
+
+def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk: int, compression: str = "none",
+                      source: "EncodedFrames | None" = None) -> None:
+    """An array without zarr's machinery: its zarr.json (zarr's own, cached) and its one shard
+    file, encoded here (`_write_array` is the zarr reference the tests compare it with)."""
+    spec = spec_by_name(name)
     parts = name.split("/")
     for i in range(1, len(parts)):  # implicit parent groups (frames/, depth_m/)
         gj = root.joinpath(*parts[:i]) / "zarr.json"
@@ -241,10 +265,17 @@ def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk:
             gj.write_text(json.dumps(_GROUP_JSON, indent=2))
     adir = root / name
     os.makedirs(adir, exist_ok=True)
-    (adir / "zarr.json").write_text(json.dumps(_array_metadata(name, data, frames_per_chunk)))
-    if data.shape[0]:
-        chunks, shards = _layout(data, frames_per_chunk)
-        _write_raw_shard(adir, data, chunks[0], shards[0])
+    kwargs = _codecs_for(spec, data, compression, source.format if source is not None else "png")
+    chunks, shards = _layout_for(spec, data, frames_per_chunk)
+    attrs = _attributes(spec, source_bytes=True) if source is not None else _attributes(spec)
+    (adir / "zarr.json").write_text(json.dumps(_array_metadata(name, data, chunks, shards, kwargs, attrs)))
+    if not data.shape[0]:
+        return
+    if source is None and kwargs["compressors"] is None and "filters" not in kwargs and "serializer" not in kwargs:
+        _write_raw_shard(adir, data, chunks[0], shards[0])  # plain bytes: numpy's own write
+    else:
+        _write_shard_file(adir, data.ndim, source.blobs if source is not None else
+                          _encoded_chunks(spec, data, chunks[0], shards[0], kwargs))
 
 
 def _fill(dtype: np.dtype):
@@ -314,22 +345,9 @@ def write_shard_group(
     tmp_dir.mkdir(parents=True)
     attrs = {"contract_version": CONTRACT_VERSION, "shard": name, "episodes": [r["episode_id"] for r in rows]}
     write_group_json(tmp_dir, attrs)
-    group = None
     for arr_name in sorted(payloads[0].arrays if payloads else ()):
         data = np.concatenate([v[arr_name] for v in stored], axis=0) if len(stored) > 1 else stored[0][arr_name]
-        spec = spec_by_name(arr_name)
-        if compression == "none" and spec.encoding == "plain" and data.dtype.byteorder in ("=", "<", "|"):
-            _write_array_fast(tmp_dir, arr_name, data, frames_per_chunk)
-            continue
-        if group is None:
-            import zarr
-
-            group = zarr.open_group(str(tmp_dir), mode="a", zarr_format=3)
-        source = _source_frames(payloads, arr_name, frames)
-        if source is not None:
-            _write_source_images(group, arr_name, data.shape, source)
-        else:
-            _write_array(group, arr_name, data, frames_per_chunk, compression)
+        _write_array_fast(tmp_dir, arr_name, data, frames_per_chunk, compression, _source_frames(payloads, arr_name, frames))
     return attrs, rows
 
 
