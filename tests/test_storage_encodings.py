@@ -182,3 +182,36 @@ def test_frames_without_source_bytes_are_lossless_png(written, tmp_path):
         assert meta["codecs"][0]["configuration"]["codecs"][0]["configuration"]["format"] == "png"
         assert "source_bytes" not in meta["attributes"]
         np.testing.assert_array_equal(group[name][...], _concat(payloads, name))
+
+
+def test_a_contract_2_dataset_is_still_read_and_validated(bridge_dir, tmp_path):
+    """Contract 2.x stored the same arrays raw (no codecs but sharding and bytes, no encoding
+    attributes): rewritten that way, a curated dataset reads back the same and validates."""
+    import shutil
+
+    from curation import open_dataset
+    from curation.store.validate import validate_dataset
+    from curation.store.writer import CHUNK_KEY_ENCODING, _fill
+    from test_pipeline_helpers import cached_run
+
+    src, _ = cached_run("bridge-local", bridge_dir)
+    old = tmp_path / "v2"
+    shutil.copytree(src, old)
+    new = open_dataset(str(src))
+    for shard in sorted((old / SHARDS_DIR).iterdir()):
+        group = zarr.open_group(str(shard), mode="r+")
+        for name in [n for n in new.read_shard(shard.name)]:
+            spec, data = spec_for(name), group[name][...]
+            del group[name]
+            a = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(16,) + data.shape[1:],
+                                   compressors=None, fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
+                                   attributes={"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok})
+            a[...] = data
+        group.attrs["contract_version"] = "2.0.0"
+    info = json.loads((old / "dataset.json").read_text())
+    (old / "dataset.json").write_text(json.dumps({**info, "contract_version": "2.0.0"}))
+    assert validate_dataset(old) == []
+    ds = open_dataset(str(old))
+    for eid in new.episode_ids[:3]:
+        a, b = ds.episode_arrays(eid), new.episode_arrays(eid)
+        assert sorted(a) == sorted(b) and all(np.array_equal(a[n], b[n], equal_nan=True) for n in a)
