@@ -22,12 +22,12 @@ COMMAND_MODULES: list[str] = [
     "cli.commands.latent",
 ]
 BENCH_MODULES: list[str] = [
-    "cli.commands.simulate",
-    "cli.commands.run",
+    "cli.bench.simulate",
+    "cli.bench.pipeline",
     "cli.commands.policy",
     "cli.bench.labels",
-    "cli.commands.latent",
-    "cli.commands.inspect",
+    "cli.bench.latent",
+    "cli.bench.read",
     "cli.bench.cluster",
     "cli.bench.faults",
     "cli.bench.storage",

@@ -25,7 +25,7 @@ def open_dataset(ref: str, storage_options: Optional[dict] = None, verify: bool 
     ref = str(ref)
     if "@" not in ref.rstrip("/").rsplit("/", 1)[-1]:
         return open_directory(ref, storage_options, verify=verify)
-    from curation.registry.publish import resolve_files
+    from curation.registry.versions import resolve_files
 
     fs, root, version, files = resolve_files(ref, storage_options)
     return CuratedDataset(fs, root, ref, version, storage_options, files=files, verify=verify)

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import zarr
 
+from schemas.dataset import shard_key
+
 TABLES = ("manifest.parquet", "quarantine.parquet", "filtered.parquet")
 JSONS = ("dataset.json", "stats.json")
 # Columns that name where the source lay on this machine, or hold a traceback text.
@@ -28,8 +30,10 @@ MACHINE_JSON_KEYS = ("source", "created", "seconds", "wall", "path")
 
 
 def _table(path: Path) -> list[dict]:
+    """Rows without machine columns; sub-shard names without their attempt id (random per run)."""
     t = pq.read_table(path)
-    return t.drop([c for c in MACHINE_COLUMNS if c in t.column_names]).to_pylist()
+    rows = t.drop([c for c in MACHINE_COLUMNS if c in t.column_names]).to_pylist()
+    return [{**r, "shard": shard_key(r["shard"])} if "shard" in r else r for r in rows]
 
 
 def _strip(obj):
@@ -49,7 +53,7 @@ def _arrays(dataset: Path) -> dict[str, np.ndarray]:
         group = zarr.open_group(str(shard), mode="r")
         for name, node in group.members(max_depth=None):
             if isinstance(node, zarr.Array):
-                out[f"{shard.name}/{name}"] = node[...]
+                out[f"{shard_key(shard.name)}/{name}"] = node[...]
     return out
 
 

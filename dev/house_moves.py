@@ -113,6 +113,34 @@ NAME_MOVES = {
     "cli.output": {"to_json": "curation.formats", "markdown_table": "curation.formats", "format_table": "curation.formats"},
     "pipelines.stages": {"limit_threads": "labelers.threads"},
     "curation.sources.metaworld.rollout": {},  # constants stay importable from rollout
+    # curation/registry/publish.py split by concern (refs, storage, content, versions, gc, verify, diff)
+    "curation.registry.publish": {
+        "INDEX": "curation.registry.refs",
+        "INDEX_FORMAT": "curation.registry.refs",
+        "FILES_PREFIX": "curation.registry.refs",
+        "DEFAULT_REGISTRY": "curation.registry.refs",
+        "default_registry": "curation.registry.refs",
+        "PublishError": "curation.registry.refs",
+        "VersionConflict": "curation.registry.refs",
+        "PublishedVersion": "curation.registry.refs",
+        "parse_semver": "curation.registry.refs",
+        "split_url_name": "curation.registry.refs",
+        "parse_ref": "curation.registry.refs",
+        "content_checksum": "curation.registry.content",
+        "dataset_files": "curation.registry.content",
+        "hash_dataset": "curation.registry.content",
+        "list_versions": "curation.registry.versions",
+        "check_index_names": "curation.registry.versions",
+        "resolve_files": "curation.registry.versions",
+        "resolve": "curation.registry.versions",
+        "open_version": "curation.registry.versions",
+        "read_index": "curation.registry.versions",
+        "unfinished_publishes": "curation.registry.gc",
+        "remove_unfinished": "curation.registry.gc",
+        "VerifyResult": "curation.registry.verify",
+        "verify": "curation.registry.verify",
+        "diff": "curation.registry.diff",
+    },
 }
 
 

@@ -78,6 +78,7 @@ class DatasetDepth:
     """The episode's own metric depth (already metres in Episode.depth_m)."""
 
     name = "dataset"
+    loads_model = False  # labelers.backends.loads_model: building it loads no model
 
     def __init__(self, max_depth_m: float = np.inf):
         self.max_depth_m = float(max_depth_m)
@@ -267,10 +268,14 @@ class DepthAnythingDepth:
 DEPTH_BACKENDS: dict[str, Callable[..., DepthBackend]] = {"dataset": DatasetDepth, "depth-anything": DepthAnythingDepth}
 
 
-def get_depth_backend(name: str, **params) -> DepthBackend:
-    """The depth backend registered under `name` ("dataset", "depth-anything")."""
+def depth_class(name: str) -> Callable[..., DepthBackend]:
+    """The depth backend class registered under `name` (not built)."""
     try:
-        factory = DEPTH_BACKENDS[name]
+        return DEPTH_BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown depth backend {name!r}; choose one of {sorted(DEPTH_BACKENDS)}") from None
-    return factory(**params)
+
+
+def get_depth_backend(name: str, **params) -> DepthBackend:
+    """The depth backend registered under `name` ("dataset", "depth-anything")."""
+    return depth_class(name)(**params)

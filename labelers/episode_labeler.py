@@ -77,6 +77,16 @@ class LabelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def loads_model(self) -> bool:
+        """Whether building the labeler loads a model: a backend that declares one
+        (labelers.backends), or the latent action model."""
+        from labelers.backends import loads_model
+
+        chosen = [("depth", self.depth, self.depth_params), ("tracker", self.tracker, self.tracker_params)]
+        if self.flow:
+            chosen.append(("flow", self.flow, self.flow_params))
+        return any(loads_model(*c) for c in chosen) or bool(self.latent_checkpoint)
+
     @classmethod
     def from_dict(cls, d: dict) -> "LabelConfig":
         d = check_keys(cls, d, "label config key(s)")

@@ -69,6 +69,7 @@ class DISFlow:
     """
 
     name = "dis"
+    loads_model = False  # labelers.backends.loads_model: building it loads no model
     _PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
 
     def __init__(
@@ -130,6 +131,7 @@ class FarnebackFlow:
     """OpenCV Farneback flow with explicit parameters (defaults suit 128-256 px)."""
 
     name = "farneback"
+    loads_model = False  # labelers.backends.loads_model: building it loads no model
 
     def __init__(
         self,
@@ -163,13 +165,17 @@ class FarnebackFlow:
 FLOW_BACKENDS: dict[str, Callable[..., FlowBackend]] = {"dis": DISFlow, "farneback": FarnebackFlow}
 
 
-def get_flow_backend(name: str, **params) -> FlowBackend:
-    """The flow backend registered under `name`, built with `params`."""
+def flow_class(name: str) -> Callable[..., FlowBackend]:
+    """The flow backend class registered under `name` (not built)."""
     try:
-        factory = FLOW_BACKENDS[name]
+        return FLOW_BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown flow backend {name!r}; choose one of {sorted(FLOW_BACKENDS)}") from None
-    return factory(**params)
+
+
+def get_flow_backend(name: str, **params) -> FlowBackend:
+    """The flow backend registered under `name`, built with `params`."""
+    return flow_class(name)(**params)
 
 
 # ---------------------------------------------------------------- encodings

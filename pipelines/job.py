@@ -23,7 +23,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
-from curation.store.durable import fsync_dir, replace_durably
+from schemas.durable import fsync_dir, replace_durably
 from curation.store.lock import JOB_DIR, DatasetBusy
 from curation.store.lock import dataset_lock as store_lock
 from curation.store.writer import (
@@ -34,7 +34,7 @@ from pipelines.config import ConfigError, JobConfig
 from pipelines.engines.local import Failure
 from pipelines.preflight import check_job
 from pipelines.stages import (
-    ATTEMPTS_DIR, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row,
+    ATTEMPTS_DIR, TRACEBACK_CHARS, FingerprintUnit, ProcessUnit, UnitTask, plan_units, quarantine_row,
 )
 from schemas.dataset import (
     CONTRACT_VERSION, DATASET_JSON, FILTERED, FILTERED_SCHEMA, MANIFEST, MANIFEST_SCHEMA, QUARANTINE,
@@ -224,7 +224,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
     path = job_dir / "dedup.json"
     if path.is_file():
         return json.loads(path.read_text())["dropped"], 0.0
-    from curation.selection.dedup import DedupConfig, find_duplicates
+    from curation.selection.dedup import DedupConfig, Fingerprint, find_duplicates
 
     t0 = time.perf_counter()
     fps: dict = {}
@@ -237,7 +237,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
         if isinstance(res, Failure):
             log.warning("fingerprint pass failed for %s: %s", _unit.describe(), res.error.splitlines()[-1])
             continue
-        fps.update(res["fingerprints"])
+        fps.update({eid: Fingerprint.from_record(rec) for eid, rec in res["fingerprints"].items()})
     pairs = find_duplicates(fps, DedupConfig.from_dict(cfg.curation.dedup))
     dropped = {p.dropped: {"kept": p.kept, "kind": p.kind, "distance": int(p.distance)} for p in pairs}
     write_json_atomic(path, {"dropped": dropped, "fingerprinted": len(fps)})
@@ -247,7 +247,7 @@ def _dedup_pass(engine, cfg: JobConfig, units: list[UnitTask], job_dir: Path, pr
 def _failure_rows(src, task: UnitTask, error: str) -> list[dict]:
     last = error.strip().splitlines()[-1] if error.strip() else "unit failed"
     return [quarantine_row(Provenance(src.name, src.version, task.split, i, task.file, getattr(src, "source_url", "")),
-                           "unit", f"unit failed, shard not committed: {last}", error[-2000:])
+                           "unit", f"unit failed, shard not committed: {last}", error[-TRACEBACK_CHARS:])
             for i in range(task.start, task.stop)]
 
 

@@ -68,7 +68,7 @@ def check_backends(labels: dict) -> None:
         if factory is None:
             raise ConfigError(f"labels.{key}", name, f"unknown {key} backend; choose one of {', '.join(registry)}")
         check_params(f"labels.{key}_params", name, factory, params)
-        if not getattr(factory, "loads_model", False):
+        if not factory.loads_model:
             try:  # no model to load: building it is cheap and runs the backend's own checks
                 factory(**params)
             except (TypeError, ValueError) as exc:

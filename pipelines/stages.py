@@ -57,6 +57,33 @@ class UnitTask:
         return f"unit {self.group} ({self.split}[{self.start}:{self.stop}] {self.file})"
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one call of a stage needs, declared by the stage and read by the engines (they size
+    their pools and place the work from it; none of them knows what a stage does):
+    `cpus` and `gpus` per call, `model` when the stage holds a model best loaded once per
+    worker (then the Ray engine runs it in an actor pool)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    model: bool = False
+
+
+CPU_STAGE = Resources()  # a plain function handed to an engine: one core, no model
+
+
+def resources_of(stage: Callable) -> Resources:
+    """The resources a stage declares (its `resources` attribute); a plain function is a CPU_STAGE."""
+    return getattr(stage, "resources", CPU_STAGE)
+
+
+def label_resources(cfg: JobConfig) -> Resources:
+    """The label stage of the job: a model to load once when a chosen backend declares one
+    (labelers.backends), `engine.num_gpus["label"]` GPUs per worker. Its calls are made from inside
+    a unit task, which holds the CPU: no CPU of its own."""
+    return Resources(cpus=0.0, gpus=float(cfg.engine.num_gpus.get("label", 0.0)), model=cfg.label_config().loads_model())
+
+
 # ---------------------------------------------------------------------------------------
 # Source access (cached per process: a worker opens a dataset once)
 # ---------------------------------------------------------------------------------------
@@ -146,10 +173,15 @@ def _short_tb(exc: BaseException) -> str:
     return text[-TRACEBACK_CHARS:]
 
 
+# Mixes the job seed into the episode's id for its seed: a prime above any seed a config sets, so
+# distinct job seeds move every episode's seed (numpy seeds are 32-bit: the result is taken mod 2**32).
+SEED_MULTIPLIER = 1_000_003
+
+
 def _set_seeds(seed: int, episode_id: str) -> None:
     """Per-episode seed, so a labeler with randomness gives the same labels on any
     engine, worker and retry."""
-    s = (int(seed) * 1_000_003 + int(episode_id, 16)) % (2**32)
+    s = (int(seed) * SEED_MULTIPLIER + int(episode_id, 16)) % (2**32)
     np.random.seed(s)
     if "torch" in sys.modules:
         sys.modules["torch"].manual_seed(s)
@@ -160,8 +192,11 @@ def _set_seeds(seed: int, episode_id: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 class FingerprintUnit:
-    """UnitTask -> {"group", "fingerprints": {episode_id: Fingerprint}, "seconds"}.
-    Bad episodes are skipped here; pass 2 quarantines them."""
+    """UnitTask -> {"group", "fingerprints": {episode_id: Fingerprint.to_record()}, "seconds"}:
+    plain JSON-able data, whatever the engine ships results with. Bad episodes are skipped here;
+    pass 2 quarantines them."""
+
+    resources = CPU_STAGE
 
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
@@ -179,7 +214,7 @@ class FingerprintUnit:
                 if isinstance(item, Episode):
                     try:
                         item.check()
-                        fps[item.episode_id] = fingerprint(item, dcfg)
+                        fps[item.episode_id] = fingerprint(item, dcfg).to_record()
                     except Exception:  # noqa: BLE001 - pass 2 records the error
                         continue
         except Exception as exc:  # noqa: BLE001
@@ -278,6 +313,8 @@ class ProcessUnit:
     `labeler`: a callable Episode -> EpisodeLabels; None uses this process's own
     EpisodeLabeler (the Ray engine passes a proxy to its labeler actor pool).
     `duplicates`: {dropped episode_id: {"kept", "kind", "distance"}} from pass 1."""
+
+    resources = CPU_STAGE
 
     def __init__(self, cfg: JobConfig, out_dir: str, duplicates: dict | None = None,
                  labeler: Callable[[Episode], EpisodeLabels] | None = None):

@@ -29,6 +29,24 @@ MOTION_REPRS = ("uvd", "xyz", "uv")
 # (LaMP's ablation of 3D scene flow), pixel displacement only.
 MOTION_CHANNELS = {"uvd": 3, "xyz": 3, "uv": 2}
 NORM_MODES = ("mean_std", "quantile")
+# What is trained beside the two experts (policy/variants.py). "lamp" is the dual-expert trainer
+# itself: scratch, none, lamp, lamp_gt and lamp_2d of the motion-prior experiment differ only by
+# fusion and stage 1. Each other name adds its own parts (heads, a pretraining phase).
+VARIANTS = ("lamp", "motion_image", "action_prior", "lafp")  # lafp: latent action flow policy (policy/lafp.py)
+# Each variant's own fields of LaMPConfig: a stage-2 run takes them from its config, not from the
+# stage-1 checkpoint it starts from (policy/train.py config_from_init).
+VARIANT_FIELDS: dict[str, tuple[str, ...]] = {
+    "lamp": (),
+    "motion_image": ("motion_image_grid", "motion_image_layers", "motion_image_weight"),
+    "action_prior": ("prior_history", "prior_layers", "prior_distill_weight", "prior_distill_frac"),
+    "lafp": (),
+}
+# Training phases: the two of the dual-expert trainer, then those a variant adds.
+PHASES = ("motion", "action", "prior", "latent")  # prior: action_prior's stage 1; latent: lafp's (policy/lafp.py)
+# Phases that read no actions (frames, language and labels only): the action-free corpus's.
+ACTION_FREE_PHASES = ("motion", "latent")
+# Stage-2 choices a run takes from its own config over the stage-1 checkpoint's (config_from_init).
+STAGE2_FIELDS = ("fusion", "n_action_steps", "num_inference_steps", "lafp_interp")
 
 
 @dataclass
@@ -67,12 +85,36 @@ class LaMPConfig:
     # --- fusion of motion features into the VL tokens ---
     fusion: str = "gated_sigmoid"  # gated_sigmoid (LaMP) | gated_tanh (Flamingo) | concat | add | none
 
+    # --- variant: the parts beside the two experts (policy/variants.py) ---
+    variant: str = "lamp"
+    # motion_image (policy/motion_image_head.py): the anchor's optical flow pooled to G x G cells
+    motion_image_grid: int = 8  # G; 8 = one cell per image token at 96 px with 12 px patches
+    motion_image_layers: int = 2  # the head is lighter than the experts (3 layers): it is only a training signal
+    motion_image_weight: float = 1.0  # loss = action + weight * motion image; the paper sums the two
+    # action_prior (policy/action_prior.py): history encoder + distillation of the VL latent
+    prior_history: int = 8  # H past actions: two anchors back at the curated stride of 4 steps
+    prior_layers: int = 2
+    prior_distill_weight: float = 1.0
+    prior_distill_frac: float = 0.3  # KD in the first 30 % of stage 2 ("early-stage latent distillation")
+
     # --- action expert ---
     action_layers: int = 3
     num_inference_steps: int = 10  # Euler steps from t = 1 (noise) to t = 0 (actions)
 
+    # --- latent action flow policy (variant lafp, policy/lafp.py) ---
+    latent_tokens: int = 4  # L: tokens per latent action (from the latent action model; its presets use 4)
+    latent_dim: int = 8  # c: numbers per code vector (from the latent action model; `small` uses 8)
+    latent_codebook: tuple = ()  # V x c code vectors of that model (from it: `curate policy train --latent-checkpoint`)
+    latent_layers: int = 2  # Latent Expert depth: L = 4 tokens of 8 numbers need less than the C x A chunk's 3
+    # Euler steps of the latent policy, also run in every decoder training step (no gradient): with 10
+    # that step cost 2.2x the `none` variant's on one core, with 4 1.6x (`curate bench policy`, 96 px).
+    latent_inference_steps: int = 4
+    lafp_interp: float = 0.5  # decoder training input: sampled latent moved this far towards the demo's (0..1)
+
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.motion_repr not in MOTION_REPRS:
@@ -83,12 +125,26 @@ class LaMPConfig:
             raise ValueError("d_model must be divisible by n_heads")
         if not 0 < self.motion_tau < 1:
             raise ValueError("motion_tau must be in (0, 1)")
+        if self.motion_image_grid < 1 or self.prior_history < 1:
+            raise ValueError("motion_image_grid and prior_history must be >= 1")
+        if not 0 <= self.prior_distill_frac <= 1:
+            raise ValueError("prior_distill_frac must be in [0, 1]")
         if self.n_action_steps > self.chunk_size:
             raise ValueError("n_action_steps must be <= chunk_size")
+        self.latent_codebook = tuple(tuple(float(x) for x in row) for row in self.latent_codebook)
+        if any(len(row) != self.latent_dim for row in self.latent_codebook):
+            raise ValueError(f"latent_codebook rows must have latent_dim = {self.latent_dim} numbers")
+        if not 0.0 <= self.lafp_interp <= 1.0:
+            raise ValueError(f"lafp_interp must be in [0, 1], got {self.lafp_interp}")
 
     @property
     def uses_motion(self) -> bool:
         return self.fusion != "none"
+
+    @property
+    def latent_codes(self) -> int:
+        """V: codes in the latent action model's codebook."""
+        return len(self.latent_codebook)
 
     @property
     def motion_channels(self) -> int:
@@ -98,7 +154,7 @@ class LaMPConfig:
 
 @dataclass
 class TrainConfig:
-    phase: str = "motion"  # motion | action
+    phase: str = "motion"  # one of PHASES: motion | action, or a variant's own pretraining phase
     steps: int = 3000
     batch_size: int = 32
     lr: float = 3e-4  # LaMP stage 2 uses 1e-4 on a pretrained VLM; small models from scratch like more
@@ -116,8 +172,8 @@ class TrainConfig:
     train_vl_in_action_phase: bool = True  # LaMP freezes its VLM; our compact encoder is small and learns
 
     def __post_init__(self) -> None:
-        if self.phase not in ("motion", "action"):
-            raise ValueError(f"phase must be motion or action, got {self.phase!r}")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
         self.betas = tuple(float(b) for b in self.betas)
 
 

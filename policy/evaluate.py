@@ -114,7 +114,7 @@ def evaluate(checkpoint: str, tasks: Sequence[str], episodes: int, max_steps: in
     total = sum(r["successes"] for r in rows)
     n = sum(r["episodes"] for r in rows)
     lo, hi = wilson_interval(total, n)
-    return {"checkpoint": str(checkpoint), "fusion": policy.config.fusion, "dataset_version": state.get("dataset_version"),
+    return {"checkpoint": str(checkpoint), "fusion": policy.config.fusion, "variant": policy.config.variant, "dataset_version": state.get("dataset_version"),
             "step": state.get("step"), "camera": camera, "image_size": [H, W], "max_steps": max_steps,
             "eval_seed": eval_seed, "tasks": rows,
             "overall": {"episodes": n, "successes": total, "success_rate": total / max(1, n), "ci95_low": lo, "ci95_high": hi}}

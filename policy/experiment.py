@@ -5,6 +5,8 @@
           prerequisites are placed just before its first use):
             simulate corpus ─► curate run (one per label set) ─► publish ─► stage 1 (motion only)
             simulate demos (per regime) ─► curate run ─► publish
+            (label set "latent": simulate corpus ─► curate latent train ─► curate run of the corpus
+             and of the demos with its tokens ─► publish ─► stage 1 in the variant's own phase)
             train action (variant, regime, seed) ─► evaluate (same layouts for every variant)
       └─► each step is one `curate ...` command in a subprocess; a step whose marker
           WORKDIR/done/<step>.json exists is skipped, so stopping the plan anywhere and starting
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from policy.experiment_plan import Layout, Plan, Step
+from policy.experiment_plan import LATENT_LABEL_SET, Layout, Plan, Step
 from policy.experiment_results import write_outputs
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,15 @@ def _publish(lay: Layout, name: str, cur_out: Path, dataset: str, version: str) 
                                   "--to", lay.registry()])
 
 
+def _latent_train(plan: Plan, sim_out: Path, out: Path) -> Step:
+    """`curate latent train` on the corpus's frames (its own reader: no curation needed first)."""
+    la = plan.latent_actions
+    argv = ["latent", "train", "--source", str(sim_out / "metaworld_sim" / "1.0.0"), "--out", str(out),
+            "--steps", str(la.steps), "--gap", str(la.gap), "--seed", str(la.seed), "--threads", str(plan.threads),
+            "--json"]
+    return Step("latent/train", "latent", argv)
+
+
 def run_config(plan: Plan, name: str, policy: dict, train: dict) -> Path:
     """The plan's model config with a run's overrides merged in, written to WORKDIR/configs/NAME.yaml."""
     import yaml
@@ -92,51 +103,62 @@ def plan_steps(plan: Plan) -> list[Step]:
 
     def need_corpus(label_set: str) -> str:
         add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
+        sets = need_latent_model() if label_set == LATENT_LABEL_SET else c.label_sets[label_set]
         cur = w / "cur" / f"corpus-{label_set}"
-        add(_curate(plan, f"curate/corpus-{label_set}", w / "sim" / "corpus", cur, c.episodes_per_shard,
-                    c.label_sets[label_set]))
+        add(_curate(plan, f"curate/corpus-{label_set}", w / "sim" / "corpus", cur, c.episodes_per_shard, sets))
         add(_publish(lay, f"publish/corpus-{label_set}", cur, lay.corpus_name(label_set), c.version))
         return lay.ref(lay.corpus_name(label_set), c.version)
 
-    def need_demos(regime: int) -> str:
+    def need_demos(regime: int, latent: bool = False) -> str:
         sim = w / "sim" / f"demos{regime}"
         add(_simulate(plan, f"simulate/demos{regime}", d, regime, sim))
-        cur = w / "cur" / f"demos{regime}"
-        add(_curate(plan, f"curate/demos{regime}", sim, cur, d.episodes_per_shard, []))
-        add(_publish(lay, f"publish/demos{regime}", cur, lay.demos_name(regime), d.version))
-        return lay.ref(lay.demos_name(regime), d.version)
+        tag = f"demos{regime}" + (f"-{LATENT_LABEL_SET}" if latent else "")
+        name = lay.demos_name(regime) + (f"-{LATENT_LABEL_SET}" if latent else "")
+        add(_curate(plan, f"curate/{tag}", sim, w / "cur" / tag, d.episodes_per_shard, need_latent_model() if latent else []))
+        add(_publish(lay, f"publish/{tag}", w / "cur" / tag, name, d.version))
+        return lay.ref(name, d.version)
+
+    def need_latent_model() -> list[str]:
+        """The latent action model trained on the corpus's frames; the --set that labels with it."""
+        add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
+        add(_latent_train(plan, w / "sim" / "corpus", lay.latent_model_dir()))
+        return [*plan.latent_actions.label_set, f"labels.latent_checkpoint={lay.latent_model_dir()}"]
 
     def need_stage1(name: str) -> Path:
         s1 = plan.stage1[name]
+        init = need_stage1(s1.init) if s1.init else None
         ref = need_corpus(s1.label_set)
         cfg = run_config(plan, f"stage1-{name}", s1.policy, s1.train)
         out = lay.stage1_dir(name)
-        add(Step(f"stage1/{name}", "stage1", ["policy", "train", "--data", ref, "--phase", "motion", "--config", str(cfg),
-                                              "--steps", str(s1.steps), "--seed", "0", "--threads", str(plan.threads),
-                                              "--out", str(out), "--json"]))
+        argv = ["policy", "train", "--data", ref, "--phase", s1.phase, "--config", str(cfg), "--steps", str(s1.steps),
+                "--seed", "0", "--threads", str(plan.threads), "--out", str(out), "--json"]
+        if s1.label_set == LATENT_LABEL_SET:
+            argv += ["--latent-checkpoint", str(lay.latent_model_dir())]
+        add(Step(f"stage1/{name}", "stage1", argv + (["--init", str(init)] if init is not None else [])))
         return out
 
     e = plan.eval
-    for regime in plan.regimes:
-        for seed in plan.seeds:
-            for vname, v in plan.variants.items():
-                ref = need_demos(regime)
-                init = need_stage1(v.stage1) if v.stage1 else None
-                cfg = run_config(plan, vname, v.policy, v.train)
-                out = lay.run_dir(vname, regime, seed)
-                key = {"variant": vname, "regime": regime, "seed": seed}
-                argv = ["policy", "train", "--data", ref, "--phase", "action", "--config", str(cfg),
-                        "--steps", str(plan.action_steps[regime]), "--seed", str(seed), "--threads", str(plan.threads),
-                        "--fusion", v.fusion, "--out", str(out), "--json"]
-                if init is not None:
-                    argv += ["--init", str(init)]
-                add(Step(f"train/{vname}@{regime}/s{seed}", "train", argv, key=key))
-                strips = lay.strips(vname, regime, seed)
-                add(Step(f"eval/{vname}@{regime}/s{seed}", "eval",
-                         ["policy", "eval", "--checkpoint", str(out), *[a for t in d.tasks for a in ("--task", t)],
-                          "--episodes", str(e.episodes), "--max-steps", str(e.max_steps), "--eval-seed", str(e.seed),
-                          "--threads", str(plan.threads), "--strips", str(strips), "--json"],
-                         stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key))
+    order = [(regime, seed, vname, v) for wave in sorted({v.wave for v in plan.variants.values()})
+             for regime in plan.regimes for seed in plan.seeds for vname, v in plan.variants.items() if v.wave == wave]
+    for regime, seed, vname, v in order:
+        latent = v.stage1 is not None and plan.stage1[v.stage1].label_set == LATENT_LABEL_SET
+        ref = need_demos(regime, latent)
+        init = need_stage1(v.stage1) if v.stage1 else None
+        cfg = run_config(plan, vname, v.policy, v.train)
+        out = lay.run_dir(vname, regime, seed)
+        key = {"variant": vname, "regime": regime, "seed": seed}
+        argv = ["policy", "train", "--data", ref, "--phase", "action", "--config", str(cfg),
+                "--steps", str(plan.action_steps[regime]), "--seed", str(seed), "--threads", str(plan.threads),
+                "--fusion", v.fusion, "--out", str(out), "--json"]
+        if init is not None:
+            argv += ["--init", str(init)]
+        add(Step(f"train/{vname}@{regime}/s{seed}", "train", argv, key=key))
+        strips = lay.strips(vname, regime, seed)
+        add(Step(f"eval/{vname}@{regime}/s{seed}", "eval",
+                 ["policy", "eval", "--checkpoint", str(out), *[a for t in d.tasks for a in ("--task", t)],
+                  "--episodes", str(e.episodes), "--max-steps", str(e.max_steps), "--eval-seed", str(e.seed),
+                  "--threads", str(plan.threads), "--strips", str(strips), "--json"],
+                 stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key))
     return steps
 
 

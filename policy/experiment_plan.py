@@ -16,15 +16,28 @@
     regimes: [5, 20]                         # demonstrations per target task
     stage1:                                  # pretraining runs: name -> label set, steps, overrides
       uvd: {label_set: ours, steps: 3000, policy: {motion_repr: uvd}}
+      actions: {label_set: ours, steps: 3000, phase: prior, init: uvd, policy: {variant: action_prior}}
     variants:                                # stage 2: name -> stage1 (null = scratch) + fusion
       lamp: {stage1: uvd, fusion: gated_sigmoid}
+      action_prior: {stage1: actions, fusion: none, wave: 1, policy: {variant: action_prior}}
+    latent_actions:                          # optional: label set "latent" (variant lafp)
+      steps: 1500                            # `curate latent train` on the corpus's frames
+      gap: 8
+      label_set: [labels.motion_source=ground_truth]  # --set of the corpus and demos curated with its tokens
     action_steps: {5: 1500, 20: 3000}        # per regime
     seeds: [0, 1, 2]                         # action-phase seeds
     eval: {episodes: 50, seed: 10000, max_steps: 150}
     paired_against: [none, scratch]
 
 A variant or stage-1 entry may carry `policy:` and `train:` override dicts (merged over `config`),
-so a later variant is a new entry, not new code. `Layout` says where every output lives under the
+so a later variant is a new entry, not new code. A stage-1 entry trains phase `motion` unless it
+names another (`prior`: a variant's own pretraining) and may start from another stage-1 run
+(`init`). A variant's `wave` orders the plan as it grew: every step of wave 0 (regime, seed,
+variant) comes before any of wave 1, so variants added to a running plan append their steps and
+leave the order of the existing ones as it was. A stage-1 entry on label set "latent" (the
+corpus curated again with the tokens of a latent action model trained on it, `latent_actions`)
+trains with that model's codebook, and the variants that start from it train on the demos curated
+with the same tokens. `Layout` says where every output lives under the
 workdir, `Step` is one command of the plan. Nothing here runs anything (policy/experiment.py).
 """
 
@@ -36,6 +49,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 FUSIONS_NEEDING_STAGE1 = ("gated_sigmoid", "gated_tanh", "concat", "add")
+LATENT_LABEL_SET = "latent"  # the label set `latent_actions` defines (not one of corpus.label_sets)
 
 
 @dataclass
@@ -64,14 +78,28 @@ class Demos:
 class Stage1:
     label_set: str
     steps: int
+    phase: str = "motion"  # motion, or a variant's own pretraining phase (policy.config.PHASES)
+    init: Optional[str] = None  # another stage-1 entry to start from
     policy: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LatentActions:
+    """The latent action model of label set "latent": trained on the corpus's frames, then the
+    corpus and the demos are curated again with its tokens (plus `label_set`'s --set)."""
+
+    steps: int = 1500
+    gap: int = 8
+    seed: int = 0
+    label_set: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Variant:
     stage1: Optional[str]
     fusion: str = "none"
+    wave: int = 0  # variants added to a running plan take a later wave (see the module docstring)
     policy: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -102,6 +130,7 @@ class Plan:
     curate: list[str] = field(default_factory=lambda: ["curation.dedup=null"])
     paired_against: list[str] = field(default_factory=lambda: ["none", "scratch"])
     threads: int = 1
+    latent_actions: Optional[LatentActions] = None
     raw: dict = field(default_factory=dict)
 
 
@@ -144,6 +173,8 @@ def load_plan(path: str | Path) -> Plan:
             setattr(plan, key, list(d.pop(key)))
     if "threads" in d:
         plan.threads = int(d.pop("threads"))
+    if d.get("latent_actions") is not None:
+        plan.latent_actions = _build(LatentActions, d.pop("latent_actions"), f"{path}: latent_actions")
     if d:
         raise ValueError(f"{path}: unknown keys {sorted(d)}")
     check_plan(plan)
@@ -153,9 +184,23 @@ def load_plan(path: str | Path) -> Plan:
 def check_plan(plan: Plan) -> None:
     """Every name a plan refers to exists; the schedule covers every regime."""
     where = str(plan.path)
+    from policy.config import PHASES
+
+    sets = sorted(plan.corpus.label_sets) + ([LATENT_LABEL_SET] if plan.latent_actions is not None else [])
     for name, s1 in plan.stage1.items():
-        if s1.label_set not in plan.corpus.label_sets:
-            raise ValueError(f"{where}: stage1.{name} uses label set {s1.label_set!r}; have {sorted(plan.corpus.label_sets)}")
+        if s1.label_set not in sets:
+            raise ValueError(f"{where}: stage1.{name} uses label set {s1.label_set!r}; have {sets}"
+                             + ("" if plan.latent_actions else f" ({LATENT_LABEL_SET!r} needs a latent_actions section)"))
+        if s1.phase not in PHASES or s1.phase == "action":
+            raise ValueError(f"{where}: stage1.{name} trains phase {s1.phase!r}; a pretraining phase is one of "
+                             f"{[p for p in PHASES if p != 'action']}")
+        chain, at = [name], s1.init
+        while at is not None:
+            if at not in plan.stage1 or at in chain:
+                raise ValueError(f"{where}: stage1.{name} starts from {at!r}: " +
+                                 ("a cycle" if at in chain else f"not a stage1 entry; have {sorted(plan.stage1)}"))
+            chain.append(at)
+            at = plan.stage1[at].init
     for name, v in plan.variants.items():
         if v.stage1 is not None and v.stage1 not in plan.stage1:
             raise ValueError(f"{where}: variant {name} starts from stage1 {v.stage1!r}; have {sorted(plan.stage1)}")
@@ -174,7 +219,7 @@ def check_plan(plan: Plan) -> None:
 @dataclass
 class Step:
     name: str  # e.g. "train/lamp@5/s0"
-    kind: str  # simulate | curate | publish | stage1 | train | eval
+    kind: str  # simulate | latent | curate | publish | stage1 | train | eval
     argv: list[str]  # arguments of `curate`
     stdout: Optional[Path] = None  # where the command's stdout goes (evaluation JSON), written atomically
     clean: Optional[Path] = None  # removed before a (re)run: a step that cannot resume starts over
@@ -211,6 +256,9 @@ class Layout:
 
     def run_dir(self, variant: str, regime: int, seed: int) -> Path:
         return self.w / "runs" / f"{variant}@{regime}-s{seed}"
+
+    def latent_model_dir(self) -> Path:
+        return self.w / "runs" / "latent-actions"
 
     def stage1_dir(self, name: str) -> Path:
         return self.w / "runs" / f"stage1-{name}"

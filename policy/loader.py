@@ -42,7 +42,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from policy.config import MOTION_CHANNELS, LaMPConfig
+from policy.action_history import with_action_history
 from policy.normalize import center_scale
+from policy.variants import action_history_length, sample_fields
 
 
 def source_stats(stats: Mapping[str, Any], dataset_name: Optional[str] = None,
@@ -120,6 +122,8 @@ class TripletTransform:
         Hd, Wd = img_size_of(tr, cam)
         uv = anchor_px[self.k_idx] / np.array([Wd, Hd], np.float32) * 2.0 - 1.0
         out["anchor_uv"] = np.nan_to_num(uv).astype(np.float32)
+        if cfg.variant != "lamp":
+            out.update(sample_fields(cfg, self, tr))
         return out
 
     def state_and_actions(self, tr) -> dict[str, np.ndarray]:
@@ -285,9 +289,14 @@ class TripletStream(IterableDataset):
         return self._ds
 
     def read(self, ds, shards: Sequence[str], chunk: int):
-        """The reader's triplets of `shards`; in motion-only mode without actions or proprio."""
+        """The reader's triplets of `shards`, in the reader's order; in motion-only mode without
+        actions or proprio. A variant that needs past actions has them attached here, before any
+        split or shuffle, while each episode's anchors still come in order."""
         if self.motion_only:
             return ds.iter_triplets(shards=shards, chunk=chunk, motion_only=True)
+        history = action_history_length(self.cfg)
+        if history:
+            return with_action_history(ds.iter_triplets(shards=shards, chunk=chunk), history)
         return ds.iter_triplets(shards=shards, chunk=chunk)
 
     def __getstate__(self):  # workers reopen the dataset lazily

@@ -6,6 +6,8 @@
                        Motion Expert: noise ─Euler→ tau ─forward→ hidden ─► fusion (gated x-attn
                                                                            │     / concat / add / none)
                                                                            ▼
+                                              guided VL tokens (+ a variant's context tokens)
+                                                                           ▼
                           state, noisy chunk ─► Action Expert (joint attention with guided VL)
                                                         │ 10 Euler steps, t = 1 → 0
                                                         ▼
@@ -20,6 +22,10 @@ Batches are dicts of tensors (see policy/loader.py `collate`):
   image B 3 H W uint8, language list[str], state B P, action B C A, action_valid B C,
   motion B K T 3, motion_mask B K T 3, anchor_uv B K 2     (all normalised by the loader)
 Normalisation statistics live in buffers, so a checkpoint alone is enough to act.
+
+Variants (LaMPConfig.variant, policy/variants.py) plug in beside this diagram: extra context
+tokens after the guided VL tokens, extra loss terms in phase "action", pretraining phases of their
+own. The default "lamp" builds none of them, and every hook below is then skipped.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from policy.config import LaMPConfig
 from policy.gated_xattn import build_fusion
 from policy.motion_expert import MotionExpert
 from policy.normalize import center_scale
+from policy.variants import build_variant_parts
 from policy.vl_encoder import build_vl_encoder
 
 
@@ -57,6 +64,7 @@ class LaMPPolicy(nn.Module):
         self.register_buffer("query_uv", torch.zeros(cfg.motion_points, 2))  # K 2 in [-1, 1]
         if stats is not None:
             self.set_stats(stats)
+        self.extra = build_variant_parts(cfg)  # built last: the base modules' initial weights stay as they are
         self.phase = "action"
         self._queue: deque = deque()
         self._generator: Optional[torch.Generator] = None
@@ -79,24 +87,32 @@ class LaMPPolicy(nn.Module):
 
     def set_phase(self, phase: str, train_vl: bool = True) -> None:
         """Select the loss and freeze what the phase does not train."""
-        if phase not in ("motion", "action"):
-            raise ValueError(phase)
+        own = self.extra.phases if self.extra is not None else ()
+        if phase not in ("motion", "action", *own):
+            raise ValueError(f"phase {phase!r}: variant {self.config.variant} trains motion, action{''.join(', ' + p for p in own)}")
         self.phase = phase
         self.requires_grad_(False)
         if phase == "motion":
             self.vl_encoder.requires_grad_(True)
             self.motion_expert.requires_grad_(True)
-        else:
+        elif phase == "action":
             self.fusion.requires_grad_(True)
             self.action_expert.requires_grad_(True)
             self.vl_encoder.requires_grad_(train_vl)
+        if self.extra is not None:
+            self.extra.trainable(self, phase)
         if getattr(self.vl_encoder, "frozen", False):  # a frozen pretrained VLM stays frozen; its projections learn
             self.vl_encoder.model.requires_grad_(False)
 
+    def at_step(self, step: int, total: int) -> None:
+        """The trainer is about to run step `step` of `total` (a variant's schedules follow it)."""
+        if self.extra is not None:
+            self.extra.at_step(step, total)
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.phase == "action":
-            self.motion_expert.eval()  # frozen in stage 2
+        if self.phase != "motion":
+            self.motion_expert.eval()  # frozen in stage 2 (and in a variant's own phases)
         return self
 
     # ------------------------------------------------------------------ model
@@ -115,9 +131,21 @@ class LaMPPolicy(nn.Module):
         return h
 
     def guided_tokens(self, batch: Mapping[str, Any], generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+        """The tokens the Action Expert attends to: B N(+X) D and their padding."""
+        return self.conditioning(batch, generator)[2:]
+
+    def conditioning(self, batch: Mapping[str, Any], generator: Optional[torch.Generator] = None):
+        """(VL tokens B N D, their padding B N, guided tokens B N+X D, their padding): the guided
+        tokens are the VL tokens after fusion, followed by a variant's X context tokens."""
         vl, vl_pad = self.encode(batch)
         m = self.motion_features(vl, vl_pad, batch.get("anchor_uv"), generator)
-        return (vl if m is None else self.fusion(vl, m)), vl_pad
+        tokens, pad = (vl if m is None else self.fusion(vl, m)), vl_pad
+        ctx = self.extra.context_tokens(self, batch, vl, vl_pad, generator) if self.extra is not None else None  # B X D
+        if ctx is not None:
+            tokens = torch.cat([tokens, ctx], dim=1)
+            if pad is not None:
+                pad = torch.cat([pad, torch.zeros(ctx.shape[:2], dtype=torch.bool, device=pad.device)], dim=1)
+        return vl, vl_pad, tokens, pad
 
     def forward(self, batch: Mapping[str, Any], generator: Optional[torch.Generator] = None) -> tuple[Tensor, dict]:
         """Training loss of the current phase and a dict of logged values (LeRobot ACT style)."""
@@ -125,23 +153,31 @@ class LaMPPolicy(nn.Module):
             vl, vl_pad = self.encode(batch)
             return self.motion_expert.loss(batch["motion"], batch["motion_mask"].to(torch.bool), batch["anchor_uv"],
                                            vl, vl_pad, generator)
-        tokens, pad = self.guided_tokens(batch, generator)
+        if self.phase != "action":
+            return self.extra.phase_loss(self, batch, generator)
+        vl, vl_pad, tokens, pad = self.conditioning(batch, generator)
         loss, logs = self.action_expert.loss(batch["action"], batch["action_valid"].to(torch.bool), self._state(batch),
                                              tokens, pad, generator)
         if hasattr(self.fusion, "gate"):
             logs["gate"] = float(self.fusion.gate.detach())
+        if self.extra is not None:  # after the action loss: its noise draws are those of the base trainer
+            aux, aux_logs = self.extra.aux_loss(self, batch, vl, vl_pad, generator)
+            logs = {**logs, **aux_logs}
+            if aux is not None:
+                loss = loss + aux
         return loss, logs
 
     def _state(self, batch: Mapping[str, Any]) -> Tensor:
-        B = batch["image"].shape[0]
         if self.config.state_dim == 0 or "state" not in batch:
-            return torch.zeros(B, self.config.state_dim)
+            return torch.zeros(len(batch["language"]), self.config.state_dim)  # B 0 (or B P of zeros)
         return batch["state"].to(torch.float32)
 
     # ------------------------------------------------------------------ inference
     def reset(self) -> None:
         """Call at the start of every episode: drops queued actions."""
         self._queue.clear()
+        if self.extra is not None:
+            self.extra.reset()
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: Mapping[str, Any], generator: Optional[torch.Generator] = None) -> Tensor:
@@ -164,7 +200,10 @@ class LaMPPolicy(nn.Module):
             batch = self.prepare_observation(observation)
             chunk = self.predict_action_chunk(batch, self._generator)[0]  # C A
             self._queue.extend(chunk[: self.config.n_action_steps].cpu().numpy())
-        return self._queue.popleft()
+        action = self._queue.popleft()
+        if self.extra is not None:
+            self.extra.executed(self, action)
+        return action
 
     def prepare_observation(self, observation: Mapping[str, Any]) -> dict[str, Any]:
         img = torch.as_tensor(np.ascontiguousarray(observation["image"]))
@@ -176,7 +215,10 @@ class LaMPPolicy(nn.Module):
         state = state.reshape(img.shape[0], -1)[:, : self.config.state_dim]
         state = (state - self.state_center) / self.state_scale
         lang = observation.get("language", "")
-        return {"image": img.contiguous(), "state": state, "language": [lang] * img.shape[0] if isinstance(lang, str) else list(lang)}
+        batch = {"image": img.contiguous(), "state": state, "language": [lang] * img.shape[0] if isinstance(lang, str) else list(lang)}
+        if self.extra is not None:
+            self.extra.observe(self, observation, batch)
+        return batch
 
     def set_seed(self, seed: int) -> None:
         """Make sampling reproducible (noise of both experts)."""

@@ -24,7 +24,6 @@ import base64
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -32,23 +31,21 @@ from typing import Any, Optional
 
 import torch
 
-from policy.config import LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
+from policy.config import ACTION_FREE_PHASES, STAGE2_FIELDS, VARIANT_FIELDS, LaMPConfig, TrainConfig, config_to_dict, policy_config_from_dict, train_config_from_dict
 from policy.loader import TripletStream, dist_rank_world, make_loader
 from policy.modeling_lamp import LaMPPolicy
+from schemas import checkpoint as layout
 
 log = logging.getLogger(__name__)
 
-CKPT_DIR = "checkpoints"
-LAST = "LAST"
+# OUT/checkpoints/step-NNNNNNN/ directories with a LAST pointer (schemas.checkpoint).
+STEPS = layout.StepLayout(digits=7)
 
 
 # ----------------------------------------------------------------------------- schedule
 def lr_at(step: int, tc: TrainConfig) -> float:
     """Linear warmup to tc.lr over warmup_steps, then cosine to lr * min_lr_ratio at tc.steps."""
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / max(1, tc.warmup_steps)
-    progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return layout.warmup_cosine_lr(step, tc.lr, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -62,14 +59,11 @@ def _rng_from_b64(s: str) -> torch.Tensor:
 
 def save_checkpoint(out: Path, policy: LaMPPolicy, tc: TrainConfig, step: int, dataset_version: str,
                     optimizer: Optional[torch.optim.Optimizer] = None, generator: Optional[torch.Generator] = None) -> Path:
-    from safetensors.torch import save_file
-
-    d = Path(out) / CKPT_DIR / f"step-{step:07d}"
-    d.mkdir(parents=True, exist_ok=True)
+    d = STEPS.path(out, step)
     meta = {"policy_config": json.dumps(config_to_dict(policy.config)), "train_config": json.dumps(config_to_dict(tc)),
             "dataset_version": dataset_version, "step": str(step), "phase": tc.phase}
     state = {k: v.detach().contiguous().clone() for k, v in policy.state_dict().items()}
-    save_file(state, str(d / "model.safetensors"), metadata=meta)
+    layout.save_safetensors(state, d / "model.safetensors", metadata=meta)
     extra: dict[str, Any] = {"policy_config": config_to_dict(policy.config), "train_config": config_to_dict(tc),
                              "dataset_version": dataset_version, "step": step, "phase": tc.phase,
                              "torch_rng": _rng_b64(torch.get_rng_state())}
@@ -81,9 +75,9 @@ def save_checkpoint(out: Path, policy: LaMPPolicy, tc: TrainConfig, step: int, d
             for p in group["params"]:
                 for key, val in optimizer.state.get(p, {}).items():
                     flat[f"{names[id(p)]}::{key}"] = torch.as_tensor(val).detach().clone().contiguous()
-        save_file(flat, str(d / "optimizer.safetensors"))
-    (d / "state.json").write_text(json.dumps(extra, indent=2) + "\n")
-    (Path(out) / CKPT_DIR / LAST).write_text(d.name + "\n")
+        layout.save_safetensors(flat, d / "optimizer.safetensors")
+    layout.write_text(d / "state.json", json.dumps(extra, indent=2) + "\n")
+    layout.point_last(out, d.name)  # after the files it names
     return d
 
 
@@ -99,11 +93,8 @@ def state_digest(policy: torch.nn.Module) -> str:
 
 
 def last_checkpoint(out: Path) -> Optional[Path]:
-    f = Path(out) / CKPT_DIR / LAST
-    if not f.exists():
-        return None
-    d = Path(out) / CKPT_DIR / f.read_text().strip()
-    return d if (d / "model.safetensors").exists() else None
+    d = layout.read_last(out)
+    return d if d is not None and (d / "model.safetensors").exists() else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -180,17 +171,30 @@ def config_for_data(ds, cfg: LaMPConfig, motion_only: bool = False) -> LaMPConfi
 
 def config_from_init(init: str, cfg: LaMPConfig, ds) -> LaMPConfig:
     """Stage 2's config from a stage-1 checkpoint: the architecture of the checkpoint, the stage-2
-    choices of `cfg` (fusion, chunk execution, Euler steps) and the action/state dims of the action
+    choices of `cfg` (STAGE2_FIELDS: fusion, chunk execution, Euler steps, LAFP strength) and the action/state dims of the action
     data (stage 1 may have read no actions). The image size must agree."""
     init_state = json.loads((resolve_checkpoint(init) / "state.json").read_text())
     arch = dict(init_state["policy_config"])
-    for key in ("fusion", "n_action_steps", "num_inference_steps"):
+    for key in STAGE2_FIELDS:
         arch[key] = getattr(cfg, key)
+    arch.update(variant_fields(cfg, arch))
     data_cfg = config_for_data(ds, policy_config_from_dict(arch))
     if tuple(data_cfg.image_size) != tuple(arch["image_size"]):
         raise ValueError(f"init {init}: stage 1 saw {tuple(arch['image_size'])} px images, the action data has "
                          f"{tuple(data_cfg.image_size)}")
     return data_cfg
+
+
+def variant_fields(cfg: LaMPConfig, arch: dict) -> dict:
+    """The variant and its own fields, taken from `cfg` over a stage-1 architecture `arch`. When
+    stage 1 trained the same variant its parts must have the same shape: a field that differs is
+    an error (the init would silently leave those parts untrained)."""
+    fields = {"variant": cfg.variant, **{k: getattr(cfg, k) for k in VARIANT_FIELDS.get(cfg.variant, ())}}
+    if arch.get("variant", "lamp") == cfg.variant:
+        differ = sorted(k for k, v in fields.items() if k in arch and json.dumps(arch[k]) != json.dumps(v))
+        if differ:
+            raise ValueError(f"the init checkpoint's {cfg.variant} parts differ from the config in {differ}")
+    return fields
 
 
 def _resume_configs(resume: Path, tc: TrainConfig) -> tuple[dict, LaMPConfig, TrainConfig]:
@@ -254,6 +258,15 @@ def _optimizer_and_model(policy: LaMPPolicy, tc: TrainConfig, resume: Optional[P
     return params, optimizer, model
 
 
+def _open(data: Any):
+    """A dataset object as is; a reference (directory, URL, URL/NAME@V) opened by the public reader."""
+    if not isinstance(data, (str, Path)):
+        return data
+    from curation import open_dataset
+
+    return open_dataset(str(data))
+
+
 def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Optional[str] = None,
           progress: bool = True, stop_after: Optional[int] = None, dataset_name: Optional[str] = None) -> dict:
     """Train one phase into `out` (resuming from its last checkpoint when there is one).
@@ -270,13 +283,8 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     if tc.torch_threads:
         torch.set_num_threads(tc.torch_threads)
     torch.manual_seed(tc.seed)
-    if not isinstance(data, (str, Path)):
-        ds = data
-    else:
-        from curation import open_dataset
-
-        ds = open_dataset(str(data))
-    motion_only = tc.phase == "motion"  # stage 1 reads frames, language and motion; never actions
+    ds = _open(data)
+    motion_only = tc.phase in ACTION_FREE_PHASES  # stage 1 reads frames, language and labels; never actions
     if resume is None:
         cfg = config_from_init(init, cfg, ds) if init else config_for_data(ds, cfg, motion_only=motion_only)
     stream = TripletStream(ds if not isinstance(data, (str, Path)) else str(data), cfg, seed=tc.seed,
@@ -304,6 +312,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     with open(metrics_path if is_main else os.devnull, "a") as mf:
         for step in range(start, end):
             batch = next(batches)
+            policy.at_step(step, tc.steps)
             lr = lr_at(step, tc)
             loss_val, grad_norm, logs = _step(model, batch, optimizer, params, generator, lr, tc.grad_clip)
             interval_losses.append(loss_val)
@@ -324,7 +333,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
             if done % tc.checkpoint_every == 0 and done != end and is_main:
                 save_checkpoint(out, policy, tc, done, stream.version, optimizer, generator)
     bar.close()
-    ckpt = Path(out) / CKPT_DIR / f"step-{end:07d}"
+    ckpt = STEPS.path(out, end)
     if is_main:
         ckpt = save_checkpoint(out, policy, tc, end, stream.version, optimizer, generator)
     if world > 1:
@@ -332,7 +341,7 @@ def train(data: Any, out: str | Path, cfg: LaMPConfig, tc: TrainConfig, init: Op
     elapsed = time.perf_counter() - t0
     return {"phase": tc.phase, "steps": end, "rank": rank, "world_size": world, "state_sha1": state_digest(policy), "final_loss": loss_val, "wall_s": elapsed,
             "steps_per_s": (end - start) / max(elapsed, 1e-9), "checkpoint": str(ckpt),
-            "dataset_version": stream.version, "fusion": cfg.fusion, "parameters": policy.num_parameters(),
+            "dataset_version": stream.version, "fusion": cfg.fusion, "variant": cfg.variant, "parameters": policy.num_parameters(),
             "trainable_parameters": sum(p.numel() for p in params)}
 
 

@@ -23,6 +23,7 @@ image symbols H and W are bound per camera.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,16 @@ import pyarrow as pa
 CONTRACT_VERSION = "3.0.0"
 READABLE_MAJORS = ("2", "3")
 SHARDS_DIR = "shards"
+# A unit's primary shard is shard-NNNNN; the sub-shards it lists (episodes of another array
+# signature) are shard-NNNNN-KK-<attempt>: the attempt id keeps two attempts of one unit from
+# ever sharing a directory. Datasets written before the attempt id have shard-NNNNN-KK.
+SHARD_NAME_RE = re.compile(r"^shard-\d+(-\d+(-[0-9a-f]{12})?)?$")
+_ATTEMPT_SUFFIX_RE = re.compile(r"^(shard-\d+-\d+)-[0-9a-f]{12}$")
+
+
+def shard_key(name: str) -> str:
+    """A shard's name without its attempt id: equal for the same shard of two runs of one job."""
+    return _ATTEMPT_SUFFIX_RE.sub(r"\1", name)
 
 
 def contract_problem(version) -> str:

@@ -145,3 +145,42 @@ def test_production_option_sets_pass_the_up_front_check(flags):
     from pipelines.preflight import check_beam_options
 
     check_beam_options(flags)  # valid options are never refused before the job
+
+
+def test_beam_results_cross_the_job_directory_as_json_not_pickles(tmp_path, monkeypatch):
+    """The driver reads worker results back from files under the job directory: they must be data
+    (JSON), so a planted file there can never run code. Dead letters keep their traceback."""
+    import json
+    import math
+
+    from pipelines.config import JobConfig
+    from pipelines.engines import beam as beam_engine
+    from pipelines.engines.local import Failure
+
+    read = []
+    real_load = beam_engine._load
+
+    def spy(fs, path):
+        read.append(path)
+        json.loads(Path(path).read_text())  # every result file parses as JSON
+        return real_load(fs, path)
+
+    monkeypatch.setattr(beam_engine, "_load", spy)
+    cfg = JobConfig.from_dict({"source": {"path": str(tmp_path)}, "engine": {"runner": "beam", "workers": 1}})
+    with beam_engine.BeamEngine(cfg, tmp_path / "job") as engine:
+        # A library function, so that the multi-process workers can import it; -1 raises.
+        out = dict(engine.map_unordered(math.sqrt, [4.0, 9.0, -1.0, 16.0]))
+    assert {k: v for k, v in out.items() if k != -1.0} == {4.0: 2.0, 9.0: 3.0, 16.0: 4.0}
+    assert isinstance(out[-1.0], Failure) and "math domain error" in out[-1.0].error
+    assert sorted(Path(p).suffix for p in read) == [".json"] * 4
+    assert not (tmp_path / "job").exists() or not any((tmp_path / "job").rglob("*.pkl"))
+
+
+def test_fingerprints_round_trip_through_their_records():
+    import json
+
+    from curation.selection.dedup import Fingerprint
+
+    fp = Fingerprint("e000001", ("bridge", "1.0.0", "train", 7), "put the pot on the stove", "ab" * 32,
+                     (2**63 + 5, 17, 0), 38, b"\x00\x3c\xff\x7b")
+    assert Fingerprint.from_record(json.loads(json.dumps(fp.to_record()))) == fp

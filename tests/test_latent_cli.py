@@ -56,7 +56,7 @@ def test_bad_inputs_are_clear_errors(bridge_dir, tmp_path, capsys):
 
 
 def test_bench_run_dir_depends_on_config_and_resume_settings_not_steps(tmp_path):
-    from cli.commands.latent import _run_dir
+    from cli.bench.latent import _run_dir
     from labelers.latent.config import get_config
     from labelers.latent.train import TrainSettings
 

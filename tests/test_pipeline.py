@@ -177,11 +177,12 @@ def test_unit_with_two_image_sizes_commits_as_primary_plus_sub_shard(tmp_path):
     payloads = [_payload(0, 8), _payload(1, 16), _payload(2, 8)]
     assert all(check_episode_arrays(p.arrays) == [] for p in payloads)
     rec = commit_unit(tmp_path, 3, payloads, {"quarantine": [], "filtered": [], "timings": {}})
-    assert rec["shard"] == "shard-00003" and rec["sub_shards"] == ["shard-00003-01"] and rec["frames"] == 18
+    sub = f"shard-00003-01-{rec['attempt']}"  # a sub-shard carries its attempt's id
+    assert rec["shard"] == "shard-00003" and rec["sub_shards"] == [sub] and rec["frames"] == 18
     rows = iter_manifest_rows(committed_groups(tmp_path).values())
     assert [(r["episode_id"], r["shard"], r["frame_start"]) for r in rows] == [
-        ("ep0", "shard-00003", 0), ("ep2", "shard-00003", 6), ("ep1", "shard-00003-01", 0)]
-    g = zarr.open_group(str(tmp_path / "shards" / "shard-00003-01"), mode="r")
+        ("ep0", "shard-00003", 0), ("ep2", "shard-00003", 6), ("ep1", sub, 0)]
+    g = zarr.open_group(str(tmp_path / "shards" / sub), mode="r")
     assert g["frames/cam"].shape == (6, 16, 16, 3) and (g["frames/cam"][...] == 1).all()
     # Committing the same unit again (a retried task) returns the committed record.
     assert commit_unit(tmp_path, 3, payloads, {"quarantine": [], "filtered": [], "timings": {}})["attempt"] == rec["attempt"]
@@ -189,8 +190,38 @@ def test_unit_with_two_image_sizes_commits_as_primary_plus_sub_shard(tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "shards" / "shard-00003")
-    assert read_commit(tmp_path / "shards" / "shard-00003-01") is not None
-    assert clean_stale(tmp_path) == ["shard-00003-01"] and committed_groups(tmp_path) == {}
+    assert read_commit(tmp_path / "shards" / sub) is not None
+    assert clean_stale(tmp_path) == [sub] and committed_groups(tmp_path) == {}
+
+
+def test_two_attempts_of_a_unit_never_share_a_sub_shard(tmp_path, monkeypatch):
+    """Attempt A renames its sub-shard and dies before its primary; attempt B commits the unit.
+    B's primary lists only B's sub-shard, A's is stale, and the reader sees B's data only."""
+    import os
+
+    from curation.store import writer
+    from curation.store.writer import clean_stale, commit_unit, committed_groups
+
+    payloads = [_payload(0, 8), _payload(1, 16)]
+    real_rename = os.rename
+
+    def die_at_primary(src, dst):
+        if os.path.basename(dst) == "shard-00004":
+            raise KeyboardInterrupt("attempt A killed before its commit")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(writer.os, "rename", die_at_primary)
+    with pytest.raises(KeyboardInterrupt):
+        commit_unit(tmp_path, 4, payloads, {"quarantine": [], "filtered": [], "timings": {}})
+    monkeypatch.setattr(writer.os, "rename", real_rename)
+    a_subs = [d.name for d in (tmp_path / "shards").iterdir() if d.name.startswith("shard-00004-01-")]
+    assert len(a_subs) == 1 and committed_groups(tmp_path) == {}  # A's sub-shard renamed, unit not committed
+    rec = commit_unit(tmp_path, 4, [_payload(0, 8), _payload(7, 16)], {"quarantine": [], "filtered": [], "timings": {}})
+    assert rec["sub_shards"] != a_subs and len(rec["sub_shards"]) == 1
+    assert clean_stale(tmp_path) == a_subs
+    assert sorted(d.name for d in (tmp_path / "shards").iterdir()) == ["shard-00004", rec["sub_shards"][0]]
+    g = zarr.open_group(str(tmp_path / "shards" / rec["sub_shards"][0]), mode="r")
+    assert (g["frames/cam"][...] == 7).all()  # B's episode, not A's
 
 
 def test_print_config_round_trips_to_the_same_dataset_hash(tmp_path, capsys):

@@ -67,3 +67,33 @@ def test_ray_redoes_the_work_of_a_lost_worker(tmp_path):
         results = [r for _, r in engine.map_unordered(crash_once, [(str(tmp_path), i) for i in range(3)])]
     assert sorted(results) == [0, 10, 20], results
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seen-0", "seen-1", "seen-2"]
+
+
+def test_label_stage_declares_a_model_from_the_backend_registries(tmp_path):
+    """The engines read what a stage declares: the label stage holds a model exactly when a chosen
+    backend's class says it loads one (or a latent checkpoint is set); no engine names a backend."""
+    from labelers.backends import loads_model
+    from pipelines.stages import CPU_STAGE, FingerprintUnit, ProcessUnit, Resources, label_resources, resources_of
+
+    assert [loads_model("tracker", t) for t in ("lk", "flow", "cotracker")] == [False, False, True]
+    assert [loads_model("depth", d) for d in ("dataset", "depth-anything")] == [False, True]
+    assert [loads_model("flow", f) for f in ("dis", "farneback")] == [False, False]
+    plain = label_resources(job_config(tmp_path))
+    assert plain == Resources(cpus=0.0, gpus=0.0, model=False)
+    assert label_resources(job_config(tmp_path, **{"labels.tracker": "cotracker"})).model
+    assert label_resources(job_config(tmp_path, **{"labels.depth": "depth-anything", "engine.num_gpus": {"label": 0.5}})) == \
+        Resources(cpus=0.0, gpus=0.5, model=True)
+    assert label_resources(job_config(tmp_path, **{"labels.latent_checkpoint": str(tmp_path)})).model
+    assert ProcessUnit.resources == FingerprintUnit.resources == CPU_STAGE == Resources(cpus=1.0, gpus=0.0, model=False)
+    assert resources_of(lambda item: item) == CPU_STAGE  # a plain function is a one-core CPU stage
+
+
+def test_effective_backend_parameters_fill_constructor_defaults():
+    """Two configs that build the same backend compare equal (the card marks accuracy rows by them)."""
+    from labelers.backends import effective_params
+
+    assert effective_params("flow", "dis", {}) == effective_params("flow", "dis", {"preset": "medium"})
+    assert effective_params("flow", "dis", {"preset": "fast"}) != effective_params("flow", "dis", {})
+    lk = effective_params("tracker", "lk", {})  # mode chain: the refined tracker, with LK's own defaults below it
+    assert (lk["mode"], lk["ref_gap"], lk["win_size"]) == ("chain", 4, 11)
+    assert "ref_gap" not in effective_params("tracker", "lk", {"mode": "hybrid"})  # the plain LK tracker

@@ -37,8 +37,12 @@ def cached_run(key: str, source, runner="local", workers=1, **kw) -> tuple[Path,
 
 
 def manifest_rows(out: Path) -> list[dict]:
-    """Manifest rows without the machine-specific source path."""
-    return pq.read_table(out / "manifest.parquet").drop(["source_file"]).to_pylist()
+    """Manifest rows without the machine-specific source path, shard names without the attempt id
+    (which differs between two runs of the same job)."""
+    from schemas.dataset import shard_key
+
+    rows = pq.read_table(out / "manifest.parquet").drop(["source_file"]).to_pylist()
+    return [{**r, "shard": shard_key(r["shard"])} for r in rows]
 
 
 def assert_same_dataset(a: Path, b: Path) -> None:
@@ -49,9 +53,12 @@ def assert_same_dataset(a: Path, b: Path) -> None:
     assert len(ra) == len(rb) > 0
     diffs = [(i, k, x[k], y.get(k)) for i, (x, y) in enumerate(zip(ra, rb)) for k in x if x[k] != y.get(k)]
     assert not diffs, f"manifests of {a.name} and {b.name} differ (row, column, a, b): {diffs[:8]}"
+    from schemas.dataset import shard_key
+
     da, db = open_dataset(str(a)), open_dataset(str(b))
+    b_names = {shard_key(s): s for s in db.shard_names}
     for shard in da.shard_names:
-        xa, xb = da.read_shard(shard), db.read_shard(shard)
+        xa, xb = da.read_shard(shard), db.read_shard(b_names[shard_key(shard)])
         assert sorted(xa) == sorted(xb)
         for name in xa:
             np.testing.assert_array_equal(xa[name], xb[name], err_msg=f"{shard}/{name}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.registry import publish as P
+from curation.registry import content, diff as D, gc, publish as P, refs, storage, verify as V, versions
 from cli.main import main as curate
 from schemas.dataset import CONTRACT_VERSION
 from test_curation_helpers import make_episode, make_labels, write_dataset
@@ -44,16 +44,16 @@ def test_publish_list_verify_resolve(datasets, registry):
     v1, _, _ = datasets
     pv = P.publish(v1, "synth", "0.1.0", progress=False)
     assert pv.created_now and pv.version == "0.1.0" and pv.episodes == 4
-    assert pv.num_files == len(P.dataset_files(v1)) > 5
-    index = json.loads((registry / "synth" / "0.1.0" / P.INDEX).read_text())
-    files = P.hash_dataset(v1, progress=False)
+    assert pv.num_files == len(content.dataset_files(v1)) > 5
+    index = json.loads((registry / "synth" / "0.1.0" / refs.INDEX).read_text())
+    files = content.hash_dataset(v1, progress=False)
     assert index["files"] == files  # every file with its sha256 and size
-    assert index["content_checksum"] == P.content_checksum(files) == pv.content_checksum
+    assert index["content_checksum"] == content.content_checksum(files) == pv.content_checksum
     assert index["contract_version"] == CONTRACT_VERSION and index["created"]
-    assert [v.version for v in P.list_versions("synth")] == ["0.1.0"]
-    result = P.verify("synth@0.1.0", progress=False)
+    assert [v.version for v in versions.list_versions("synth")] == ["0.1.0"]
+    result = V.verify("synth@0.1.0", progress=False)
     assert result.ok and result.files_checked == pv.num_files and result.bytes_checked == pv.total_bytes
-    fs, root, version = P.resolve(f"{registry}/synth@latest")
+    fs, root, version = versions.resolve(f"{registry}/synth@latest")
     assert version == "0.1.0"
     assert fs.cat_file(f"{root}/manifest.parquet") == (v1 / "manifest.parquet").read_bytes()
 
@@ -63,12 +63,12 @@ def test_same_version_same_content_is_noop_and_other_content_refused(datasets, r
     first = P.publish(v1, "synth", "1.0.0", progress=False)
     again = P.publish(v1, "synth", "1.0.0", progress=False)
     assert not again.created_now and again.content_checksum == first.content_checksum and again.root == first.root
-    index_before = (registry / "synth" / "1.0.0" / P.INDEX).read_bytes()
-    with pytest.raises(P.VersionConflict, match="different content.*immutable"):
+    index_before = (registry / "synth" / "1.0.0" / refs.INDEX).read_bytes()
+    with pytest.raises(refs.VersionConflict, match="different content.*immutable"):
         P.publish(v2, "synth", "1.0.0", progress=False)
-    assert (registry / "synth" / "1.0.0" / P.INDEX).read_bytes() == index_before
+    assert (registry / "synth" / "1.0.0" / refs.INDEX).read_bytes() == index_before
     assert len(list((registry / "synth" / "1.0.0").glob("files-*"))) == 1  # nothing left by the refused publish
-    assert P.verify("synth@1.0.0", progress=False).ok
+    assert V.verify("synth@1.0.0", progress=False).ok
 
 
 def _killed(*args, **kwargs):
@@ -78,23 +78,23 @@ def _killed(*args, **kwargs):
 def test_crash_before_index_leaves_no_visible_version(datasets, registry):
     v1, _, _ = datasets
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(P, "_create_exclusive", _killed)  # the process dies right before the index write
+        mp.setattr(P, "create_exclusive", _killed)  # the process dies right before the index write
         P.publish(v1, "synth", "0.2.0", progress=False)
     assert list((registry / "synth" / "0.2.0").glob("files-*/manifest.parquet"))  # the files were uploaded ...
-    assert P.list_versions("synth") == []  # ... but no version is visible
-    with pytest.raises(P.PublishError, match=r"synth@0.2.0 is not published: no index.json \(1 unfinished"):
-        P.verify("synth@0.2.0", progress=False)
-    with pytest.raises(P.PublishError, match="not published"):
-        P.resolve("synth@0.2.0")
-    assert len(P.unfinished_publishes("synth")) == 1
+    assert versions.list_versions("synth") == []  # ... but no version is visible
+    with pytest.raises(refs.PublishError, match=r"synth@0.2.0 is not published: no index.json \(1 unfinished"):
+        V.verify("synth@0.2.0", progress=False)
+    with pytest.raises(refs.PublishError, match="not published"):
+        versions.resolve("synth@0.2.0")
+    assert len(gc.unfinished_publishes("synth")) == 1
     # a retry publishes normally; the crashed attempt's files stay unreferenced
     pv = P.publish(v1, "synth", "0.2.0", progress=False)
-    assert pv.created_now and P.verify("synth@0.2.0", progress=False).ok
-    assert len(P.unfinished_publishes("synth")) == 1
-    assert P.remove_unfinished("synth", older_than_hours=1.0) == []  # too young: may still be running
-    removed = P.remove_unfinished("synth", older_than_hours=0.0)
-    assert len(removed) == 1 and P.unfinished_publishes("synth") == []
-    assert P.verify("synth@0.2.0", progress=False).ok  # the published version is untouched
+    assert pv.created_now and V.verify("synth@0.2.0", progress=False).ok
+    assert len(gc.unfinished_publishes("synth")) == 1
+    assert gc.remove_unfinished("synth", older_than_hours=1.0) == []  # too young: may still be running
+    removed = gc.remove_unfinished("synth", older_than_hours=0.0)
+    assert len(removed) == 1 and gc.unfinished_publishes("synth") == []
+    assert V.verify("synth@0.2.0", progress=False).ok  # the published version is untouched
 
 
 def test_verify_catches_flipped_byte_missing_and_extra_files(datasets, registry):
@@ -105,12 +105,12 @@ def test_verify_catches_flipped_byte_missing_and_extra_files(datasets, registry)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01
     victim.write_bytes(bytes(data))
-    r = P.verify("synth@0.3.0", progress=False)
+    r = V.verify("synth@0.3.0", progress=False)
     rel = victim.relative_to(root).as_posix()
     assert not r.ok and [m["path"] for m in r.mismatched] == [rel] and not r.missing
     (root / "dataset.json").unlink()
     (root / "stray.txt").write_text("x")
-    r = P.verify("synth@0.3.0", progress=False)
+    r = V.verify("synth@0.3.0", progress=False)
     assert r.missing == ["dataset.json"] and r.unexpected == ["stray.txt"] and not r.ok
 
 
@@ -118,11 +118,11 @@ def test_diff_counts_added_removed_changed(datasets, registry):
     v1, v2, ids = datasets
     P.publish(v1, "synth", "0.1.0", progress=False)
     P.publish(v2, "synth", "0.2.0", progress=False)
-    d = P.diff("synth@0.1.0", "synth@0.2.0")
+    d = D.diff("synth@0.1.0", "synth@0.2.0")
     assert d["added"] == [ids[4]] and d["removed"] == [ids[0]] and d["changed"] == [ids[2]]
     assert d["unchanged"] == 2 and d["episodes_a"] == 4 and d["episodes_b"] == 4
     assert "manifest.parquet" in d["files_changed"] and not any(f.startswith("shards/") for f in d["files_changed"])
-    same = P.diff("synth@0.2.0", str(v2))  # a local dataset dir is a ref too
+    same = D.diff("synth@0.2.0", str(v2))  # a local dataset dir is a ref too
     assert same["added"] == same["removed"] == same["changed"] == same["files_changed"] == [] and same["unchanged"] == 4
 
 
@@ -130,17 +130,17 @@ def test_refs_names_and_latest(datasets, registry):
     v1, _, _ = datasets
     for v in ("0.9.0", "0.10.0", "0.10.0-rc.1"):
         P.publish(v1, "synth", v, progress=False)
-    assert [v.version for v in P.list_versions("synth")] == ["0.9.0", "0.10.0-rc.1", "0.10.0"]
-    assert P.resolve("synth@latest")[2] == "0.10.0"
-    assert P.parse_ref("s3://bucket/datasets/bridge@1.2.3") == ("s3://bucket/datasets", "bridge", "1.2.3")
-    assert P.parse_ref("bridge@latest") == (str(registry), "bridge", "latest")
+    assert [v.version for v in versions.list_versions("synth")] == ["0.9.0", "0.10.0-rc.1", "0.10.0"]
+    assert versions.resolve("synth@latest")[2] == "0.10.0"
+    assert refs.parse_ref("s3://bucket/datasets/bridge@1.2.3") == ("s3://bucket/datasets", "bridge", "1.2.3")
+    assert refs.parse_ref("bridge@latest") == (str(registry), "bridge", "latest")
     for bad in ("synth", "synth@1.0", "synth@v1.0.0", "s3://synth@1.0.0", "bad name@1.0.0"):
-        with pytest.raises(P.PublishError):
-            P.parse_ref(bad)
-    with pytest.raises(P.PublishError, match="not a semantic version"):
+        with pytest.raises(refs.PublishError):
+            refs.parse_ref(bad)
+    with pytest.raises(refs.PublishError, match="not a semantic version"):
         P.publish(v1, "synth", "1.0", progress=False)
-    with pytest.raises(P.PublishError, match="no published version"):
-        P.resolve("nothing@latest")
+    with pytest.raises(refs.PublishError, match="no published version"):
+        versions.resolve("nothing@latest")
 
 
 def test_invalid_dataset_is_refused(datasets, tmp_path, registry):
@@ -151,12 +151,12 @@ def test_invalid_dataset_is_refused(datasets, tmp_path, registry):
     raw = bytearray(shard_file.read_bytes())
     raw[0] ^= 0xFF  # an action value changes: the manifest checksum no longer matches
     shard_file.write_bytes(bytes(raw))
-    with pytest.raises(P.PublishError, match="refusing to publish an invalid dataset"):
+    with pytest.raises(refs.PublishError, match="refusing to publish an invalid dataset"):
         P.publish(broken, "synth", "0.1.0", progress=False)
     (broken / "manifest.parquet").unlink()
-    with pytest.raises(P.PublishError, match="manifest.parquet"):
+    with pytest.raises(refs.PublishError, match="manifest.parquet"):
         P.publish(broken, "synth", "0.1.0", progress=False)
-    assert P.list_versions("synth") == []
+    assert versions.list_versions("synth") == []
 
 
 def test_two_racing_local_publishers_exactly_one_wins(datasets, registry):
@@ -168,7 +168,7 @@ def test_two_racing_local_publishers_exactly_one_wins(datasets, registry):
         barrier.wait()
         try:
             outcomes[label] = P.publish(path, "race", "1.0.0", progress=False)
-        except P.PublishError as exc:
+        except refs.PublishError as exc:
             outcomes[label] = exc
 
     threads = [threading.Thread(target=run, args=(k, p)) for k, p in (("a", v1), ("b", v2))]
@@ -176,14 +176,14 @@ def test_two_racing_local_publishers_exactly_one_wins(datasets, registry):
         t.start()
     for t in threads:
         t.join()
-    won = [k for k, o in outcomes.items() if isinstance(o, P.PublishedVersion)]
-    lost = [k for k, o in outcomes.items() if isinstance(o, P.VersionConflict)]
+    won = [k for k, o in outcomes.items() if isinstance(o, refs.PublishedVersion)]
+    lost = [k for k, o in outcomes.items() if isinstance(o, refs.VersionConflict)]
     assert len(won) == 1 and len(lost) == 1, outcomes
     assert "different content" in str(outcomes[lost[0]])
     winner = outcomes[won[0]]
-    assert P.open_version("race@1.0.0").content_checksum == winner.content_checksum
-    assert P.verify("race@1.0.0", progress=False).ok
-    assert P.unfinished_publishes("race") == []  # the loser cleaned up its upload
+    assert versions.open_version("race@1.0.0").content_checksum == winner.content_checksum
+    assert V.verify("race@1.0.0", progress=False).ok
+    assert gc.unfinished_publishes("race") == []  # the loser cleaned up its upload
 
 
 def test_cli_publish_versions_diff_verify(datasets, registry, capsys, tmp_path):
@@ -205,7 +205,7 @@ def test_cli_publish_versions_diff_verify(datasets, registry, capsys, tmp_path):
     assert (d["added"], d["removed"], d["changed"]) == ([ids[4]], [ids[0]], [ids[2]])
     assert curate(["verify", f"{registry}/cli@latest"]) == 0
     assert "OK" in capsys.readouterr().out
-    root = Path(P.open_version(f"{registry}/cli@0.2.0").root)
+    root = Path(versions.open_version(f"{registry}/cli@0.2.0").root)
     (root / "manifest.parquet").write_bytes((root / "manifest.parquet").read_bytes() + b"\0")
     assert curate(["verify", f"{registry}/cli@0.2.0", "--json"]) == 1
     r = json.loads(capsys.readouterr().out)
@@ -219,9 +219,9 @@ def test_exclusive_create_on_local_fs_never_overwrites(tmp_path):
 
     fs = fsspec.filesystem("file")
     path = str(tmp_path / "index.json")
-    P._create_exclusive(fs, path, b"first")
+    storage.create_exclusive(fs, path, b"first")
     with pytest.raises(FileExistsError):
-        P._create_exclusive(fs, path, b"second")
+        storage.create_exclusive(fs, path, b"second")
     assert (tmp_path / "index.json").read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]  # no temp file left
 
@@ -230,7 +230,7 @@ def test_dataset_modified_during_publish_is_refused(datasets, tmp_path, registry
     v1, _, _ = datasets
     ds = tmp_path / "moving"
     shutil.copytree(v1, ds)
-    real_hash = P.hash_dataset
+    real_hash = content.hash_dataset
 
     def hash_then_modify(path, progress=True):
         files = real_hash(path, progress)
@@ -238,9 +238,9 @@ def test_dataset_modified_during_publish_is_refused(datasets, tmp_path, registry
         return files
 
     monkeypatch.setattr(P, "hash_dataset", hash_then_modify)
-    with pytest.raises(P.PublishError, match="dataset.json: changed while being published"):
+    with pytest.raises(refs.PublishError, match="dataset.json: changed while being published"):
         P.publish(ds, "synth", "0.1.0", progress=False)
-    assert P.list_versions("synth") == [] and P.unfinished_publishes("synth") == []  # its upload was removed
+    assert versions.list_versions("synth") == [] and gc.unfinished_publishes("synth") == []  # its upload was removed
 
 
 def test_symlinks_and_non_regular_files_are_refused(datasets, registry, tmp_path):
@@ -254,13 +254,13 @@ def test_symlinks_and_non_regular_files_are_refused(datasets, registry, tmp_path
     secret.write_text("aws_secret_access_key = FAKE-SECRET\n")
     (copy / "card").mkdir(exist_ok=True)
     os.symlink(secret, copy / "card" / "x.png")
-    with pytest.raises(P.PublishError, match=r"card/x.png: is a symbolic link"):
+    with pytest.raises(refs.PublishError, match=r"card/x.png: is a symbolic link"):
         P.publish(copy, "synth", "9.0.0", progress=False, validate=False)
     (copy / "card" / "x.png").unlink()
     os.mkfifo(copy / "card" / "pipe")
-    with pytest.raises(P.PublishError, match=r"card/pipe: not a regular file"):
+    with pytest.raises(refs.PublishError, match=r"card/pipe: not a regular file"):
         P.publish(copy, "synth", "9.0.0", progress=False, validate=False)
-    assert P.list_versions(f"{registry}/synth") == []
+    assert versions.list_versions(f"{registry}/synth") == []
 
 
 def test_local_index_without_hard_links_is_refused_not_trusted(datasets, registry, monkeypatch):
@@ -271,16 +271,16 @@ def test_local_index_without_hard_links_is_refused_not_trusted(datasets, registr
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)
-    with pytest.raises(P.PublishError, match="offers no hard links"):
+    with pytest.raises(refs.PublishError, match="offers no hard links"):
         P.publish(datasets[0], "synth", "9.1.0", progress=False)
-    with pytest.raises(P.PublishError, match="is not published: no index.json"):
-        P.open_version(f"{registry}/synth@9.1.0")
+    with pytest.raises(refs.PublishError, match="is not published: no index.json"):
+        versions.open_version(f"{registry}/synth@9.1.0")
 
 
 def test_publish_waits_for_no_writer_it_refuses_while_a_job_holds_the_lock(datasets, registry):
     from curation.store.lock import dataset_lock
 
     with dataset_lock(datasets[0]):  # a running `curate run` holds it exclusively
-        with pytest.raises(P.PublishError, match="refusing to publish: .* a curate run is writing this dataset"):
+        with pytest.raises(refs.PublishError, match="refusing to publish: .* a curate run is writing this dataset"):
             P.publish(datasets[0], "synth", "9.2.0", progress=False)
     assert P.publish(datasets[0], "synth", "9.2.0", progress=False).created_now

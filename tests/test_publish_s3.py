@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from curation.registry import publish as P
+from curation.registry import diff as D, gc, publish as P, refs, storage, verify as V, versions
 from cli.main import main as curate
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
@@ -67,23 +67,23 @@ def test_publish_verify_diff_over_s3(s3_endpoint, datasets):
     assert pv.created_now and pv.root.startswith(f"s3://{BUCKET}/datasets/bridge/0.1.0/files-")
     again = P.publish(a, "bridge", "0.1.0", to_url=url, storage_options=opts, progress=False)
     assert not again.created_now
-    with pytest.raises(P.VersionConflict):
+    with pytest.raises(refs.VersionConflict):
         P.publish(b, "bridge", "0.1.0", to_url=url, storage_options=opts, progress=False)
     P.publish(b, "bridge", "0.2.0", to_url=url, storage_options=opts, progress=False)
-    assert [v.version for v in P.list_versions(f"{url}/bridge", opts)] == ["0.1.0", "0.2.0"]
-    r = P.verify(f"{url}/bridge@0.1.0", opts, progress=False)
+    assert [v.version for v in versions.list_versions(f"{url}/bridge", opts)] == ["0.1.0", "0.2.0"]
+    r = V.verify(f"{url}/bridge@0.1.0", opts, progress=False)
     assert r.ok and r.files_checked == pv.num_files
-    d = P.diff(f"{url}/bridge@0.1.0", f"{url}/bridge@latest", opts)
+    d = D.diff(f"{url}/bridge@0.1.0", f"{url}/bridge@latest", opts)
     assert (d["added"], d["removed"], d["changed"], d["unchanged"]) == ([ids[3]], [ids[0]], [], 2)
     # the published files read back byte for byte through the resolved root
-    fs, root, version = P.resolve(f"{url}/bridge@0.1.0", opts)
+    fs, root, version = versions.resolve(f"{url}/bridge@0.1.0", opts)
     assert fs.cat_file(f"{root}/manifest.parquet") == (a / "manifest.parquet").read_bytes()
     # a flipped byte in the object store is caught
     key = f"{root}/dataset.json"
     data = bytearray(fs.cat_file(key))
     data[5] ^= 0x20
     fs.pipe_file(key, bytes(data))
-    r = P.verify(f"{url}/bridge@0.1.0", opts, progress=False)
+    r = V.verify(f"{url}/bridge@0.1.0", opts, progress=False)
     assert not r.ok and [m["path"] for m in r.mismatched] == ["dataset.json"]
 
 
@@ -96,12 +96,12 @@ def test_crash_before_index_is_invisible_on_s3(s3_endpoint, datasets):
     url = f"s3://{BUCKET}/crash"
     opts = _opts(s3_endpoint)
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(P, "_create_exclusive", _killed)  # the process dies right before the index write
+        mp.setattr(P, "create_exclusive", _killed)  # the process dies right before the index write
         P.publish(a, "ds", "1.0.0", to_url=url, storage_options=opts, progress=False)
-    assert P.list_versions(f"{url}/ds", opts) == []
-    with pytest.raises(P.PublishError, match="is not published: no index.json"):
-        P.verify(f"{url}/ds@1.0.0", opts, progress=False)
-    assert len(P.unfinished_publishes(f"{url}/ds", opts)) == 1
+    assert versions.list_versions(f"{url}/ds", opts) == []
+    with pytest.raises(refs.PublishError, match="is not published: no index.json"):
+        V.verify(f"{url}/ds@1.0.0", opts, progress=False)
+    assert len(gc.unfinished_publishes(f"{url}/ds", opts)) == 1
 
 
 def test_two_racing_s3_publishers_exactly_one_wins(s3_endpoint, datasets):
@@ -115,7 +115,7 @@ def test_two_racing_s3_publishers_exactly_one_wins(s3_endpoint, datasets):
         barrier.wait()
         try:
             outcomes[label] = P.publish(path, "ds", "1.0.0", to_url=url, storage_options=opts, progress=False)
-        except P.PublishError as exc:
+        except refs.PublishError as exc:
             outcomes[label] = exc
 
     threads = [threading.Thread(target=run, args=(k, p)) for k, p in (("a", a), ("b", b))]
@@ -123,14 +123,14 @@ def test_two_racing_s3_publishers_exactly_one_wins(s3_endpoint, datasets):
         t.start()
     for t in threads:
         t.join()
-    won = [k for k, o in outcomes.items() if isinstance(o, P.PublishedVersion) and o.created_now]
-    lost = [k for k, o in outcomes.items() if isinstance(o, P.VersionConflict)]
+    won = [k for k, o in outcomes.items() if isinstance(o, refs.PublishedVersion) and o.created_now]
+    lost = [k for k, o in outcomes.items() if isinstance(o, refs.VersionConflict)]
     assert len(won) == 1 and len(lost) == 1, outcomes
     assert "published concurrently by another publisher with different content" in str(outcomes[lost[0]])
     opts = _opts(s3_endpoint)
-    assert P.open_version(f"{url}/ds@1.0.0", opts).content_checksum == outcomes[won[0]].content_checksum
-    assert P.verify(f"{url}/ds@1.0.0", opts, progress=False).ok
-    assert P.unfinished_publishes(f"{url}/ds", opts) == []
+    assert versions.open_version(f"{url}/ds@1.0.0", opts).content_checksum == outcomes[won[0]].content_checksum
+    assert V.verify(f"{url}/ds@1.0.0", opts, progress=False).ok
+    assert gc.unfinished_publishes(f"{url}/ds", opts) == []
 
 
 def test_cli_over_s3_with_endpoint_option(s3_endpoint, datasets, capsys):
@@ -157,15 +157,15 @@ def test_exclusive_create_on_s3_never_overwrites(s3_endpoint):
 
     fs = fsspec.filesystem("s3", **_opts(s3_endpoint))
     path = f"{BUCKET}/excl/index.json"
-    P._create_exclusive(fs, path, b"first")
+    storage.create_exclusive(fs, path, b"first")
     with pytest.raises(FileExistsError):
-        P._create_exclusive(fs, path, b"second")
+        storage.create_exclusive(fs, path, b"second")
     assert fs.cat_file(path) == b"first"
 
 
 def test_trainer_reader_streams_a_published_version_from_s3(s3_endpoint, datasets):
     """The published files are a complete dataset: the trainer-facing reader
-    (curation.store.reader, resolving the ref through curation.registry.publish.resolve)
+    (curation.store.reader, resolving the ref through curation.registry.versions.resolve)
     iterates every triplet straight from s3://."""
     from curation import open_dataset
 
@@ -220,5 +220,5 @@ def test_retried_index_put_whose_first_response_was_lost_is_our_success(s3_endpo
         mp.setattr(s3fs.S3FileSystem, "_pipe_file", put_then_lose_response)
         pv = P.publish(a, "ds", "1.0.0", to_url=url, storage_options=opts, progress=False)
     assert lost and pv.created_now
-    assert P.verify(f"{url}/ds@1.0.0", opts, progress=False).ok
-    assert P.unfinished_publishes(f"{url}/ds", opts) == []
+    assert V.verify(f"{url}/ds@1.0.0", opts, progress=False).ok
+    assert gc.unfinished_publishes(f"{url}/ds", opts) == []

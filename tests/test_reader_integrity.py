@@ -82,7 +82,7 @@ def test_missing_chunk_of_a_dataset_directory_is_an_error_not_fill_values(bridge
 
 def test_index_names_are_checked_before_paths_are_built(bridge_dir, tmp_path):
     from curation import open_dataset
-    from curation.registry.publish import PublishError
+    from curation.registry.refs import PublishError
 
     ref, root = _published(bridge_dir, tmp_path)
     index_path = root.parent / "index.json"

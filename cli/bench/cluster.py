@@ -151,18 +151,20 @@ def compare_datasets(ref: Path, other: Path) -> dict:
     import pyarrow.parquet as pq
 
     from curation import open_dataset
-    from schemas.dataset import SHARDS_DIR
+    from schemas.dataset import SHARDS_DIR, shard_key
 
-    def rows(p):
-        return pq.read_table(Path(p) / "manifest.parquet").drop(["source_file"]).to_pylist()
+    def rows(p):  # sub-shard names without their attempt id, which differs from run to run
+        rows = pq.read_table(Path(p) / "manifest.parquet").drop(["source_file"]).to_pylist()
+        return [{**r, "shard": shard_key(r["shard"])} for r in rows]
 
     ra, rb = rows(ref), rows(other)
     ids_b = [r["episode_id"] for r in rb]
     da, db = open_dataset(str(ref)), open_dataset(str(other))
     arrays_equal, arrays_compared = True, 0
+    b_names = {shard_key(s): s for s in db.shard_names}
     for shard in da.shard_names:
         xa = da.read_shard(shard)
-        xb = db.read_shard(shard) if shard in db.shard_names else {}
+        xb = db.read_shard(b_names[shard_key(shard)]) if shard_key(shard) in b_names else {}
         if sorted(xa) != sorted(xb):
             arrays_equal = False
             continue
@@ -178,6 +180,7 @@ def compare_datasets(ref: Path, other: Path) -> dict:
         "episode_ids_unique": len(ids_b) == len(set(ids_b)),
         "arrays_equal": arrays_equal, "arrays_compared": arrays_compared,
         "shards_ref": da.shard_names, "shards": db.shard_names, "tmp_leftovers": leftovers,
+        "shard_sets_equal": sorted(map(shard_key, da.shard_names)) == sorted(b_names),
     }
 
 

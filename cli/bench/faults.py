@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Optional
 
 from cli.bench.cluster import FAST_LABELS, compare_datasets, curate_cmd, run_args
-from cli.output import add_report_args, emit, format_table, write_bench_json
+from cli.output import add_report_args, emit, write_bench_json
+from curation.formats import format_table
 
 SHARD_EPISODES = 3
 KILL_WINDOW = (0.05, 0.95)  # a kill lands between 5 % and 95 % of the engine's uninterrupted wall time
 RERUN_TIMEOUT_S = 900
 EXIT_GRACE_S = 15.0  # how long a killed run's processes may take to notice and exit
+STDERR_TAIL_CHARS = 2000  # of a failed run's stderr in the error: its last lines, where the error is
 
 
 def add_bench(bench_sub) -> None:
@@ -79,7 +81,7 @@ def timed_run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=RERUN_TIMEOUT_S, start_new_session=True)
     if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({res.returncode}): {res.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({res.returncode}): {res.stderr[-STDERR_TAIL_CHARS:]}")
     return time.perf_counter() - t0
 
 
@@ -233,7 +235,7 @@ def _reader_catches(ref: str) -> Optional[str]:
 
 
 def flip_trial(ref: str, root: Path, files: list[str], rng: random.Random) -> dict:
-    from curation.registry.publish import verify
+    from curation.registry.verify import verify
 
     rel = rng.choice(files)
     path = root / rel
@@ -255,7 +257,8 @@ def flip_trial(ref: str, root: Path, files: list[str], rng: random.Random) -> di
 
 
 def flip_campaign(dataset: Path, work: Path, n: int, rng: random.Random) -> dict:
-    from curation.registry.publish import publish, read_index
+    from curation.registry.publish import publish
+    from curation.registry.versions import read_index
 
     pv = publish(dataset, "faults", "1.0.0", to_url=str(work / "registry"), progress=False)
     files = sorted(read_index(pv.ref)["files"])

@@ -9,13 +9,17 @@ directory first (scripted experts, 128 px) and read it back through the RLDS
 reader, exactly as a curation job would.
 
 Accuracy compares every available backend with the ground truth of
-labelers/ground_truth.py on the same query points (a grid on each anchor frame):
+labelers/eval/ground_truth.py on the same query points (a grid on each anchor frame):
 optical flow t -> t + gap (EPE and > 3 px share on non-occluded pixels; also
 after the motion-image round trip), tracks (TAP-Vid delta_avg / OA / AJ over
 in-range steps after the query frame), 3D scene flow with dataset depth (3D
 EPE of displacements from the anchor, over point-steps valid in both), and
 depth (AbsRel, delta < 1.25). Optional backends run when configured: Depth
 Anything (--depth-model), CoTracker (--cotracker-repo/--cotracker-ckpt).
+
+The result records what every row was labelled with (`labelled_with`: {label: {row: {kind:
+{backend, params, gap | frame_step}}}}); the dataset card marks the rows of a dataset's own
+backends and parameters by it.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import numpy as np
 from cli.output import add_report_args, emit, write_bench_json
 
 from curation.formats import format_table, markdown_table
+from schemas.triplet import DEFAULT_GRID, DEFAULT_HORIZON, DEFAULT_STRIDE
 
 log = logging.getLogger(__name__)
 
-# The three tasks the CPU defaults were chosen on (curation/bench_motion.CHOICE_TASKS) and five
+# The three tasks the CPU defaults were chosen on (cli/bench/motion.CHOICE_TASKS) and five
 # held out, with different motion: a hinged door, a pushed puck, a sliding window, a turned
 # faucet, and the arm alone.
 DEFAULT_TASKS = ["pick-place-v3", "drawer-open-v3", "button-press-topdown-v3",
@@ -50,6 +55,12 @@ TARGETS = {"flow_epe_px": 1.0, "tracks_delta_avg": 0.80, "median_epe3d_mm": 10.0
 MOVING_TARGETS = {"delta_avg": 0.80, "delta_1": 0.5, "median_mm": 5.0, "false_motion": 0.01, "flow_epe_px": 0.4}
 DEFAULT_TRACKER = "lk (default: refined)"
 GAP_TRACKERS = (DEFAULT_TRACKER, "lk (chain)")  # also scored on the episode re-timed to 1/gap
+# Speed of tracking and lifting is timed at the default label config (schemas.triplet).
+SPEED_GRID, SPEED_HORIZON, SPEED_STRIDE = DEFAULT_GRID, DEFAULT_HORIZON, DEFAULT_STRIDE
+# The labeling_s target is for one 50-step episode at 128 px (the simulator's default bench episode).
+TARGET_SIZE_PX, TARGET_STEPS = 128, 50
+# Depth Anything is timed on the first frames only (one model batch of its default batch_size).
+DEPTH_MODEL_CLIP = 8
 
 
 def add_bench(bench_sub) -> None:
@@ -160,41 +171,66 @@ def _pin_one_core() -> str:
 # ---------------------------------------------------------------- accuracy
 
 
+# The flow backends and trackers scored, by row name: (registry name, parameters as a LabelConfig
+# gives them). The result records them per row ("labelled_with"), so that the dataset card can mark
+# exactly the rows of the backends and parameters a dataset was labelled with.
+FLOW_SCORED = {
+    "dis (medium)": ("dis", {"preset": "medium"}),
+    "dis (fast)": ("dis", {"preset": "fast"}),
+    "dis (ultrafast)": ("dis", {"preset": "ultrafast"}),
+    "farneback": ("farneback", {}),
+}
+TRACKERS_SCORED = {
+    DEFAULT_TRACKER: ("lk", {}),
+    "lk (chain)": ("lk", {"static_anchor": False, "static_step": False, "ref_gap": 0}),
+    "lk (hybrid)": ("lk", {"mode": "hybrid"}),
+    "lk (anchor)": ("lk", {"mode": "anchor"}),
+    "lk (chain, grey, 15 px, 3 levels)": ("lk", {"mode": "chain", "color": False, "win_size": 15, "max_level": 3, "fb_threshold_px": 1.0}),
+    "flow (dis)": ("flow", {}),
+}
+
+
+def _spec(backend: str, params: dict, **extra) -> dict:
+    """One labeler of a scored row: {"backend", "params", ...}; flow rows add "gap", tracker rows
+    "frame_step" (1: the episode at its own rate; g: re-timed to every g-th frame)."""
+    return {"backend": backend, "params": dict(params), **extra}
+
+
 def _flow_backends(args) -> dict:
     from labelers.flow import get_flow_backend
 
-    return {
-        "dis (medium)": get_flow_backend("dis", preset="medium"),
-        "dis (fast)": get_flow_backend("dis", preset="fast"),
-        "dis (ultrafast)": get_flow_backend("dis", preset="ultrafast"),
-        "farneback": get_flow_backend("farneback"),
-    }
+    return {name: get_flow_backend(backend, **params) for name, (backend, params) in FLOW_SCORED.items()}
 
 
 def _trackers(args) -> dict:
     from labelers.tracking.registry import get_tracker
 
-    out = {
-        DEFAULT_TRACKER: get_tracker("lk"),
-        "lk (chain)": get_tracker("lk", static_anchor=False, static_step=False, ref_gap=0),
-        "lk (hybrid)": get_tracker("lk", mode="hybrid"),
-        "lk (anchor)": get_tracker("lk", mode="anchor"),
-        "lk (chain, grey, 15 px, 3 levels)": get_tracker("lk", mode="chain", color=False, win_size=15, max_level=3, fb_threshold_px=1.0),
-        "flow (dis)": get_tracker("flow"),
-    }
+    out = {name: get_tracker(backend, **params) for name, (backend, params) in TRACKERS_SCORED.items()}
     if args.cotracker_repo and args.cotracker_ckpt:
-        out["cotracker"] = get_tracker("cotracker", repo=args.cotracker_repo, checkpoint=args.cotracker_ckpt)
+        out["cotracker"] = get_tracker("cotracker", **_cotracker_params(args))
     return out
+
+
+def _cotracker_params(args) -> dict:
+    return {"repo": args.cotracker_repo, "checkpoint": args.cotracker_ckpt}
+
+
+def _tracker_spec(name: str, args, frame_step: int = 1) -> dict:
+    backend, params = ("cotracker", _cotracker_params(args)) if name == "cotracker" else TRACKERS_SCORED[name]
+    return _spec(backend, params, frame_step=frame_step)
 
 
 class _Pool:
     """Accumulates raw per-sample arrays per (label, backend, task) so that metrics pool samples
-    (pixels, point-steps), not per-episode averages."""
+    (pixels, point-steps), not per-episode averages; `specs` holds what each (label, backend) row
+    was labelled with ({LabelConfig kind: _spec}, None for rows of no labeler)."""
 
     def __init__(self):
         self.data: dict = {}
+        self.specs: dict = {}
 
-    def add(self, key, **arrays):
+    def add(self, key, spec: dict | None = None, **arrays):
+        self.specs.setdefault(key[:2], spec)
         slot = self.data.setdefault(key, {})
         for k, v in arrays.items():
             slot.setdefault(k, []).append(v)
@@ -202,30 +238,21 @@ class _Pool:
     def get(self, key, name):
         return np.concatenate(self.data[key][name], axis=0)
 
+    def labelled_with(self) -> dict:
+        """{label: {row backend: spec}} of every row pooled from a labeler."""
+        out: dict = {}
+        for (label, name), spec in self.specs.items():
+            if spec is not None:
+                out.setdefault(label, {})[name] = spec
+        return out
+
 
 def run_labels(args) -> int:
+    from schemas.episode import EpisodeError
     from schemas.progress import progress_bar
 
-    from cli.bench import motion as bench_motion
-    from labelers.eval import ground_truth as gt
-    from labelers.eval import metrics
-    from labelers.eval import motion as motion_eval
-    from labelers.depth import DatasetDepth, get_depth_backend
-    from labelers.flow import decode_motion_image, encode_motion_image, to_gray
-    from labelers.sceneflow import intrinsics_or_estimate, lift_tracks
-    from labelers.tracking.common import grid_queries, track_anchors
-    from schemas.episode import EpisodeError
-    from schemas.triplet import anchor_steps
-
-    from labelers.episode_labeler import LabelConfig
-
-    label_defaults = LabelConfig()
     episodes = _load_episodes(args)
-    flows = _flow_backends(args)
-    trackers = _trackers(args)
-    depth_backends = {"dataset": DatasetDepth()}
-    if args.depth_model:
-        depth_backends["depth-anything"] = get_depth_backend("depth-anything", model=args.depth_model)
+    backends = _accuracy_backends(args)
     pool = _Pool()
     tasks: list[str] = []
     skipped: list[str] = []
@@ -236,82 +263,7 @@ def run_labels(args) -> int:
             task = _task_of(ep)
             if task not in tasks:
                 tasks.append(task)
-            cam = ep.primary_camera
-            frames = ep.frames[cam]
-            n, H, W = frames.shape[:3]
-            intr = intrinsics_or_estimate(ep.intrinsics.get(cam), H, W)
-            anchors = anchor_steps(n, args.stride)
-            anchors = anchors[anchors + 1 < n]  # every evaluated anchor has a next step
-            grays = [to_gray(f) for f in frames]
-            # -- optical flow, at every gap
-            for gap, a in ((g, a) for g in args.gap for a in anchors if a + g < n):
-                true_flow, valid = gt.true_optical_flow(ep, int(a), gap)
-                with np.errstate(invalid="ignore"):
-                    moving = np.linalg.norm(true_flow, axis=-1) >= MOVING_FLOW_PX
-                for backend, be in flows.items():
-                    name = backend if gap == 1 else f"{backend} [gap {gap}]"
-                    pred = be.flow_gray(grays[a], grays[a + gap])
-                    err_map = np.linalg.norm(pred - true_flow, axis=-1)
-                    pool.add(("flow", name, task), err=err_map[valid])
-                    pool.add(("flow", name + " [moving]", task), err=err_map[valid & moving])
-                    if name == "dis (medium)":
-                        dec = decode_motion_image(encode_motion_image(pred))
-                        pool.add(("flow", name + " via motion image", task), err=np.linalg.norm(dec - true_flow, axis=-1)[valid])
-            # -- tracks and 3D
-            queries = grid_queries(H, W, args.grid)
-            truth = [gt.true_tracks(ep, int(a), queries, args.horizon) for a in anchors]
-            gt_tracks = np.stack([t[0] for t in truth])  # N K T 2
-            gt_vis = np.stack([t[1] for t in truth])  # N K T
-            gt_range = np.stack([t[2] for t in truth])  # N T
-            sf_truth = [gt.true_scene_flow(ep, int(a), queries, args.horizon) for a in anchors]
-            gt_pts = np.stack([s[0] for s in sf_truth])  # N K T 3
-            gt_pts_valid = np.stack([s[1] for s in sf_truth])  # N K T
-            # Evaluated: in-range steps after the query frame, of queries whose true motion is known
-            # (a query on the background has no body to follow, like an unannotated TAP-Vid point).
-            eval_mask = np.broadcast_to(gt_range[:, None, :], gt_vis.shape).copy()
-            eval_mask &= np.isfinite(gt_tracks[:, :, :1, 0])
-            eval_mask[..., 0] = False
-            classes = motion_eval.motion_classes(gt_tracks, gt_range, gt_pts, gt_pts_valid)  # moving / static, N K each
-            moving_2d, moving_3d = classes["moving_2d"], classes["moving_3d"]
-            steps = anchors[:, None] + np.arange(args.horizon)[None, :]
-            frame_index = np.where(steps < n, steps, -1)[:, None, :]
-            depth = ep.depth_m.get(cam)
-            for name, tr in trackers.items():
-                tracks, vis = track_anchors(tr, frames, anchors, queries, args.horizon)
-                to256 = np.array([256.0 / W, 256.0 / H], np.float32)  # TAP-Vid scale, so that sizes can be pooled
-                pool.add(("tracks", name, task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis, mask=eval_mask)
-                pool.add(("tracks", name + " [moving]", task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis,
-                         mask=eval_mask & moving_2d[..., None])
-                sf = None
-                if depth is not None:
-                    sf = lift_tracks(tracks, vis, depth, intr, frame_index=frame_index, max_depth_jump_rel=label_defaults.max_depth_jump_rel)
-                    both = sf.valid_3d & gt_pts_valid
-                    err = metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both)
-                    pool.add(("sceneflow", f"{name} + dataset depth", task), err=err,
-                             covered=np.array([both[..., 1:].sum()]), total=np.array([gt_pts_valid[..., 1:].sum()]))
-                    both_m = both & moving_3d[..., None]
-                    pool.add(("sceneflow", f"{name} + dataset depth [moving]", task),
-                             err=metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both_m),
-                             covered=np.array([both_m[..., 1:].sum()]), total=np.array([(gt_pts_valid & moving_3d[..., None])[..., 1:].sum()]))
-                bench_motion.add_false_motion(pool, name, task, tracks, vis, classes, eval_mask, sf)
-                if name in GAP_TRACKERS:
-                    bench_motion.add_gap_tracks(pool, ep, tr, name, task, [g for g in args.gap if g > 1], args.stride, args.horizon, queries)
-            if depth is not None:
-                # Depth sampling alone: true tracks lifted with dataset depth.
-                sf = lift_tracks(gt_tracks, gt_vis, depth, intr, frame_index=frame_index)
-                both = sf.valid_3d & gt_pts_valid
-                pool.add(("sceneflow", "true tracks + dataset depth", task), err=metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both),
-                         covered=np.array([both[..., 1:].sum()]), total=np.array([gt_pts_valid[..., 1:].sum()]))
-            # -- depth (the simulator's depth is the truth; the dataset backend must reproduce it)
-            if depth is not None:
-                for name, be in depth_backends.items():
-                    anchors_depth = depth
-                    if name == "depth-anything":
-                        anchors_depth = np.where(rng.random(depth.shape) < args.sparse_share, depth, np.nan).astype(np.float32)
-                    res = be(frames, anchors_depth)
-                    m = metrics.depth_metrics(res.depth_m, depth) if res.depth_m is not None else {"abs_rel": float("nan"), "delta_1.25": float("nan"), "coverage": 0.0}
-                    pool.add(("depth", f"{name} ({res.kind})", task), abs_rel=np.array([m["abs_rel"]]), d125=np.array([m["delta_1.25"]]),
-                             coverage=np.array([m["coverage"]]))
+            _score_episode(pool, ep, task, backends, args, rng)
         except EpisodeError as e:  # one bad episode is reported, not fatal
             log.warning("bench labels: skipped %s", e)
             skipped.append(str(e))
@@ -324,6 +276,158 @@ def run_labels(args) -> int:
     table = _write_card_table(result) if args.card_table else None
     emit(result, args.json, _labels_text(result) + f"\n\nwrote {path}" + (f" and {table}" if table else ""))
     return 0
+
+
+def _accuracy_backends(args) -> dict:
+    """{"flow": {row name: backend}, "tracks": {...}, "depth": {...}}: every backend scored."""
+    from labelers.depth import DatasetDepth, get_depth_backend
+
+    depth_backends = {"dataset": DatasetDepth()}
+    if args.depth_model:
+        depth_backends["depth-anything"] = get_depth_backend("depth-anything", model=args.depth_model)
+    return {"flow": _flow_backends(args), "tracks": _trackers(args), "depth": depth_backends}
+
+
+def _score_episode(pool: _Pool, ep, task: str, backends: dict, args, rng) -> None:
+    """Every backend on one episode, its per-sample errors added to `pool`."""
+    from labelers.flow import to_gray
+    from labelers.sceneflow import intrinsics_or_estimate
+    from schemas.triplet import anchor_steps
+
+    cam = ep.primary_camera
+    frames = ep.frames[cam]
+    n, H, W = frames.shape[:3]
+    intr = intrinsics_or_estimate(ep.intrinsics.get(cam), H, W)
+    anchors = anchor_steps(n, args.stride)
+    anchors = anchors[anchors + 1 < n]  # every evaluated anchor has a next step
+    grays = [to_gray(f) for f in frames]
+    _score_flow(pool, ep, task, backends["flow"], grays, anchors, args.gap)
+    truth = _motion_truth(ep, anchors, args.grid, args.horizon)
+    for name, tr in backends["tracks"].items():
+        _score_tracker(pool, ep, task, name, tr, truth, intr, args)
+    depth = ep.depth_m.get(cam)
+    if depth is not None:
+        _score_true_tracks_lifted(pool, task, truth, depth, intr)
+        _score_depth(pool, task, backends["depth"], frames, depth, args.sparse_share, rng, args.depth_model)
+
+
+def _score_flow(pool: _Pool, ep, task: str, flows: dict, grays: list, anchors: np.ndarray, gaps: list[int]) -> None:
+    """Optical flow anchor -> anchor + gap of every backend at every gap, on non-occluded pixels
+    (all, and moving), and for DIS medium also after the motion-image round trip."""
+    from labelers.eval import ground_truth as gt
+    from labelers.flow import decode_motion_image, encode_motion_image
+
+    n = len(grays)
+    for gap, a in ((g, a) for g in gaps for a in anchors if a + g < n):
+        true_flow, valid = gt.true_optical_flow(ep, int(a), gap)
+        with np.errstate(invalid="ignore"):
+            moving = np.linalg.norm(true_flow, axis=-1) >= MOVING_FLOW_PX
+        for backend, be in flows.items():
+            name = backend if gap == 1 else f"{backend} [gap {gap}]"
+            spec = {"flow": _spec(*FLOW_SCORED[backend], gap=gap)}
+            pred = be.flow_gray(grays[a], grays[a + gap])
+            err_map = np.linalg.norm(pred - true_flow, axis=-1)
+            pool.add(("flow", name, task), spec, err=err_map[valid])
+            pool.add(("flow", name + " [moving]", task), spec, err=err_map[valid & moving])
+            if name == "dis (medium)":
+                dec = decode_motion_image(encode_motion_image(pred))
+                pool.add(("flow", name + " via motion image", task), spec, err=np.linalg.norm(dec - true_flow, axis=-1)[valid])
+
+
+def _motion_truth(ep, anchors: np.ndarray, grid: int, horizon: int) -> dict:
+    """The simulator's tracks and 3D points of the grid queries from every anchor, the evaluation
+    mask and the moving / static classes of the queries."""
+    from labelers.eval import ground_truth as gt
+    from labelers.eval import motion as motion_eval
+    from labelers.tracking.common import grid_queries
+
+    frames = ep.frames[ep.primary_camera]
+    n, H, W = frames.shape[:3]
+    queries = grid_queries(H, W, grid)
+    truth = [gt.true_tracks(ep, int(a), queries, horizon) for a in anchors]
+    tracks = np.stack([t[0] for t in truth])  # N K T 2
+    vis = np.stack([t[1] for t in truth])  # N K T
+    in_range = np.stack([t[2] for t in truth])  # N T
+    sf_truth = [gt.true_scene_flow(ep, int(a), queries, horizon) for a in anchors]
+    pts = np.stack([s[0] for s in sf_truth])  # N K T 3
+    pts_valid = np.stack([s[1] for s in sf_truth])  # N K T
+    # Evaluated: in-range steps after the query frame, of queries whose true motion is known
+    # (a query on the background has no body to follow, like an unannotated TAP-Vid point).
+    eval_mask = np.broadcast_to(in_range[:, None, :], vis.shape).copy()
+    eval_mask &= np.isfinite(tracks[:, :, :1, 0])
+    eval_mask[..., 0] = False
+    steps = anchors[:, None] + np.arange(horizon)[None, :]
+    return {"anchors": anchors, "queries": queries, "tracks": tracks, "vis": vis, "pts": pts, "pts_valid": pts_valid,
+            "eval_mask": eval_mask, "classes": motion_eval.motion_classes(tracks, in_range, pts, pts_valid),  # N K each
+            "frame_index": np.where(steps < n, steps, -1)[:, None, :]}
+
+
+def _score_tracker(pool: _Pool, ep, task: str, name: str, tracker, truth: dict, intr, args) -> None:
+    """One tracker on one episode: TAP-Vid inputs (all and moving queries), its 3D lift with
+    dataset depth, false motion, and the re-timed episode for GAP_TRACKERS."""
+    from cli.bench import motion as bench_motion
+    from labelers.eval import metrics
+    from labelers.episode_labeler import LabelConfig
+    from labelers.sceneflow import lift_tracks
+    from labelers.tracking.common import track_anchors
+
+    frames = ep.frames[ep.primary_camera]
+    H, W = frames.shape[1:3]
+    eval_mask, gt_pts, gt_pts_valid = truth["eval_mask"], truth["pts"], truth["pts_valid"]
+    moving_2d, moving_3d = truth["classes"]["moving_2d"], truth["classes"]["moving_3d"]
+    tracks, vis = track_anchors(tracker, frames, truth["anchors"], truth["queries"], args.horizon)
+    to256 = np.array([256.0 / W, 256.0 / H], np.float32)  # TAP-Vid scale, so that sizes can be pooled
+    pred, gt_tracks = tracks * to256, truth["tracks"] * to256
+    spec = {"tracker": _tracker_spec(name, args)}
+    pool.add(("tracks", name, task), spec, pred=pred, pvis=vis, gt=gt_tracks, gvis=truth["vis"], mask=eval_mask)
+    pool.add(("tracks", name + " [moving]", task), spec, pred=pred, pvis=vis, gt=gt_tracks, gvis=truth["vis"],
+             mask=eval_mask & moving_2d[..., None])
+    sf = None
+    depth = ep.depth_m.get(ep.primary_camera)
+    if depth is not None:
+        sf = lift_tracks(tracks, vis, depth, intr, frame_index=truth["frame_index"],
+                         max_depth_jump_rel=LabelConfig().max_depth_jump_rel)
+        both = sf.valid_3d & gt_pts_valid
+        err = metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both)
+        spec = {**spec, "depth": _spec("dataset", {})}
+        pool.add(("sceneflow", f"{name} + dataset depth", task), spec, err=err,
+                 covered=np.array([both[..., 1:].sum()]), total=np.array([gt_pts_valid[..., 1:].sum()]))
+        both_m = both & moving_3d[..., None]
+        pool.add(("sceneflow", f"{name} + dataset depth [moving]", task), spec,
+                 err=metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both_m),
+                 covered=np.array([both_m[..., 1:].sum()]), total=np.array([(gt_pts_valid & moving_3d[..., None])[..., 1:].sum()]))
+    bench_motion.add_false_motion(pool, name, task, tracks, vis, truth["classes"], eval_mask, sf)
+    if name in GAP_TRACKERS:
+        bench_motion.add_gap_tracks(pool, ep, tracker, name, task, [g for g in args.gap if g > 1], args.stride, args.horizon,
+                                    truth["queries"], spec=lambda g: {"tracker": _tracker_spec(name, args, frame_step=g)})
+
+
+def _score_true_tracks_lifted(pool: _Pool, task: str, truth: dict, depth: np.ndarray, intr) -> None:
+    """Depth sampling alone: the true tracks lifted with dataset depth."""
+    from labelers.eval import metrics
+    from labelers.sceneflow import lift_tracks
+
+    sf = lift_tracks(truth["tracks"], truth["vis"], depth, intr, frame_index=truth["frame_index"])
+    both = sf.valid_3d & truth["pts_valid"]
+    pool.add(("sceneflow", "true tracks + dataset depth", task), err=metrics.scene_flow_errors_m(sf.points_cam_m, truth["pts"], both),
+             covered=np.array([both[..., 1:].sum()]), total=np.array([truth["pts_valid"][..., 1:].sum()]))
+
+
+def _score_depth(pool: _Pool, task: str, depth_backends: dict, frames: np.ndarray, depth: np.ndarray,
+                 sparse_share: float, rng, model: str | None) -> None:
+    """Every depth backend against the simulator's depth (the dataset backend must reproduce it;
+    Depth Anything gets `sparse_share` of its pixels as metric anchors)."""
+    from labelers.eval import metrics
+
+    for name, be in depth_backends.items():
+        anchors_depth = depth
+        if name == "depth-anything":
+            anchors_depth = np.where(rng.random(depth.shape) < sparse_share, depth, np.nan).astype(np.float32)
+        res = be(frames, anchors_depth)
+        m = metrics.depth_metrics(res.depth_m, depth) if res.depth_m is not None else {"abs_rel": float("nan"), "delta_1.25": float("nan"), "coverage": 0.0}
+        spec = {"depth": _spec(name, {"model": model} if name == "depth-anything" else {})}
+        pool.add(("depth", f"{name} ({res.kind})", task), spec, abs_rel=np.array([m["abs_rel"]]), d125=np.array([m["delta_1.25"]]),
+                 coverage=np.array([m["coverage"]]))
 
 
 def _summarise_labels(pool: _Pool, tasks: list[str], args, n_episodes: int, seconds: float) -> dict:
@@ -393,6 +497,7 @@ def _summarise_labels(pool: _Pool, tasks: list[str], args, n_episodes: int, seco
         "depth": rows["depth"],
         "targets": targets,
         "moving_targets": _moving_targets(headline, flow_moving),
+        "labelled_with": pool.labelled_with(),
     }
 
 
@@ -477,101 +582,24 @@ def _best_time(fn, repeats: int) -> float:
 
 
 def run_labelers(args) -> int:
-    import cv2
     from schemas.progress import progress_bar
 
-    from labelers.depth import DatasetDepth, get_depth_backend
-    from labelers.episode_labeler import EpisodeLabeler, LabelConfig
-    from labelers.flow import DISFlow, encode_motion_image, get_flow_backend, to_gray
-    from labelers.sceneflow import intrinsics_or_estimate, lift_tracks
-    from labelers.tracking.common import grid_queries
-    from labelers.tracking.registry import get_tracker
+    from labelers.depth import get_depth_backend
 
     pinned = _pin_one_core()
     rows, whole = [], []
     ratio = None
-    sizes = list(args.sizes)
-    if args.source:
-        episodes = _load_episodes(args)
-        sizes = sorted({e.frames[e.primary_camera].shape[1] for e in episodes})
-        by_size = {s: next(e for e in episodes if e.frames[e.primary_camera].shape[1] == s) for s in sizes}
-    else:
-        from curation.sources.metaworld.rollout import rollout_episode
-
-        by_size = {}
-        for s in progress_bar(sizes, desc="simulate", file=sys.stderr):
-            by_size[s] = rollout_episode(args.tasks[0], seed=args.seed, size=s, max_steps=args.steps)
+    by_size = _speed_episodes(args)
     depth_model = get_depth_backend("depth-anything", model=args.depth_model) if args.depth_model else None
-    for size in progress_bar(sizes, desc="bench labelers", file=sys.stderr):
+    for size in progress_bar(list(by_size), desc="bench labelers", file=sys.stderr):
+        timings = _SpeedRows(rows, size)
         ep = by_size[size]
-        cam = ep.primary_camera
-        frames = ep.frames[cam]
-        n, H, W = frames.shape[:3]
-        pairs = n - 1
-        grays = [to_gray(f) for f in frames]
-
-        def add(labeler, backend, seconds, units, unit_name, wall=None):
-            wall = _clock.last_wall if wall is None else wall
-            rows.append({"size_px": size, "labeler": labeler, "backend": backend, "cpu_s": seconds, "wall_s": wall,
-                         "per_s": units / seconds if seconds > 0 else float("nan"),
-                         "per_s_wall": units / wall if wall > 0 else float("nan"), "unit": unit_name})
-
-        # depth
-        dd = DatasetDepth()
-        add("depth", "dataset", _best_time(lambda: dd(frames, ep.depth_m.get(cam)), args.repeats), n, "frames")
-        if depth_model is not None:
-            clip = frames[: min(n, 8)]
-            add("depth", "depth-anything", _best_time(lambda: depth_model(clip, ep.depth_m.get(cam)[: len(clip)]), 1), len(clip), "frames")
-        # optical flow: bare cv2 vs our backend on the same RGB frames (colour conversion included in both)
-        for preset, code in (("medium", cv2.DISOPTICAL_FLOW_PRESET_MEDIUM), ("fast", cv2.DISOPTICAL_FLOW_PRESET_FAST),
-                             ("ultrafast", cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)):
-            bare = cv2.DISOpticalFlow.create(code)
-            ours = DISFlow(preset=preset)
-
-            def run_bare():
-                for t in range(pairs):
-                    bare.calc(cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY), cv2.cvtColor(frames[t + 1], cv2.COLOR_RGB2GRAY), None)
-
-            def run_ours():
-                for t in range(pairs):
-                    ours(frames[t], frames[t + 1])
-
-            tb = _best_time(run_bare, args.repeats)
-            tb_wall = _clock.last_wall
-            to = _best_time(run_ours, args.repeats)
-            add("flow", f"cv2 DIS {preset} (bare)", tb, pairs, "frame pairs", wall=tb_wall)
-            add("flow", f"dis {preset}", to, pairs, "frame pairs")
-            if preset == "medium":
-                ratio = ratio or {}
-                ratio[size] = tb / to
-        fb = get_flow_backend("farneback")
-        add("flow", "farneback", _best_time(lambda: [fb.flow_gray(grays[t], grays[t + 1]) for t in range(pairs)], 1), pairs, "frame pairs")
-        flow0 = DISFlow().flow_gray(grays[0], grays[1])
-        add("motion image", "encode", _best_time(lambda: [encode_motion_image(flow0) for _ in range(pairs)], args.repeats), pairs, "images")
-        # tracking at the default label config (400 points, horizon 32, stride 4): frames of episode per second
-        from schemas.triplet import anchor_steps
-
-        anchors = anchor_steps(n, 4)
-        q = grid_queries(H, W, 20)
-        plain = get_tracker("lk", static_anchor=False, static_step=False, ref_gap=0)
-        for label, tr in ((DEFAULT_TRACKER, get_tracker("lk")), ("lk (chain)", plain), ("lk (hybrid)", get_tracker("lk", mode="hybrid")),
-                          ("flow (dis)", get_tracker("flow"))):
-            add("tracks", f"{label}, 400 pts x 32, stride 4", _best_time(lambda: tr.track_anchors(frames, anchors, q, 32), 1), n, "frames")
-        # lifting
-        tracks, vis = get_tracker("lk").track_anchors(frames, anchors, q, 32)
-        steps = anchors[:, None] + np.arange(32)[None]
-        fi = np.where(steps < n, steps, -1)[:, None, :]
-        intr = intrinsics_or_estimate(ep.intrinsics.get(cam), H, W)
-        depth = ep.depth_m.get(cam)
-        add("scene flow", "lift (bilinear depth)", _best_time(lambda: lift_tracks(tracks, vis, depth, intr, frame_index=fi), args.repeats), n, "frames")
-        # the whole label stage, default config
-        labeler = EpisodeLabeler(LabelConfig())
-        labeler(ep)  # warm-up
-        t_whole = _best_time(lambda: labeler(ep), args.repeats)
-        add("episode", "EpisodeLabeler (default config)", t_whole, n, "frames")
-        whole.append({"size_px": size, "steps": n, "cpu_s": t_whole, "wall_s": _clock.last_wall, "frames_per_s": n / t_whole,
-                      "target_s": TARGETS["labeling_s"] if (size == 128 and n == 50) else None,
-                      "met_cpu": bool(t_whole < TARGETS["labeling_s"]) if (size == 128 and n == 50) else None})
+        _time_depth(timings, ep, depth_model, args.repeats)
+        medium = _time_flow(timings, ep, args.repeats)
+        ratio = ratio or {}
+        ratio[size] = medium
+        _time_tracking(timings, ep, args.repeats)
+        whole.append(_time_whole_episode(timings, ep, args.repeats))
     result = {
         "bench": "labelers",
         "pinned": pinned,
@@ -582,22 +610,148 @@ def run_labelers(args) -> int:
         "targets": {"labeling_s_128px_50steps": TARGETS["labeling_s"], "dis_ratio": TARGETS["dis_ratio"]},
     }
     path = write_bench_json("labelers", result, args.out_json)
-    text = "\n".join([
-        f"labeler speed, one core ({pinned}); per_s from CPU seconds of the process (best of {args.repeats}), wall also shown",
+    emit(result, args.json, _labelers_text(result, args.repeats) + f"\n\nwrote {path}")
+    return 0
+
+
+def _speed_episodes(args) -> dict:
+    """{image size: one episode}: from --source (its sizes), else one simulated per --sizes."""
+    from schemas.progress import progress_bar
+
+    if args.source:
+        episodes = _load_episodes(args)
+        sizes = sorted({e.frames[e.primary_camera].shape[1] for e in episodes})
+        return {s: next(e for e in episodes if e.frames[e.primary_camera].shape[1] == s) for s in sizes}
+    from curation.sources.metaworld.rollout import rollout_episode
+
+    return {s: rollout_episode(args.tasks[0], seed=args.seed, size=s, max_steps=args.steps)
+            for s in progress_bar(list(args.sizes), desc="simulate", file=sys.stderr)}
+
+
+class _SpeedRows:
+    """Appends the timing rows of one image size to `rows`."""
+
+    def __init__(self, rows: list, size: int):
+        self.rows, self.size = rows, size
+
+    def add(self, labeler: str, backend: str, seconds: float, units: int, unit_name: str, wall: float | None = None) -> None:
+        wall = _clock.last_wall if wall is None else wall
+        self.rows.append({"size_px": self.size, "labeler": labeler, "backend": backend, "cpu_s": seconds, "wall_s": wall,
+                          "per_s": units / seconds if seconds > 0 else float("nan"),
+                          "per_s_wall": units / wall if wall > 0 else float("nan"), "unit": unit_name})
+
+
+def _time_depth(timings: _SpeedRows, ep, depth_model, repeats: int) -> None:
+    from labelers.depth import DatasetDepth
+
+    cam = ep.primary_camera
+    frames = ep.frames[cam]
+    n = frames.shape[0]
+    dd = DatasetDepth()
+    timings.add("depth", "dataset", _best_time(lambda: dd(frames, ep.depth_m.get(cam)), repeats), n, "frames")
+    if depth_model is not None:
+        clip = frames[: min(n, DEPTH_MODEL_CLIP)]
+        timings.add("depth", "depth-anything", _best_time(lambda: depth_model(clip, ep.depth_m.get(cam)[: len(clip)]), 1),
+                    len(clip), "frames")
+
+
+def _time_flow(timings: _SpeedRows, ep, repeats: int) -> float:
+    """Optical flow: bare cv2 DIS vs our backend on the same RGB frames (colour conversion included
+    in both), Farneback, the motion-image encoding. Returns bare / ours for DIS medium."""
+    import cv2
+
+    from labelers.flow import DISFlow, encode_motion_image, get_flow_backend, to_gray
+
+    frames = ep.frames[ep.primary_camera]
+    pairs = frames.shape[0] - 1
+    grays = [to_gray(f) for f in frames]
+    medium_ratio = float("nan")
+    for preset, code in (("medium", cv2.DISOPTICAL_FLOW_PRESET_MEDIUM), ("fast", cv2.DISOPTICAL_FLOW_PRESET_FAST),
+                         ("ultrafast", cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)):
+        bare = cv2.DISOpticalFlow.create(code)
+        ours = DISFlow(preset=preset)
+
+        def run_bare():
+            for t in range(pairs):
+                bare.calc(cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY), cv2.cvtColor(frames[t + 1], cv2.COLOR_RGB2GRAY), None)
+
+        def run_ours():
+            for t in range(pairs):
+                ours(frames[t], frames[t + 1])
+
+        tb = _best_time(run_bare, repeats)
+        tb_wall = _clock.last_wall
+        to = _best_time(run_ours, repeats)
+        timings.add("flow", f"cv2 DIS {preset} (bare)", tb, pairs, "frame pairs", wall=tb_wall)
+        timings.add("flow", f"dis {preset}", to, pairs, "frame pairs")
+        if preset == "medium":
+            medium_ratio = tb / to
+    fb = get_flow_backend("farneback")
+    timings.add("flow", "farneback", _best_time(lambda: [fb.flow_gray(grays[t], grays[t + 1]) for t in range(pairs)], 1),
+                pairs, "frame pairs")
+    flow0 = DISFlow().flow_gray(grays[0], grays[1])
+    timings.add("motion image", "encode", _best_time(lambda: [encode_motion_image(flow0) for _ in range(pairs)], repeats),
+                pairs, "images")
+    return medium_ratio
+
+
+def _time_tracking(timings: _SpeedRows, ep, repeats: int) -> None:
+    """Tracking at the default label config (SPEED_GRID^2 points, SPEED_HORIZON steps, anchors every
+    SPEED_STRIDE): frames of the episode per second; then lifting the default tracks to 3D."""
+    from labelers.sceneflow import intrinsics_or_estimate, lift_tracks
+    from labelers.tracking.common import grid_queries
+    from labelers.tracking.registry import get_tracker
+    from schemas.triplet import anchor_steps
+
+    cam = ep.primary_camera
+    frames = ep.frames[cam]
+    n, H, W = frames.shape[:3]
+    anchors = anchor_steps(n, SPEED_STRIDE)
+    q = grid_queries(H, W, SPEED_GRID)
+    plain = get_tracker("lk", static_anchor=False, static_step=False, ref_gap=0)
+    for label, tr in ((DEFAULT_TRACKER, get_tracker("lk")), ("lk (chain)", plain), ("lk (hybrid)", get_tracker("lk", mode="hybrid")),
+                      ("flow (dis)", get_tracker("flow"))):
+        timings.add("tracks", f"{label}, {SPEED_GRID ** 2} pts x {SPEED_HORIZON}, stride {SPEED_STRIDE}",
+                    _best_time(lambda: tr.track_anchors(frames, anchors, q, SPEED_HORIZON), 1), n, "frames")
+    tracks, vis = get_tracker("lk").track_anchors(frames, anchors, q, SPEED_HORIZON)
+    steps = anchors[:, None] + np.arange(SPEED_HORIZON)[None]
+    fi = np.where(steps < n, steps, -1)[:, None, :]
+    intr = intrinsics_or_estimate(ep.intrinsics.get(cam), H, W)
+    depth = ep.depth_m.get(cam)
+    timings.add("scene flow", "lift (bilinear depth)", _best_time(lambda: lift_tracks(tracks, vis, depth, intr, frame_index=fi), repeats),
+                n, "frames")
+
+
+def _time_whole_episode(timings: _SpeedRows, ep, repeats: int) -> dict:
+    """The whole label stage at the default config, after one warm-up call."""
+    from labelers.episode_labeler import EpisodeLabeler, LabelConfig
+
+    n = ep.frames[ep.primary_camera].shape[0]
+    labeler = EpisodeLabeler(LabelConfig())
+    labeler(ep)  # warm-up
+    t_whole = _best_time(lambda: labeler(ep), repeats)
+    timings.add("episode", "EpisodeLabeler (default config)", t_whole, n, "frames")
+    on_target = timings.size == TARGET_SIZE_PX and n == TARGET_STEPS
+    return {"size_px": timings.size, "steps": n, "cpu_s": t_whole, "wall_s": _clock.last_wall, "frames_per_s": n / t_whole,
+            "target_s": TARGETS["labeling_s"] if on_target else None,
+            "met_cpu": bool(t_whole < TARGETS["labeling_s"]) if on_target else None}
+
+
+def _labelers_text(result: dict, repeats: int) -> str:
+    rows, whole, ratio = result["rows"], result["episode"], result["dis_ratio_ours_over_bare"]
+    return "\n".join([
+        f"labeler speed, one core ({result['pinned']}); per_s from CPU seconds of the process (best of {repeats}), wall also shown",
         format_table(rows, ["size_px", "labeler", "backend", "per_s", "unit", "cpu_s", "wall_s", "per_s_wall"], floatfmt=".3f"),
         "",
-        "whole labeling of one episode (dataset depth, LK 400 pts x 32 every 4 steps, DIS flow, lifting)",
+        f"whole labeling of one episode (dataset depth, LK {SPEED_GRID ** 2} pts x {SPEED_HORIZON} every {SPEED_STRIDE} steps, "
+        "DIS flow, lifting)",
         format_table(whole),
         "",
-        "DIS inside our backend / bare cv2 DIS (speed ratio, target >= 0.9): "
+        f"DIS inside our backend / bare cv2 DIS (speed ratio, target >= {TARGETS['dis_ratio']}): "
         + ", ".join(f"{s} px {r:.3f}" for s, r in (ratio or {}).items()),
         "",
         "markdown:",
         markdown_table(rows, ["size_px", "labeler", "backend", "per_s", "unit", "cpu_s", "wall_s"]),
         "",
         markdown_table(whole),
-        "",
-        f"wrote {path}",
     ])
-    emit(result, args.json, text)
-    return 0

@@ -26,10 +26,10 @@ def add_false_motion(pool, name: str, task: str, tracks, vis, classes: dict, eva
         pool.add(("falsemotion3d", name, task), flags=motion_eval.false_motion_3d(sf.points_cam_m, sf.valid_3d, classes["static_3d"]))
 
 
-def add_gap_tracks(pool, ep, tracker, name: str, task: str, gaps, stride: int, horizon: int, queries) -> None:
+def add_gap_tracks(pool, ep, tracker, name: str, task: str, gaps, stride: int, horizon: int, queries, spec=None) -> None:
     """Tracks on the episode re-timed to 1/gap of its rate (every gap-th frame), scored on the
     truth at those frames: rows "<name> [gap g]" and "<name> [gap g] [moving]" (tracks) and
-    false-motion flags under the same names."""
+    false-motion flags under the same names. `spec(g)`: what the rows were labelled with."""
     from labelers.eval import ground_truth as gt
     from labelers.tracking.common import track_anchors
 
@@ -51,8 +51,9 @@ def add_gap_tracks(pool, ep, tracker, name: str, task: str, gaps, stride: int, h
         classes = motion_eval.motion_classes(gt_tracks, in_range)
         tracks, vis = track_anchors(tracker, frames[idx], anchors, queries, sub_h)
         label = f"{name} [gap {g}]"
-        pool.add(("tracks", label, task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis, mask=mask)
-        pool.add(("tracks", f"{label} [moving]", task), pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis,
+        row_spec = spec(g) if spec else None
+        pool.add(("tracks", label, task), row_spec, pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis, mask=mask)
+        pool.add(("tracks", f"{label} [moving]", task), row_spec, pred=tracks * to256, pvis=vis, gt=gt_tracks * to256, gvis=gt_vis,
                  mask=mask & classes["moving_2d"][..., None])
         add_false_motion(pool, label, task, tracks, vis, classes, mask)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.output import emit, format_table, markdown_table, write_bench_json
+from cli.output import add_report_args, emit, format_table, markdown_table, write_bench_json
 
 BENCH_SETS = ["curation.card=false"]  # the card's plots are not the pipeline's cost
+ZSTD_REPEATS = 5  # zstd is timed for reference only: fewer repeats than the zarr / numpy.save comparison
 
 
 def _dataset(workdir: Path, episodes: int, steps: int, size: int) -> Path:
@@ -148,7 +149,7 @@ def _zarr_vs_npy(src: Path, workdir: Path, repeats: int = 16) -> dict:
         tfull.append(time.perf_counter() - a)
         shutil.rmtree(d)
     tzs = []
-    for i in range(5):  # zstd for reference
+    for i in range(ZSTD_REPEATS):
         d = Path(tempfile.mkdtemp(dir=workdir))
         a = time.perf_counter()
         write_shard_group(d / "zarr", "shard-x", payloads, 16, "zstd")
@@ -285,3 +286,14 @@ def run_bench(args) -> int:
         f"{result['conditions']['load_avg_end']} on {os.cpu_count()} CPUs\nwrote {path}"
     emit(result, args.json, text)
     return 0
+
+
+def add_bench(bench_sub) -> None:
+    p = bench_sub.add_parser("pipeline", help="engine throughput, scaling, zarr vs numpy.save, memory")
+    p.add_argument("--episodes", type=int, default=16, help="simulated episodes for the engine comparison")
+    p.add_argument("--steps", type=int, default=40, help="steps per simulated episode")
+    p.add_argument("--size", type=int, default=64, help="image size of the simulated episodes")
+    p.add_argument("--skip", action="append", default=[], help="skip a part: engines, scaling, zarr, memory")
+    p.add_argument("--workdir", default=None, help="where to put the bench datasets (default a temp dir)")
+    add_report_args(p, bench="pipeline")
+    p.set_defaults(func=run_bench)

@@ -19,9 +19,11 @@ def add_commands(sub) -> None:
     psub = p.add_subparsers(dest="policy_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    t = psub.add_parser("train", help="train one phase (motion | action) on a curated dataset")
+    from policy.config import PHASES
+
+    t = psub.add_parser("train", help="train one phase (motion | action, or a variant's own) on a curated dataset")
     t.add_argument("--data", required=True, help="dataset directory, fsspec URL or URL/NAME@V")
-    t.add_argument("--phase", required=True, choices=["motion", "action"])
+    t.add_argument("--phase", required=True, choices=list(PHASES))
     t.add_argument("--config", default=None, help="YAML/JSON with policy: and train: sections")
     t.add_argument("--out", default=None, help="output directory (default runs/<phase>-<fusion>-s<seed>)")
     t.add_argument("--steps", type=int, default=None)
@@ -32,6 +34,8 @@ def add_commands(sub) -> None:
     t.add_argument("--num-workers", type=int, default=None)
     t.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 on a busy CPU)")
     t.add_argument("--dataset-name", default=None, help="source dataset whose statistics to use (multi-source data)")
+    t.add_argument("--latent-checkpoint", default=None,
+                   help="latent action model (curate latent train RUN) whose codebook variant lafp generates latents of")
     add_report_args(t)
     t.set_defaults(func=cmd_train)
 
@@ -64,11 +68,16 @@ def add_commands(sub) -> None:
 
 
 def add_bench(bench_sub) -> None:
+    from policy.config import VARIANTS
+
     b = bench_sub.add_parser("policy", help="training steps/s and action-chunk latency of the policy on this CPU")
     b.add_argument("--config", default=None, help="YAML/JSON with a policy: section (default: the shipped defaults)")
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    b.add_argument("--variant", action="append", default=None, choices=list(VARIANTS),
+                   help="variant to measure, repeatable (default: every variant)")
+    b.add_argument("--latent-checkpoint", default=None, help="latent action model whose codebook variant lafp uses")
     add_report_args(b, bench="policy")
     b.set_defaults(func=cmd_bench_policy)
 
@@ -96,6 +105,8 @@ def cmd_train(args) -> int:
     cfg, tr, TrainConfig = _configs(args)
     if args.fusion:
         cfg = dataclasses.replace(cfg, fusion=args.fusion)
+    if args.latent_checkpoint:
+        cfg = with_latent_codebook(cfg, args.latent_checkpoint)
     tr = dict(tr, phase=args.phase)
     for key, val in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size), ("num_workers", args.num_workers),
                      ("torch_threads", args.threads)):
@@ -114,6 +125,17 @@ def cmd_train(args) -> int:
     text = format_table([{k: v for k, v in result.items() if k not in ("checkpoint", "state_sha1", "rank", "world_size")}]) + f"\ncheckpoint: {result['checkpoint']}"
     emit(result, args.json, text)
     return 0
+
+
+def with_latent_codebook(cfg, checkpoint: str):
+    """cfg with the codebook (V x c) and token count L of a latent action model's checkpoint."""
+    import torch
+
+    from labelers.latent.checkpoint import load_weights
+
+    lam, state, _ = load_weights(checkpoint)
+    codebook = state["vq.codebook"].to(torch.float32).tolist()  # V c
+    return dataclasses.replace(cfg, latent_codebook=codebook, latent_dim=lam.code_dim, latent_tokens=lam.num_tokens)
 
 
 def cmd_eval(args) -> int:
@@ -187,9 +209,13 @@ def cmd_bench_policy(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg, _, _ = _configs(args)
-    result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps)
+    if args.latent_checkpoint:
+        cfg = with_latent_codebook(cfg, args.latent_checkpoint)
+    from policy.config import VARIANTS
+
+    result = bench_policy(cfg, batch_size=args.batch_size, steps=args.steps, variants=args.variant or list(VARIANTS))
     path = write_bench_json("policy", result, args.out_json)
-    text = format_table(result["rows"], ["measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
+    text = format_table(result["rows"], ["variant", "measure", "batch", "seconds_median", "per_s", "cpu_seconds_median", "trainable_params"], floatfmt=".4f")
     emit(result, args.json, text + f"\nparameters: {result['parameters']:,}  torch threads: {result['torch_threads']}  -> {path}")
     return 0
 

@@ -95,7 +95,9 @@ def _fail(args, message: str, **extra) -> int:
 def cmd_publish(args) -> int:
     from pathlib import Path
 
-    from curation.registry.publish import DEFAULT_MAX_QUARANTINED_SHARE, PublishError, check_contents, publish
+    from curation.registry.publish import DEFAULT_MAX_QUARANTINED_SHARE, check_contents, publish
+
+    from curation.registry.refs import PublishError
 
     to = args.to
     share = DEFAULT_MAX_QUARANTINED_SHARE if args.max_quarantined_share is None else args.max_quarantined_share
@@ -141,7 +143,9 @@ def _prepare(dataset_dir) -> None:
 
 
 def cmd_versions(args) -> int:
-    from curation.registry.publish import PublishError, list_versions, remove_unfinished, unfinished_publishes
+    from curation.registry.gc import remove_unfinished, unfinished_publishes
+    from curation.registry.refs import PublishError
+    from curation.registry.versions import list_versions
 
     try:
         removed = []
@@ -167,7 +171,8 @@ def cmd_versions(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from curation.registry.publish import PublishError, diff
+    from curation.registry.diff import diff
+    from curation.registry.refs import PublishError
 
     try:
         d = diff(args.ref_a, args.ref_b, _storage_options(args, args.ref_a))
@@ -186,7 +191,8 @@ def cmd_diff(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from curation.registry.publish import PublishError, verify
+    from curation.registry.refs import PublishError
+    from curation.registry.verify import verify
 
     try:
         r = verify(args.ref, _storage_options(args, args.ref))

@@ -1,8 +1,7 @@
-"""`curate run SOURCE --out DATASET_DIR --runner local|beam|ray` and `curate bench pipeline`."""
+"""`curate run SOURCE --out DATASET_DIR --runner local|beam|ray` (`curate bench pipeline`: cli/bench/pipeline.py)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -95,20 +94,3 @@ def format_summary(s: dict) -> str:
     if s.get("extras"):
         lines.append("extras: " + ", ".join(f"{k} {v}" for k, v in s["extras"].items()))
     return "\n".join(lines)
-
-
-def add_bench(bench_sub) -> None:
-    p = bench_sub.add_parser("pipeline", help="engine throughput, scaling, zarr vs numpy.save, memory")
-    p.add_argument("--episodes", type=int, default=16, help="simulated episodes for the engine comparison")
-    p.add_argument("--steps", type=int, default=40, help="steps per simulated episode")
-    p.add_argument("--size", type=int, default=64, help="image size of the simulated episodes")
-    p.add_argument("--skip", action="append", default=[], help="skip a part: engines, scaling, zarr, memory")
-    p.add_argument("--workdir", default=None, help="where to put the bench datasets (default a temp dir)")
-    add_report_args(p, bench="pipeline")
-    p.set_defaults(func=cmd_bench_pipeline)
-
-
-def cmd_bench_pipeline(args) -> int:
-    from cli.bench.pipeline import run_bench
-
-    return run_bench(args)

@@ -25,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from schemas.durable import real_directory, write_replacing
 from schemas.dataset import DATASET_JSON, FILTERED, MANIFEST, QUARANTINE, SHARDS_DIR, STATS_JSON
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,12 @@ CARD_DIR = "card"
 README = "README.md"
 SAMPLES = 4  # episodes shown in the pictures
 _HIST_FRAMES = 200_000  # action values read per dataset for the histograms
+MAX_DATASET_TAGS = 10  # source-dataset tags in the front matter, so a large mixture keeps a short tag list
+TOP_INSTRUCTIONS = 20  # the most frequent instructions listed
+# Picture titles are cut to what fits above a panel at the font size used (7 pt).
+TITLE_LANGUAGE_CHARS = 40  # of the instruction, above a track panel 3.2 inches wide
+TITLE_DATASET_CHARS = 18  # of the dataset name, above a histogram panel 1.9 inches wide
+HIST_BINS = 40  # per action dimension
 # The measured label accuracy shipped with the package (see _load_accuracy).
 LABEL_ACCURACY = "label_accuracy.json"
 
@@ -84,22 +91,63 @@ def _flatten(d, prefix: str = "", out: Optional[dict] = None, limit: int = 80) -
 
 # Moving points first: most of a frame is static, so the all-points figures flatter the labels.
 _BENCH_LABELS = ("moving_points", "flow_moving_pixels", "flow", "tracks", "sceneflow", "depth")
+# Which of the bench's `labelled_with` tables describes the rows of each label.
+_SPEC_TABLE = {"moving_points": "tracks", "flow_moving_pixels": "flow"}
+# The manifest's label name of each LabelConfig backend kind (EpisodeLabeler.backends).
+_RECORDED_AS = {"depth": "depth", "tracker": "tracks", "flow": "flow"}
 
 
-def _bench_accuracy_rows(accuracy: dict, used: set[str]) -> list[tuple[str, list[dict]]]:
+def _labelled_with(labels: Optional[dict], backends: Counter) -> dict:
+    """What this dataset was labelled with, in the form of the bench's row specs:
+    {kind: {"backend", "params" (constructor defaults filled in), "gap" | "frame_step"}}, from the
+    label config in dataset.json, for the kinds the manifest records that backend for (no depth
+    backend where no episode had depth; none at all for labels from simulator ground truth)."""
+    from labelers.episode_labeler import LabelConfig
+
+    if not labels:
+        return {}
+    try:
+        c = LabelConfig.from_dict(labels)
+    except (TypeError, ValueError) as exc:  # a config this version cannot read: nothing is marked
+        log.warning("label config of dataset.json not readable (%s); no accuracy row marked as used", exc)
+        return {}
+    chosen = {"depth": (c.depth, c.depth_params, {}), "tracker": (c.tracker, c.tracker_params, {"frame_step": 1}),
+              "flow": (c.flow, c.flow_params, {"gap": c.flow_gap})}
+    recorded = set(backends)  # (label, backend) pairs of the manifest
+    return {kind: _effective({"backend": name, "params": params, **extra}, kind)
+            for kind, (name, params, extra) in chosen.items() if (_RECORDED_AS[kind], name) in recorded}
+
+
+def _effective(spec: dict, kind: str) -> dict:
+    from labelers.backends import effective_params
+
+    return {**spec, "params": effective_params(kind, spec["backend"], spec.get("params"))}
+
+
+def _row_used(spec: Optional[dict], labelled: dict) -> bool:
+    """A bench row is this dataset's when every labeler it was scored with is the dataset's, with
+    the same parameters (and flow gap / frame rate)."""
+    if not spec or not labelled:
+        return False
+    return all(kind in labelled and _effective(part, kind) == labelled[kind] for kind, part in spec.items())
+
+
+def _bench_accuracy_rows(accuracy: dict, labelled: dict) -> list[tuple[str, list[dict]]]:
     """Rows of a `curate bench labels` result ({label: [{backend, task, metrics...}]}),
-    pooled over tasks (task "all"), marking the backends this dataset used."""
+    pooled over tasks (task "all"), marking the rows of what this dataset was labelled with
+    (the result's `labelled_with`: {label: {row backend: spec}})."""
+    specs = accuracy.get("labelled_with") or {}
     out = []
     for label in _BENCH_LABELS:
         entries = accuracy.get(label)
         rows = [r for r in entries if isinstance(r, dict) and r.get("task", "all") == "all"] if isinstance(entries, list) else []
+        label_specs = specs.get(_SPEC_TABLE.get(label, label), {})
         table = []
         for r in rows:
             backend = str(r.get("backend", ""))
-            first = backend.split(" ")[0]
-            is_used = first in used or any(u and backend.startswith(u) for u in used)
+            used = _row_used(label_specs.get(backend), labelled)
             metrics = {k: v for k, v in r.items() if k not in ("backend", "task") and isinstance(v, (int, float))}
-            table.append({"backend": backend, "used": "yes" if is_used else "", **metrics})
+            table.append({"backend": backend, "used": "yes" if used else "", **metrics})
         if table:
             out.append((label, table))
     return out
@@ -146,11 +194,15 @@ def _pyplot():
 
 
 def _save(fig, out: Path, dpi: int) -> bool:
+    import io
+
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
     plt.close(fig)
+    write_replacing(out, buf.getvalue())
     return True
 
 
@@ -198,7 +250,7 @@ def _draw_tracks(dataset_dir: Path, samples: list[dict], out: Path) -> bool:
         ax.scatter(tracks[q, 0, 0], tracks[q, 0, 1], s=4, c="white", edgecolors="none")
         ax.set_xlim(0, frame.shape[1])
         ax.set_ylim(frame.shape[0], 0)
-        ax.set_title(f"{r['dataset']} ep {r['episode_index']} t={step}\n{(r.get('language') or '')[:40]}", fontsize=7)
+        ax.set_title(f"{r['dataset']} ep {r['episode_index']} t={step}\n{(r.get('language') or '')[:TITLE_LANGUAGE_CHARS]}", fontsize=7)
         ax.axis("off")
     return _save(fig, out, dpi=110)
 
@@ -267,8 +319,8 @@ def _draw_action_histograms(dataset_dir: Path, rows: list[dict], out: Path) -> b
             ax = axes[i, d]
             if d < a.shape[1]:
                 v = a[:, d][np.isfinite(a[:, d])]
-                ax.hist(v, bins=40, color="tab:blue")
-                ax.set_title(f"{ds[:18]} a[{d}]", fontsize=7)
+                ax.hist(v, bins=HIST_BINS, color="tab:blue")
+                ax.set_title(f"{ds[:TITLE_DATASET_CHARS]} a[{d}]", fontsize=7)
             else:
                 ax.axis("off")
             ax.tick_params(labelsize=6)
@@ -295,20 +347,14 @@ def write_card(
 ) -> dict:
     """Write `<dataset_dir>/README.md` and `<dataset_dir>/card/*.png`.
 
-    accuracy: measured label accuracy ({label or backend: {metric: value}}); when
-    None the table shipped with the package (curation/describe/label_accuracy.json).
+    accuracy: measured label accuracy (a `curate bench labels` result, or a plain
+    {label or backend: {metric: value}}); when None the table shipped with the package
+    (curation/describe/label_accuracy.json).
     Returns {"readme": path, "pictures": [paths]}."""
-    import yaml
-
-    from curation.describe.coverage import coverage_markdown, label_coverage
-    from curation.formats import markdown_table
-
     root = Path(dataset_dir)
     if not (root / MANIFEST).is_file():
         raise FileNotFoundError(f"{root / MANIFEST}: no manifest (is {root} a written dataset?)")
     rows = _read_table(root / MANIFEST)
-    filtered = _read_table(root / FILTERED)
-    quarantine = _read_table(root / QUARANTINE)
     info = json.loads((root / DATASET_JSON).read_text()) if (root / DATASET_JSON).is_file() else {}
     if (root / STATS_JSON).is_file():
         stats = json.loads((root / STATS_JSON).read_text())
@@ -316,11 +362,42 @@ def write_card(
         from curation.describe.stats import compute_stats
 
         stats = compute_stats(str(root), progress=False)
-    accuracy, accuracy_from = _load_accuracy(accuracy)
     name = name or info.get("name") or root.name
+    pictures = _draw_pictures(root, rows)
+    backends = _recorded_backends(rows)
+    config = info.get("config", {})
+    md = ["---", _front_matter(name, license, rows, backends), "---", "", f"# {name}", ""]
+    md += _summary_md(rows, info)
+    md += _curation_md(info, _read_table(root / FILTERED), _read_table(root / QUARANTINE))
+    md += _labels_md(root, backends, _labelled_with(config.get("labels"), backends), *_load_accuracy(accuracy))
+    md += _statistics_md(stats)
+    md += _pictures_md(pictures)
+    md += LAYOUT_MD
+    if config:
+        md += ["## Configuration used", "", "```json", json.dumps(config, indent=1, sort_keys=True), "```", ""]
+    write_replacing(root / README, "\n".join(md).encode())
+    return {"readme": str(root / README), "pictures": [str(root / p) for p in pictures]}
 
-    # ---- pictures
-    (root / CARD_DIR).mkdir(exist_ok=True)
+
+PICTURES = {  # file name -> caption
+    "sample_tracks.png": "Anchor frames with point tracks (colour: depth in metres, or horizon step without depth)",
+    "motion_images.png": "Motion images decoded to optical flow (Middlebury colour wheel: hue = direction, "
+                         "saturation = magnitude; one radius for all panels)",
+    "action_histograms.png": "Action histograms per source dataset and dimension",
+}
+
+LAYOUT_MD = ["## Layout", "", "```",
+             "dataset.json        contract version, config, job counts",
+             "manifest.parquet    one row per episode (offsets into its shard, checksum)",
+             "shards/shard-NNNNN  Zarr v3 groups: frames/<camera>, actions, proprio, tracks_px, visible, ...",
+             "filtered.parquet    dropped episodes and why; quarantine.parquet: failed episodes",
+             "stats.json          the statistics above, machine-readable",
+             "```", ""]
+
+
+def _draw_pictures(root: Path, rows: list[dict]) -> list[str]:
+    """The card's pictures (paths relative to the dataset); one that cannot be drawn is left out."""
+    real_directory(root / CARD_DIR)
     samples = _pick_samples(rows, SAMPLES)
     pictures = []
     for fname, draw in (("sample_tracks.png", lambda p: _draw_tracks(root, samples, p)),
@@ -331,11 +408,23 @@ def write_card(
                 pictures.append(f"{CARD_DIR}/{fname}")
         except Exception as exc:  # noqa: BLE001 - a picture must not stop the card
             log.warning("%s: could not draw %s (%s: %s)", root, fname, type(exc).__name__, exc)
+    return pictures
 
-    # ---- numbers
-    n_ep = len(rows)
-    n_anchor = sum(r["anchor_count"] for r in rows)
-    n_frames = sum(r["frame_count"] for r in rows)
+
+def _recorded_backends(rows: list[dict]) -> Counter:
+    """(label, backend) -> episodes, from the manifest's `backends` column."""
+    backends: Counter = Counter()
+    for r in rows:
+        try:
+            for label, backend in json.loads(r.get("backends") or "{}").items():
+                backends[(label, backend)] += 1
+        except ValueError:
+            log.warning("episode %s: backends column is not JSON (%r), left out of the card", r.get("episode_id"), r.get("backends"))
+    return backends
+
+
+def _source_rows(rows: list[dict]) -> list[dict]:
+    """One row per (source dataset, version): splits, episodes, frames, triplets, encodings."""
     sources: dict[tuple, dict] = {}
     for r in rows:
         s = sources.setdefault((r["dataset"], r["version"]), {
@@ -348,24 +437,16 @@ def write_card(
         s["triplets"] += r["anchor_count"]
         s["depth"][r.get("depth_kind") or "missing"] += 1
         s["intrinsics"]["estimated" if r.get("intrinsics_estimated") else "known"] += 1
-    source_rows = [{**s, "splits": ",".join(sorted(s["splits"])), "depth": ", ".join(f"{k} {v}" for k, v in s["depth"].items()),
-                    "intrinsics": ", ".join(f"{k} {v}" for k, v in s["intrinsics"].items())} for s in sources.values()]
-    backends: Counter = Counter()
-    for r in rows:
-        try:
-            for label, backend in json.loads(r.get("backends") or "{}").items():
-                backends[(label, backend)] += 1
-        except ValueError:
-            pass
-    dropped_by: Counter = Counter(f["reason"] for f in filtered)
-    dropped_eps = len({f["episode_id"] for f in filtered})
-    quarantined_by: Counter = Counter(f"{q.get('stage')}: {q.get('reason')}" for q in quarantine)
-    instructions = stats.get("counts", {}).get("per_instruction", {})
-    config = info.get("config", {})
-    filter_cfg = (config.get("curation") or {}).get("filters") if isinstance(config.get("curation"), dict) else config.get("filters")
+    return [{**s, "splits": ",".join(sorted(s["splits"])), "depth": ", ".join(f"{k} {v}" for k, v in s["depth"].items()),
+             "intrinsics": ", ".join(f"{k} {v}" for k, v in s["intrinsics"].items())} for s in sources.values()]
+
+
+def _front_matter(name: str, license: str, rows: list[dict], backends: Counter) -> str:
+    """The Hugging Face YAML front matter."""
+    import yaml
 
     tags = ["robotics", "point-tracking", "scene-flow", "optical-flow", "lamp", "triplets"]
-    tags += sorted({r["dataset"].replace("_", "-") for r in rows})[:10]
+    tags += sorted({r["dataset"].replace("_", "-") for r in rows})[:MAX_DATASET_TAGS]
     if any(k[0].startswith("latent") for k in backends):
         tags.append("latent-actions")
     front = {
@@ -373,90 +454,109 @@ def write_card(
         "pretty_name": name,
         "task_categories": ["robotics"],
         "tags": tags,
-        "size_categories": [_size_category(n_anchor)],
+        "size_categories": [_size_category(sum(r["anchor_count"] for r in rows))],
         "source_datasets": sorted({f"{r['dataset']}/{r['version']}" for r in rows}),
     }
+    return yaml.safe_dump(front, sort_keys=False).strip()
 
-    md = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
-    md.append(
-        f"Observation-language-motion triplets: **{n_ep} episodes**, **{n_anchor} triplets** (anchor steps), "
-        f"{n_frames} frames, from {len(sources)} source dataset(s). Data contract {info.get('contract_version', '?')}. "
+
+def _summary_md(rows: list[dict], info: dict) -> list[str]:
+    from curation.formats import markdown_table
+
+    source_rows = _source_rows(rows)
+    n_anchor = sum(r["anchor_count"] for r in rows)
+    md = [
+        f"Observation-language-motion triplets: **{len(rows)} episodes**, **{n_anchor} triplets** (anchor steps), "
+        f"{sum(r['frame_count'] for r in rows)} frames, from {len(source_rows)} source dataset(s). "
+        f"Data contract {info.get('contract_version', '?')}. "
         "Each triplet pairs the camera images and instruction at an anchor step with the motion of a grid of points "
         "over the next steps (2D tracks, depth, 3D scene flow in the camera frame), the optical-flow motion image "
         "and latent action tokens where those labels were configured, and the action chunk that follows."
-    )
+    ]
     md += ["", "## Sources", "", markdown_table(source_rows, ["dataset", "version", "splits", "episodes", "frames", "triplets", "action", "hz", "depth", "intrinsics"])]
-    md += ["", "Source datasets keep their own licenses; check each before redistribution."]
+    return md + ["", "Source datasets keep their own licenses; check each before redistribution."]
 
-    md += ["", "## Curation", ""]
+
+def _curation_md(info: dict, filtered: list[dict], quarantine: list[dict]) -> list[str]:
+    """Job counts, filter drops and quarantine by reason, the effective filter settings."""
+    from curation.formats import markdown_table
+
+    md = ["", "## Curation", ""]
     counts = info.get("counts") or info.get("summary") or {}
     if counts:
         md.append("Job counts: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, (dict, list))) + ".")
         md.append("")
-    md.append(f"{dropped_eps} episode(s) dropped by filters or as duplicates ({sum(dropped_by.values())} reason rows), "
-              f"{len(quarantine)} quarantined (failed to read or label).")
+    dropped_by: Counter = Counter(f["reason"] for f in filtered)
+    quarantined_by: Counter = Counter(f"{q.get('stage')}: {q.get('reason')}" for q in quarantine)
+    md.append(f"{len({f['episode_id'] for f in filtered})} episode(s) dropped by filters or as duplicates "
+              f"({sum(dropped_by.values())} reason rows), {len(quarantine)} quarantined (failed to read or label).")
     if dropped_by:
         md += ["", markdown_table([{"reason": k, "episodes": v} for k, v in sorted(dropped_by.items())])]
     if quarantined_by:
         md += ["", "Quarantined by stage and reason:", "", markdown_table([{"stage: reason": k, "episodes": v} for k, v in sorted(quarantined_by.items())])]
+    config = info.get("config", {})
+    filter_cfg = (config.get("curation") or {}).get("filters") if isinstance(config.get("curation"), dict) else config.get("filters")
     if filter_cfg is None and config:
         md += ["", "Filters were switched off for this dataset."]
     elif config:
-        try:
-            from curation.selection.filters import FilterConfig
+        from curation.selection.filters import FilterConfig
 
+        try:
             effective = FilterConfig.from_dict(filter_cfg).to_dict()  # defaults filled in
         except (TypeError, ValueError):
             effective = filter_cfg
         md += ["", "Filter settings (effective, defaults filled in):", "", "```json", json.dumps(effective, indent=1, sort_keys=True), "```"]
+    return md
 
-    md += ["", "## Labels", ""]
+
+def _labels_md(root: Path, backends: Counter, labelled: dict, accuracy: Optional[dict], accuracy_from: str) -> list[str]:
+    """Label coverage, the backends recorded per episode, and the measured accuracy."""
+    from curation.describe.coverage import coverage_markdown, label_coverage
+    from curation.formats import markdown_table
+
+    md = ["", "## Labels", ""]
     md += coverage_markdown(label_coverage(root)) + [""]
     if backends:
         md.append(markdown_table([{"label": k[0], "backend": k[1], "episodes": v} for k, v in sorted(backends.items())]))
     else:
         md.append("No label backends recorded in the manifest.")
     md += ["", "### Measured accuracy", ""]
-    bench_rows = _bench_accuracy_rows(accuracy, {b for _, b in backends}) if accuracy else []
+    bench_rows = _bench_accuracy_rows(accuracy, labelled) if accuracy else []
     # a plain {label: {metric: value}} dict; a bench result's other numbers (seconds, sizes) are not accuracy
     flat = _flatten({k: v for k, v in accuracy.items() if not isinstance(v, list)}) if accuracy and not bench_rows else {}
     if bench_rows:
-        md += [f"Against simulator ground truth, all tasks pooled (from {accuracy_from}); `used` marks the backends "
-               "this dataset was labelled with.", ""]
+        md += [f"Against simulator ground truth, all tasks pooled (from {accuracy_from}); `used` marks the rows of the "
+               "backends and parameters this dataset was labelled with.", ""]
         for label, rows_ in bench_rows:
             md += [f"**{label}**", "", markdown_table(rows_, floatfmt=".4g"), ""]
     if flat:
         md += [f"From {accuracy_from}.", "", markdown_table([{"metric": k, "value": v} for k, v in flat.items()], floatfmt=".4g")]
     if not bench_rows and not flat:
         md.append("Not measured for this dataset (run `curate bench labels` to measure label accuracy on simulated ground truth).")
+    return md
 
-    md += ["", "## Statistics", "", f"Per dimension, per source dataset ({stats.get('quantile_method', '')}).", ""]
+
+def _statistics_md(stats: dict) -> list[str]:
+    from curation.formats import markdown_table
+
+    md = ["", "## Statistics", "", f"Per dimension, per source dataset ({stats.get('quantile_method', '')}).", ""]
     for array, title in (("actions", "Actions"), ("proprio", "Proprio"), ("motion/tracks_px_delta", "Track displacement (pixels)"),
                          ("motion/points_cam_m_delta", "3D scene flow (metres, camera frame)"), ("motion/depth_track_m", "Track depth (metres)")):
         srows = _stats_rows(stats, array)
         if srows:
             md += [f"### {title}", "", markdown_table(srows, floatfmt=".4g"), ""]
+    instructions = stats.get("counts", {}).get("per_instruction", {})
     if instructions:
-        top = list(instructions.items())[:20]
+        top = list(instructions.items())[:TOP_INSTRUCTIONS]
         md += ["### Instructions", "", f"{len(instructions)} distinct instruction(s); the most frequent:", "",
                markdown_table([{"instruction": k or "(none)", "episodes": v} for k, v in top]), ""]
+    return md
 
-    if pictures:
-        md += ["## Pictures", ""]
-        captions = {"sample_tracks.png": "Anchor frames with point tracks (colour: depth in metres, or horizon step without depth)",
-                    "motion_images.png": "Motion images decoded to optical flow (Middlebury colour wheel: hue = direction, saturation = magnitude; one radius for all panels)",
-                    "action_histograms.png": "Action histograms per source dataset and dimension"}
-        for p in pictures:
-            md += [f"![{captions[Path(p).name]}]({p})", ""]
 
-    md += ["## Layout", "", "```",
-           "dataset.json        contract version, config, job counts",
-           "manifest.parquet    one row per episode (offsets into its shard, checksum)",
-           "shards/shard-NNNNN  Zarr v3 groups: frames/<camera>, actions, proprio, tracks_px, visible, ...",
-           "filtered.parquet    dropped episodes and why; quarantine.parquet: failed episodes",
-           "stats.json          the statistics above, machine-readable",
-           "```", ""]
-    if config:
-        md += ["## Configuration used", "", "```json", json.dumps(config, indent=1, sort_keys=True), "```", ""]
-    (root / README).write_text("\n".join(md))
-    return {"readme": str(root / README), "pictures": [str(root / p) for p in pictures]}
+def _pictures_md(pictures: list[str]) -> list[str]:
+    if not pictures:
+        return []
+    md = ["## Pictures", ""]
+    for p in pictures:
+        md += [f"![{PICTURES[Path(p).name]}]({p})", ""]
+    return md

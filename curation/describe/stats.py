@@ -36,7 +36,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from curation.store.durable import replace_durably
+from schemas.durable import replace_durably
 from schemas.dataset import CONTRACT_VERSION, MANIFEST, SHARDS_DIR, STATS_JSON
 
 QUANTILE_ALPHA = 0.005

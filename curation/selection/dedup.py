@@ -74,6 +74,17 @@ class Fingerprint:
     num_steps: int
     actions: bytes = b""  # float16 ACTION_SEGMENTS x A segment means of the actions (A from len)
 
+    def to_record(self) -> dict:
+        """A JSON-able form, so that fingerprints cross process and file boundaries as data."""
+        return {"episode_id": self.episode_id, "key": list(self.key), "language": self.language,
+                "start_hash": self.start_hash, "phashes": [int(h) for h in self.phashes],
+                "num_steps": int(self.num_steps), "actions": self.actions.hex()}
+
+    @classmethod
+    def from_record(cls, d: dict) -> "Fingerprint":
+        return cls(d["episode_id"], tuple(d["key"]), d["language"], d["start_hash"], tuple(d["phashes"]),
+                   d["num_steps"], bytes.fromhex(d["actions"]))
+
 
 @dataclass(frozen=True)
 class DuplicatePair:

@@ -31,12 +31,13 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from schemas.dataset import DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARDS_DIR, STATS_JSON, contract_problem, episode_checksum
+from schemas.dataset import (
+    DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARD_NAME_RE, SHARDS_DIR, STATS_JSON, contract_problem, episode_checksum,
+)
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
 # Shard names come from the manifest (input): checked before a path is built from one.
-SHARD_NAME_RE = re.compile(r"^shard-\d+(-\d+)?$")
 
 
 class DatasetIntegrityError(RuntimeError):
@@ -78,7 +79,7 @@ class CuratedDataset:
         self._by_id = {r["episode_id"]: r for r in self._rows}
         bad = sorted({r["shard"] for r in self._rows if not SHARD_NAME_RE.match(str(r["shard"]))})
         if bad:
-            raise DatasetIntegrityError(f"{ref or root}: {MANIFEST} names shard(s) {bad[:3]} not of the form shard-NNNNN")
+            raise DatasetIntegrityError(f"{ref or root}: {MANIFEST} names shard(s) {bad[:3]} not of the form shard-NNNNN[-KK-<attempt>]")
 
     def _check_published_files(self) -> None:
         """Every indexed file present with its size; every file outside shards/ hashed."""

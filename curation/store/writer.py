@@ -9,9 +9,12 @@ manifest rows, checksums, quarantine and filtered rows and stage timings of the
 shard's work unit. The manifest is built at finalize from the commit records.
 
 A work unit whose episodes do not all share one array signature (image size,
-camera set, label shapes) is split into sub-shards `shard-NNNNN-KK`, renamed
-first; the primary `shard-NNNNN` is renamed last and lists them, so a unit is
-committed exactly when its primary is.
+camera set, label shapes) is split into sub-shards `shard-NNNNN-KK-<attempt>`,
+renamed first; the primary `shard-NNNNN` is renamed last and lists them, so a unit
+is committed exactly when its primary is. The attempt id in the sub-shard names
+means two attempts of one unit (a retry racing a worker thought dead, a speculative
+duplicate) never rename into the same directory: the winning primary lists only
+its own sub-shards, and the loser's are removed as stale.
 
 Arrays use the sharding codec: one Zarr shard (one file) per array, inner
 chunks of `frames_per_chunk` along axis 0 (frames: one frame per chunk), each in
@@ -40,8 +43,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from curation.store.durable import fsync_dir, fsync_tree, replace_durably
 from curation.store.encodings import FixedPointCodec, ImageCodec, dequantize, encode_image, fixed_point_dtype, quantize
+from schemas.durable import fsync_dir, fsync_tree, replace_durably
 from schemas.dataset import CONTRACT_VERSION, SHARDS_DIR, ArraySpec, episode_checksum, spec_for
 from schemas.episode import EncodedFrames
 
@@ -60,8 +63,13 @@ ZSTD_LEVEL = 3
 FRAME_MODES = ("source", "png")  # writer.frames: the source's own bytes where it has them, or PNG
 
 
-def shard_name(group: int, sub: int = 0) -> str:
-    return f"{SHARD_PREFIX}{group:05d}" if sub == 0 else f"{SHARD_PREFIX}{group:05d}-{sub:02d}"
+def shard_name(group: int, sub: int = 0, attempt: str = "") -> str:
+    """shard-NNNNN for a unit's primary shard, shard-NNNNN-KK-<attempt> for its sub-shard KK."""
+    if sub == 0:
+        return f"{SHARD_PREFIX}{group:05d}"
+    if not attempt:
+        raise ValueError("a sub-shard name needs the attempt id")
+    return f"{SHARD_PREFIX}{group:05d}-{sub:02d}-{attempt}"
 
 
 def spec_by_name(name: str) -> ArraySpec:
@@ -395,8 +403,8 @@ def commit_unit(
     tmp_dirs, all_rows, sub_names = [], [], []
     try:
         for sub, members in enumerate(groups):
-            name = shard_name(group_index, sub)
-            tmp = shards_dir / f"{TMP_PREFIX}{name}-{attempt}"
+            name = shard_name(group_index, sub, attempt)
+            tmp = shards_dir / f"{TMP_PREFIX}{shard_name(group_index)}-{sub:02d}-{attempt}"
             tmp_dirs.append((tmp, shards_dir / name))
             attrs, rows = write_shard_group(tmp, name, members, frames_per_chunk, compression, frames)
             all_rows.extend(rows)
@@ -420,18 +428,18 @@ def commit_unit(
         for tmp, _ in tmp_dirs:
             fsync_tree(tmp)  # every shard file on disk before any name becomes visible
         # Sub-shards first, the primary last: the primary's rename is the unit's commit.
-        for tmp, final in tmp_dirs[1:] + tmp_dirs[:1]:
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                # Another attempt of this unit committed first (same deterministic content).
-                if final.name == primary.name:
-                    existing = read_commit(primary)
-                    if existing is None:
-                        raise
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return existing
-                shutil.rmtree(tmp, ignore_errors=True)
+        for tmp, final in tmp_dirs[1:]:
+            os.rename(tmp, final)  # names of this attempt only: nobody else renames onto them
+        try:
+            os.rename(tmp_dirs[0][0], primary)
+        except OSError:
+            # Another attempt of this unit committed first: its record stands, ours are orphans.
+            existing = read_commit(primary)
+            if existing is None:
+                raise
+            for _, final in tmp_dirs[1:]:
+                shutil.rmtree(final, ignore_errors=True)
+            return existing
         fsync_dir(shards_dir)  # the renames themselves
         return record
     finally:
@@ -467,9 +475,10 @@ def committed_groups(out_dir: Path) -> dict[int, dict]:
 
 
 def clean_stale(out_dir: Path) -> list[str]:
-    """Remove leftovers of killed attempts: tmp dirs, and sub-shards whose primary
-    never committed. Returns the removed names. Call only when no worker of this
-    dataset is running (the job holds the dataset lock)."""
+    """Remove leftovers of killed attempts: tmp dirs, and sub-shards that their primary
+    does not list (it never committed, or another attempt's primary won). Returns the
+    removed names. Call only when no worker of this dataset is running (the job holds
+    the dataset lock)."""
     shards_dir = Path(out_dir) / SHARDS_DIR
     removed = []
     if not shards_dir.is_dir():
@@ -479,8 +488,8 @@ def clean_stale(out_dir: Path) -> list[str]:
         path = shards_dir / name
         stale = name.startswith(TMP_PREFIX)
         if name.startswith(SHARD_PREFIX) and "-" in name[len(SHARD_PREFIX):]:
-            primary = name[: len(SHARD_PREFIX) + 5]
-            stale = read_commit(shards_dir / primary) is None
+            primary = read_commit(shards_dir / "-".join(name.split("-")[:2]))  # shard-NNNNN
+            stale = primary is None or name not in primary.get("sub_shards", [])
         if stale:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             removed.append(name)

@@ -8,35 +8,31 @@ Two kinds of file, both with the model config as JSON in the safetensors metadat
   `rng/` (torch's global CPU generator and the batch sampler's generator), and in the
   metadata the step, the optimiser's hyper-parameters and the training settings.
 
-Files are written to a temporary name and renamed, so an interrupted write never leaves a
-truncated checkpoint behind.
+Training states are OUT/checkpoints/step-XXXXXXXX.safetensors, one file per step, in the one
+checkpoint layout of schemas.checkpoint, which also writes every file atomically (temporary name,
+fsync, rename), so an interrupted write never leaves a truncated checkpoint behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from labelers.latent.config import LAMConfig
+from schemas import checkpoint as layout
 
 FORMAT_WEIGHTS = "lam-weights/1"
 FORMAT_TRAIN = "lam-train-state/1"
 WEIGHTS_FILE = "model.safetensors"
-CHECKPOINT_DIR = "checkpoints"
-_STEP_RE = re.compile(r"step-(\d{8})\.safetensors$")
+CHECKPOINT_DIR = layout.CHECKPOINT_DIR
+STEPS = layout.StepLayout(digits=8, suffix=".safetensors")
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    layout.save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata=metadata)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -91,18 +87,11 @@ def load_weights(path: str | os.PathLike) -> tuple[LAMConfig, dict[str, torch.Te
 
 
 def training_state_path(out_dir: str | os.PathLike, step: int) -> Path:
-    return Path(out_dir) / CHECKPOINT_DIR / f"step-{step:08d}.safetensors"
+    return STEPS.path(out_dir, step)
 
 
 def list_training_states(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    d = Path(out_dir) / CHECKPOINT_DIR
-    found = []
-    if d.is_dir():
-        for p in d.iterdir():
-            m = _STEP_RE.match(p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-    return sorted(found)
+    return STEPS.list(out_dir)
 
 
 def latest_training_state(out_dir: str | os.PathLike) -> Path | None:
@@ -140,8 +129,7 @@ def save_training_state(
     }
     path = training_state_path(out_dir, step)
     _atomic_save(tensors, meta, path)
-    for old_step, old in list_training_states(out_dir)[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
+    STEPS.prune(out_dir, keep)
     return path
 
 

@@ -33,6 +33,7 @@ from labelers.latent.config import LAMConfig
 from labelers.latent.data import FrameStore
 from labelers.latent.model import LatentActionModel
 from labelers.latent.nsvq import is_replacement_step
+from schemas.checkpoint import warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ class ResumeMismatch(ValueError):
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
-    return s.lr * min(1.0, step / max(s.warmup, 1))
+    """Update `step` (1-based): linear warmup over s.warmup updates, then constant (the shared
+    schedule of schemas.checkpoint with no decay)."""
+    return warmup_cosine_lr(step - 1, s.lr, s.warmup, s.steps, min_ratio=1.0)
 
 
 def batch_tensors(frames: torch.Tensor, first: torch.Tensor, gap: int) -> tuple[torch.Tensor, torch.Tensor]:

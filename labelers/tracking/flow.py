@@ -29,6 +29,7 @@ class FlowTracker:
     per clip and shared by every anchor and point, so the cost does not grow with K or N."""
 
     name = "flow"
+    loads_model = False  # labelers.backends.loads_model: building it loads no model
     takes_gray_frames = True  # track_anchors accepts the clip's grey frames (`pyramids=`)
 
     def __init__(self, flow: str = "dis", fb_threshold_px: float = 1.0, sticky: bool = True, **flow_params):

@@ -36,6 +36,7 @@ class LKTracker:
     """
 
     name = "lk"
+    loads_model = False  # labelers.backends.loads_model: building it loads no model
 
     def __init__(
         self,

@@ -27,12 +27,17 @@ def tracker_class(name: str) -> Callable[..., Tracker]:
         raise ValueError(f"unknown tracker {name!r}; choose one of {TRACKER_NAMES}") from None
 
 
-def get_tracker(name: str, **params) -> Tracker:
-    """The tracker registered under `name` ("lk", "flow", "cotracker"), built with `params`.
-    "lk" in mode "chain" (the default) is labelers.tracking.lk_refined.RefinedLKTracker (LK plus a
-    static-point test and re-solves against older frames); the plain LKTracker in other modes."""
+def built_class(name: str, params: dict) -> Callable[..., Tracker]:
+    """The class get_tracker(name, **params) builds: "lk" in mode "chain" (the default) is
+    labelers.tracking.lk_refined.RefinedLKTracker (LK plus a static-point test and re-solves
+    against older frames); the plain LKTracker in other modes."""
     if name == "lk" and params.get("mode", "chain") == "chain":
         from labelers.tracking.lk_refined import RefinedLKTracker
 
-        return RefinedLKTracker(**params)
-    return tracker_class(name)(**params)
+        return RefinedLKTracker
+    return tracker_class(name)
+
+
+def get_tracker(name: str, **params) -> Tracker:
+    """The tracker registered under `name` ("lk", "flow", "cotracker"), built with `params`."""
+    return built_class(name, params)(**params)

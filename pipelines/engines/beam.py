@@ -8,14 +8,15 @@ multi_processing`, `direct_num_workers=workers`); any runner through the
 standard pipeline options given in `engine.beam_options` (e.g. `--runner=
 DataflowRunner --project=... --region=... --temp_location=gs://... --setup_file=
 ./setup.py` or `--requirements_file`). Results travel back to the driver as small
-pickles under the job directory (which must be on storage every worker can reach
-for a distributed runner); shards are committed by the stage itself.
+JSON files under the job directory (which must be on storage every worker can reach
+for a distributed runner): data only, so nothing read back from that directory can
+run code, as an unpickled file could. Shards are committed by the stage itself.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -54,11 +55,20 @@ class _ApplyStage:
 
 
 def _dump(keyed, out_dir: str, kind: str) -> None:
+    """One result as `{kind}-{key}.json`; a dead letter is its Failure's record."""
     import fsspec
 
     key, value = keyed
-    with fsspec.open(f"{out_dir}/{kind}-{key:06d}.pkl", "wb") as f:
-        pickle.dump(value, f)
+    record = value.to_record() if isinstance(value, Failure) else value
+    with fsspec.open(f"{out_dir}/{kind}-{key:06d}.json", "w") as f:
+        json.dump(record, f)
+
+
+def _load(fs, path: str) -> tuple[int, Any]:
+    kind, key = Path(path).stem.split("-")  # ok-NNNNNN or dead-NNNNNN
+    with fs.open(path, "r") as f:
+        record = json.load(f)
+    return int(key), Failure.from_record(record) if kind == "dead" else record
 
 
 class BeamEngine:
@@ -104,9 +114,7 @@ class BeamEngine:
             _ = outs.ok | "keep results" >> beam.Map(_dump, out_dir, "ok")
             _ = outs.dead_letter | "dead letters" >> beam.Map(_dump, out_dir, "dead")
         for path in sorted(fs.ls(root, detail=False)):
-            key = int(Path(path).name.split("-")[1].split(".")[0])  # ok-NNNNNN.pkl or dead-NNNNNN.pkl
-            with fs.open(path, "rb") as f:
-                value = pickle.load(f)  # a dead letter is the stage's Failure itself
+            key, value = _load(fs, path)
             yield items[key], value
         fs.rm(root, recursive=True)
 

@@ -16,6 +16,13 @@ class Failure:
         self.error = error
         self.config_error = config_error
 
+    def to_record(self) -> dict:
+        return {"error": self.error, "config_error": self.config_error}
+
+    @classmethod
+    def from_record(cls, d: dict) -> "Failure":
+        return cls(d["error"], d["config_error"])
+
     def __repr__(self) -> str:
         return f"Failure({self.error.splitlines()[-1] if self.error else ''})"
 

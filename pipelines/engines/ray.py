@@ -23,19 +23,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 from pipelines import attempts
 from pipelines.engines.local import apply_or_fail
+from pipelines.stages import label_resources, resources_of
 
 log = logging.getLogger(__name__)
 
-MODEL_BACKENDS = ("depth-anything", "depth_anything", "cotracker")
 RAY_ATTEMPTS_DIR = "ray-attempts"  # under the job directory
-
-
-def needs_models(labels: dict) -> bool:
-    """Whether the label config (LabelConfig fields) names a model-holding backend:
-    then labeling runs in an actor pool that loads the models once per actor."""
-    labels = labels or {}
-    backends = [str(labels.get(k) or "").lower() for k in ("depth", "tracker")]
-    return any(b in MODEL_BACKENDS for b in backends) or bool(labels.get("latent_checkpoint"))
+# Unit tasks in flight per cluster CPU: enough queued that no core waits for the driver to submit
+# the next one, few enough that the driver holds a bounded number of pending references.
+IN_FLIGHT_PER_CPU = 4
 
 
 class _LabelerActor:
@@ -144,28 +139,31 @@ class RayEngine:
     def labeler(self, cfg):
         import ray
 
+        need = label_resources(cfg)
         n = self.eng.label_actors
-        if n < 0:
-            n = max(1, int(ray.cluster_resources().get("GPU", 0))) if needs_models(cfg.labels) else 0
+        if n < 0:  # auto: an actor per GPU (at least one) when the stage holds a model, else none
+            n = max(1, int(ray.cluster_resources().get("GPU", 0))) if need.model else 0
         if n == 0:
             return None
         actor_cls = ray.remote(_LabelerActor).options(
-            num_cpus=0, num_gpus=float(self.eng.num_gpus.get("label", 0.0)),
+            num_cpus=need.cpus, num_gpus=need.gpus,
             resources=dict(self.eng.label_resources or {}),
             max_restarts=-1, max_task_retries=self.eng.max_retries,
         )
         self._actors = [actor_cls.remote(cfg) for _ in range(n)]
-        log.info("labeler actor pool: %d actors (num_gpus=%s each)", n, self.eng.num_gpus.get("label", 0.0))
+        log.info("labeler actor pool: %d actors (num_gpus=%s each)", n, need.gpus)
         _wait_started(self._actors)
         return RemoteLabeler(self._actors, cfg.seed)
 
     def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         import ray
 
-        run = ray.remote(_attempt).options(num_cpus=1, max_retries=self.eng.max_retries, retry_exceptions=False)
+        need = resources_of(fn)
+        run = ray.remote(_attempt).options(num_cpus=need.cpus, num_gpus=need.gpus, max_retries=self.eng.max_retries,
+                                           retry_exceptions=False)
         fn_ref = ray.put(fn)
         items = list(items)
-        window = 4 * self.parallelism()  # bounded in flight: the driver's memory does not grow with the job
+        window = IN_FLIGHT_PER_CPU * self.parallelism()  # bounded in flight: the driver's memory does not grow with the job
         pending: dict = {}
         it = iter(items)
         keys = itertools.count(len(self._keys))

@@ -6,6 +6,10 @@ its instruction ("move the block left" ...). The motion labels (tracks, depth, c
 follow the square exactly, the action is that velocity (+ a gripper channel) and the proprio is
 the square's position: learnable from image + language, and the motion is informative about the
 action, which is what the dual-expert policy should exploit.
+
+latent=True adds latent action tokens (what `labels.latent_checkpoint` adds to curated data): L
+tokens from a codebook of LATENT_CODES, fixed by the direction word (so they carry the action),
+and invalid (-1, latent_valid False) on each episode's last anchor, which has no frame t + gap.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import numpy as np
 from schemas.triplet import Triplet
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+LATENT_TOKENS, LATENT_CODES, LATENT_DIM = 4, 8, 8  # L, V, c: the `small` latent action model's sizes
 
 
 class SyntheticDataset:
     def __init__(self, num_shards: int = 4, episodes_per_shard: int = 2, anchors_per_episode: int = 8,
                  size: int = 32, grid: int = 6, horizon: int = 8, chunk: int = 10, action_dim: int = 4,
-                 seed: int = 0, name: str = "synthetic", version: str = "0.1.0"):
+                 seed: int = 0, name: str = "synthetic", version: str = "0.1.0", latent: bool = False):
+        self.latent = latent
         self.size, self.grid, self.horizon, self.chunk, self.action_dim = size, grid, horizon, chunk, action_dim
         self.name, self.version = name, version
         self.seed = seed
@@ -45,7 +51,10 @@ class SyntheticDataset:
             colour = rng.integers(60, 255, size=3).astype(np.uint8)
             eid = f"syn-{si}-{e}"
             for a in range(self.anchors_per_episode):
-                yield self._triplet(eid, a, start + vel * a, vel, colour, word)
+                tr = self._triplet(eid, a, start + vel * a, vel, colour, word)
+                if self.latent:
+                    tr.motion.update(latent_labels(word, last=a == self.anchors_per_episode - 1))
+                yield tr
 
     def _triplet(self, eid: str, anchor: int, pos: np.ndarray, vel: np.ndarray, colour: np.ndarray, word: str) -> Triplet:
         S, G, T, C, A = self.size, self.grid, self.horizon, self.chunk, self.action_dim
@@ -75,6 +84,9 @@ class SyntheticDataset:
             action_chunk=action, action_chunk_valid=np.ones(C, bool),
             intrinsics=np.array([f, f, S / 2, S / 2], np.float32), meta={"primary_camera": "image"},
         )
+
+    def latent_codebook(self) -> np.ndarray:
+        return synthetic_codebook()
 
     def _compute_stats(self) -> dict:
         from policy.normalize import stats_from_arrays
@@ -107,3 +119,16 @@ class SyntheticDataset:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._triplets.values())
+
+
+def latent_labels(word: str, last: bool) -> dict[str, np.ndarray]:
+    """latent_tokens L int16 (codes fixed by the direction; -1 when `last`) and latent_valid () bool."""
+    d = list(DIRECTIONS).index(word)
+    tokens = np.array([(2 * d + i) % LATENT_CODES for i in range(LATENT_TOKENS)], np.int16)
+    return {"latent_tokens": np.full(LATENT_TOKENS, -1, np.int16) if last else tokens, "latent_valid": np.asarray(not last)}
+
+
+def synthetic_codebook(seed: int = 0) -> np.ndarray:
+    """A V x c codebook of unit vectors, as the `small` latent action model's are."""
+    cb = np.random.default_rng(seed).standard_normal((LATENT_CODES, LATENT_DIM)).astype(np.float32)
+    return cb / np.linalg.norm(cb, axis=1, keepdims=True)

@@ -5,6 +5,7 @@ these, a power loss after a commit could leave a committed name pointing at empt
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -37,3 +38,28 @@ def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(Path(path).parent)
+
+
+def write_replacing(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` as a new file at `path`: a temporary file beside it, synced, then renamed over
+    whatever `path` was. A symlink planted at `path` is replaced, never written through, so a
+    writer cannot be made to overwrite the file it points at."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        replace_durably(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def real_directory(path: str | os.PathLike) -> Path:
+    """`path` as a directory of its own (created if missing); a symlink there is refused, so files
+    written into it land inside the dataset, not wherever the link points."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{path}: is a symlink; refusing to write through it")
+    path.mkdir(exist_ok=True)
+    return path
