@@ -30,6 +30,7 @@ BENCH_MODULES: list[str] = [
     "cli.bench.read",
     "cli.bench.cluster",
     "cli.bench.faults",
+    "cli.bench.storage",
 ]
 
 

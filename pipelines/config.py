@@ -10,7 +10,7 @@ so a job config always round-trips through JSON.
     source:   {path, split, start, stop}
     labels:   LabelConfig.to_dict()             (backends + parameters of every labeler)
     curation: {filters: FilterConfig dict | null, dedup: dict | null, stats, card}
-    writer:   {shard_episodes, compression, frames_per_chunk}
+    writer:   {shard_episodes, compression, frames, frames_per_chunk}
     engine:   {runner, workers, address, label_actors, num_gpus, max_retries, beam_options, runtime_env}
     seed
 """
@@ -99,7 +99,8 @@ class SourceConfig:
 @dataclass
 class WriterConfig:
     shard_episodes: int = 8  # episodes per shard (= per work unit); a shard is written by one worker
-    compression: str = "none"  # "none" or "zstd" (level 1) for every array
+    compression: str = "zstd"  # "zstd" (level 1) or "none" after each array's encoding (frames: never)
+    frames: str = "source"  # "source": the source's own JPEG/PNG bytes where it has them, else PNG; "png": always PNG
     frames_per_chunk: int = 16  # inner Zarr chunk along the frame / anchor axis
 
 
@@ -256,6 +257,7 @@ RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "engine.runner": RUNNERS,
     "writer.compression": ("none", "zstd"),
+    "writer.frames": ("source", "png"),
 }
 # ---------------------------------------------------------------- types and ranges
 

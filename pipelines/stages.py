@@ -262,6 +262,12 @@ def episode_arrays(ep: Episode, labels: EpisodeLabels) -> dict[str, np.ndarray]:
     return {name: np.asarray(value, dtype=spec_for(name).dtype) for name, value in values.items()}
 
 
+def source_frames(ep: Episode, arrays: dict[str, np.ndarray]) -> dict:
+    """{"frames/{camera}": the source's encoded frames} of the stored cameras that have them."""
+    return {f"frames/{cam}": enc for cam, enc in ep.encoded_frames.items()
+            if f"frames/{cam}" in arrays and len(enc.blobs) == arrays[f"frames/{cam}"].shape[0]}
+
+
 def manifest_row(ep: Episode, labels: EpisodeLabels, arrays: dict[str, np.ndarray]) -> dict:
     """The manifest row of an episode, less shard, offsets and checksum (the writer's)."""
     from curation.selection.filters import mean_visibility, track_displacement_px
@@ -337,7 +343,7 @@ class ProcessUnit:
                   "quarantine": run.quarantine, "filtered": run.filtered, "timings": dict(run.timings),
                   "started_at": started_at}  # with the commit's committed_at: the unit's span on its worker
         return commit_unit(self.out_dir, task.group, run.payloads, record,
-                           self.cfg.writer.frames_per_chunk, self.cfg.writer.compression)
+                           self.cfg.writer.frames_per_chunk, self.cfg.writer.compression, self.cfg.writer.frames)
 
 
 class _UnitRun:
@@ -438,4 +444,4 @@ class _UnitRun:
         problems = check_episode_arrays(arrays)
         if problems:
             raise EpisodeError(ep.provenance.describe(), "; ".join(problems[:5]), stage="contract")
-        return EpisodePayload(arrays, manifest_row(ep, labels, arrays))
+        return EpisodePayload(arrays, manifest_row(ep, labels, arrays), source_frames(ep, arrays))

@@ -29,9 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-# Datasets of another major version are refused by the reader and the validator
-# (2.x: every camera has its own image size, listed in the manifest's camera_sizes).
-CONTRACT_VERSION = "2.0.0"
+# 3.x: arrays stored in the encodings of the ArraySpec table (compressed frames, fixed-point labels,
+# each bound in the array's attributes). 2.x (every camera its own image size, the manifest's
+# camera_sizes; arrays as float32/uint8 raw or zstd) has the same arrays and decoded dtypes, so it
+# is still read; anything older or newer is refused by the reader and the validator.
+CONTRACT_VERSION = "3.0.0"
+READABLE_MAJORS = ("2", "3")
 SHARDS_DIR = "shards"
 # A unit's primary shard is shard-NNNNN; the sub-shards it lists (episodes of another array
 # signature) are shard-NNNNN-KK-<attempt>: the attempt id keeps two attempts of one unit from
@@ -48,11 +51,18 @@ def shard_key(name: str) -> str:
 def contract_problem(version) -> str:
     """Why a dataset written under contract `version` cannot be read by this code ("" = it can)."""
     v = str(version or "")
-    if v.split(".")[0] == CONTRACT_VERSION.split(".")[0]:
+    if v.split(".")[0] in READABLE_MAJORS:
         return ""
-    return (f"written under data contract {v or '(none)'}, this code reads contract {CONTRACT_VERSION} "
-            f"(schemas/CONTRACT.md: per-camera image sizes, manifest camera_sizes and language_informative); "
+    return (f"written under data contract {v or '(none)'}, this code reads contracts "
+            f"{' and '.join(m + '.x' for m in READABLE_MAJORS)} (current {CONTRACT_VERSION}; schemas/CONTRACT.md: "
+            f"per-camera image sizes since 2.0, encoded arrays since 3.0); "
             f"re-create it from its source with `curate run ... --overwrite`")
+
+
+def encoded_contract(version) -> bool:
+    """Whether a dataset of contract `version` stores its arrays in the ArraySpec encodings (3.x)."""
+    major = str(version or "").split(".")[0]
+    return major.isdigit() and int(major) >= 3
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.parquet"
 FILTERED = "filtered.parquet"
@@ -67,7 +77,12 @@ class ArraySpec:
     share their camera's H and W; motion_image has its own), K points, T horizon, L latent tokens, A action dim, P proprio dim.
     `nan_ok`: NaN is allowed (marks unknown); otherwise any NaN is a violation.
     `per`: "frame" or "anchor": which manifest offsets index axis 0.
-    `optional`: absent when the label was not configured or not available."""
+    `optional`: absent when the label was not configured or not available.
+    `encoding` (contract 3.x, curation/store/encodings.py): "image" (one encoded frame per inner
+    chunk: the source's JPEG/PNG bytes, or PNG; decoded exactly as TFDS decodes the source),
+    "fixed_point" (integers round(x * scale), NaN kept; error at most `max_abs_error` = 0.5 / scale
+    in `units`, plus float32's own rounding of the decoded value, 6e-8 of it), "plain" (the dtype's bytes, exact); all but images then zstd (writer.compression).
+    `scale`: fixed-point steps per unit, from the label's accuracy (a comment in the table)."""
 
     name: str  # may contain {camera}
     dtype: str
@@ -76,19 +91,36 @@ class ArraySpec:
     units: str
     nan_ok: bool = False
     optional: bool = False
+    encoding: str = "plain"
+    scale: float = 0.0
 
+    @property
+    def max_abs_error(self) -> float:
+        """The largest difference between a decoded value and the value written (0 = exact)."""
+        return 0.5 / self.scale if self.encoding == "fixed_point" else 0.0
+
+
+# Fixed-point steps: tracks in 1/32 px (error <= 1/64 px, under the issue's 0.05 px and far
+# under any tracker's error, ~1 px on the simulator's ground truth, README "Accuracy"); metres in
+# millimetres (error <= 0.5 mm, under the 1 mm of a depth sensor's quantisation).
+TRACK_SCALE = 32.0  # steps per pixel
+METRE_SCALE = 1000.0  # steps per metre
 
 SHARD_ARRAYS: tuple[ArraySpec, ...] = (
-    ArraySpec("frames/{camera}", "uint8", ("F", "H", "W", "3"), "frame", "RGB"),
-    ArraySpec("depth_m/{camera}", "float32", ("F", "H", "W"), "frame", "metres", nan_ok=True, optional=True),
+    ArraySpec("frames/{camera}", "uint8", ("F", "H", "W", "3"), "frame", "RGB", encoding="image"),
+    ArraySpec("depth_m/{camera}", "float32", ("F", "H", "W"), "frame", "metres", nan_ok=True, optional=True,
+              encoding="fixed_point", scale=METRE_SCALE),
     ArraySpec("actions", "float32", ("F", "A"), "frame", "dataset action encoding"),
     ArraySpec("proprio", "float32", ("F", "P"), "frame", "dataset proprio encoding", optional=True),
     ArraySpec("anchor_step", "int32", ("N",), "anchor", "step index within the episode"),
-    ArraySpec("tracks_px", "float32", ("N", "K", "T", "2"), "anchor", "pixels (x, y)", nan_ok=True),
+    ArraySpec("tracks_px", "float32", ("N", "K", "T", "2"), "anchor", "pixels (x, y)", nan_ok=True,
+              encoding="fixed_point", scale=TRACK_SCALE),
     ArraySpec("visible", "bool", ("N", "K", "T"), "anchor", "mask"),
     ArraySpec("in_range", "bool", ("N", "T"), "anchor", "mask"),
-    ArraySpec("depth_track_m", "float32", ("N", "K", "T"), "anchor", "metres", nan_ok=True, optional=True),
-    ArraySpec("points_cam_m", "float32", ("N", "K", "T", "3"), "anchor", "metres, camera frame, OpenCV axes", nan_ok=True, optional=True),
+    ArraySpec("depth_track_m", "float32", ("N", "K", "T"), "anchor", "metres", nan_ok=True, optional=True,
+              encoding="fixed_point", scale=METRE_SCALE),
+    ArraySpec("points_cam_m", "float32", ("N", "K", "T", "3"), "anchor", "metres, camera frame, OpenCV axes", nan_ok=True,
+              optional=True, encoding="fixed_point", scale=METRE_SCALE),
     ArraySpec("valid_3d", "bool", ("N", "K", "T"), "anchor", "mask", optional=True),
     ArraySpec("motion_image", "uint8", ("N", "H", "W", "3"), "anchor", "flow, sqrt encoding s=64", optional=True),
     ArraySpec("flow_valid", "bool", ("N",), "anchor", "mask", optional=True),

@@ -91,6 +91,16 @@ class SimGroundTruth:
     body_names: tuple[str, ...] = ()  # MuJoCo body names by id ("hand", "obj", ...); () when unknown
 
 
+@dataclass(frozen=True)
+class EncodedFrames:
+    """A camera's frames as the source stored them, one encoded image per step ("jpeg" or
+    "png"), kept so the shard writer can store the source's own bytes instead of re-encoding
+    (curation/store/encodings.py). Only set when they decode to exactly `Episode.frames`."""
+
+    format: str
+    blobs: tuple[bytes, ...]
+
+
 @dataclass
 class Episode:
     """One episode, normalised. See module docstring for units."""
@@ -111,6 +121,7 @@ class Episode:
     language_informative: bool = True  # False for datasets known to carry placeholder language
     blank_cameras: tuple[str, ...] = ()  # cameras that are all zeros (absent) in this episode
     ground_truth: Optional[SimGroundTruth] = None
+    encoded_frames: dict[str, EncodedFrames] = field(default_factory=dict)  # camera -> the source's bytes
 
     @property
     def episode_id(self) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from curation.describe.stats import QUANTILE_ALPHA, RunningStats, compute_stats
+from curation.store.writer import stored_values
 from test_curation_helpers import make_episode, make_labels, write_dataset
 
 
@@ -57,13 +58,14 @@ def test_motion_stats_equal_numpy(two_source_dataset):
     stats = compute_stats(str(root), progress=False)
     labs = [lab for ep, lab in pairs if ep.provenance.dataset == "source_a"]
     deltas, d3, depth = [], [], []
-    for lab in labs:
+    for lab in labs:  # the values as stored (fixed point, schemas/dataset.py): what the statistics read
+        tracks, points = stored_values("tracks_px", lab.tracks_px), stored_values("points_cam_m", lab.points_cam_m)
         ok = lab.visible & lab.in_range[:, None, :]
         both = ok[:, :, 1:] & ok[:, :, :1]
-        deltas.append((lab.tracks_px[:, :, 1:] - lab.tracks_px[:, :, :1])[both])
+        deltas.append((tracks[:, :, 1:] - tracks[:, :, :1])[both])
         v3 = lab.valid_3d
-        d3.append((lab.points_cam_m[:, :, 1:] - lab.points_cam_m[:, :, :1])[v3[:, :, 1:] & v3[:, :, :1]])
-        depth.append(lab.depth_m[v3])
+        d3.append((points[:, :, 1:] - points[:, :, :1])[v3[:, :, 1:] & v3[:, :, :1]])
+        depth.append(stored_values("depth_track_m", lab.depth_m)[v3])
     for name, values in (("motion/tracks_px_delta", np.concatenate(deltas)), ("motion/points_cam_m_delta", np.concatenate(d3)),
                          ("motion/depth_track_m", np.concatenate(depth)[:, None])):
         st = stats["datasets"]["source_a"][name]

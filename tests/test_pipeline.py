@@ -35,11 +35,12 @@ def test_config_file_overrides_and_hash(tmp_path):
 
 
 def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
-    from curation.store.writer import CHUNK_KEY_ENCODING, _chunk_len, _fill, _write_array_fast, spec_by_name, write_group_json
+    """The direct path writes the plain arrays (writer.compression=none) exactly as zarr would."""
+    from curation.store.writer import CHUNK_KEY_ENCODING, _attributes, _chunk_len, _fill, _write_array_fast, spec_by_name, write_group_json
 
     rng = np.random.default_rng(0)
-    arrays = {"frames/cam": rng.integers(0, 255, (37, 8, 8, 3), dtype=np.uint8),
-              "tracks_px": rng.normal(size=(5, 4, 3, 2)).astype(np.float32),
+    arrays = {"actions": rng.normal(size=(37, 7)).astype(np.float32),
+              "anchor_step": np.arange(0, 40, 8, dtype=np.int32),
               "visible": rng.random((5, 4, 3)) > 0.5,
               "latent_tokens": rng.integers(-1, 8, (5, 4)).astype(np.int16)}
     (tmp_path / "ours").mkdir()
@@ -52,7 +53,7 @@ def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
         r = ref.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(c0,) + a.shape[1:],
                              shards=(-(-a.shape[0] // c0) * c0,) + a.shape[1:], compressors=None, chunk_key_encoding=CHUNK_KEY_ENCODING,
                              fill_value=_fill(a.dtype),
-                             attributes={"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok})
+                             attributes=_attributes(spec))
         with zarr.config.set({"array.write_empty_chunks": True}):
             r[...] = a
     back = zarr.open_group(str(tmp_path / "ours"), mode="r")
@@ -62,6 +63,28 @@ def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
         files = sorted(p.relative_to(tmp_path / "ours") for p in (tmp_path / "ours" / name).rglob("*") if p.is_file())
         assert files == sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref" / name).rglob("*") if p.is_file())
         for f in files:
+            mine, theirs = (tmp_path / "ours" / f).read_bytes(), (tmp_path / "ref" / f).read_bytes()
+            assert (json.loads(mine) == json.loads(theirs)) if f.name == "zarr.json" else mine == theirs, f
+
+
+def test_encoded_shards_are_byte_identical_to_zarrs(tmp_path):
+    """The direct path encodes fixed point, blosc and PNG frames exactly as zarr's codecs do."""
+    from curation.store.writer import _write_array, _write_array_fast, write_group_json
+
+    rng = np.random.default_rng(1)
+    tracks = rng.uniform(-5, 70, (21, 4, 6, 2)).astype(np.float32)
+    tracks[:, :, 4:] = np.nan
+    arrays = {"tracks_px": tracks, "visible": rng.random((21, 4, 6)) > 0.3,
+              "depth_m/cam": rng.uniform(0.2, 3, (5, 8, 8)).astype(np.float32),
+              "frames/cam": rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
+              "actions": rng.normal(size=(5, 7)).astype(np.float32)}
+    (tmp_path / "ours").mkdir()
+    write_group_json(tmp_path / "ours", {})
+    ref = zarr.open_group(str(tmp_path / "ref"), mode="w", zarr_format=3)
+    for name, a in arrays.items():
+        _write_array_fast(tmp_path / "ours", name, a, 16, "zstd")
+        _write_array(ref, name, a, 16, "zstd")
+        for f in sorted(p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref" / name).rglob("*") if p.is_file()):
             mine, theirs = (tmp_path / "ours" / f).read_bytes(), (tmp_path / "ref" / f).read_bytes()
             assert (json.loads(mine) == json.loads(theirs)) if f.name == "zarr.json" else mine == theirs, f
 

@@ -41,7 +41,7 @@ from curation.sources.openx.registry import (
     infer_dataset_config,
 )
 from curation.sources.rlds_decode import FrameDecoder, feature_at, is_image_feature
-from schemas.episode import CameraIntrinsics, Episode, EpisodeError, Provenance
+from schemas.episode import CameraIntrinsics, EncodedFrames, Episode, EpisodeError, Provenance
 
 log = logging.getLogger(__name__)
 
@@ -416,9 +416,13 @@ class RLDSSource:
             raise EpisodeError(where, f"non-finite action (NaN/inf) at step {t} dim {d}")
 
         frames: dict[str, np.ndarray] = {}
+        encoded: dict[str, EncodedFrames] = {}
         for cam in c.cameras:
             key = f"observation/{cam}"
             frames[cam] = _decode_rgb(steps[key], self._decoders.get(key), where, cam, bgr=cam in c.bgr_cameras)
+            source_bytes = _source_bytes(steps[key], self._decoders.get(key), bgr=cam in c.bgr_cameras)
+            if source_bytes is not None:
+                encoded[cam] = source_bytes
             if frames[cam].shape[0] != T:
                 raise EpisodeError(where, f"camera {cam!r} has {frames[cam].shape[0]} frames, actions {T} steps")
         blank = tuple(cam for cam, fr in frames.items() if not fr.any())
@@ -453,6 +457,7 @@ class RLDSSource:
             intrinsics=intrinsics,
             language_informative=c.language_informative,
             blank_cameras=blank,
+            encoded_frames=encoded,
         )
 
 
@@ -558,6 +563,23 @@ def _decode_rgb(encoded: np.ndarray, decoder: Optional[FrameDecoder], where: str
         elif arr.shape[-1] == 4:
             arr = arr[..., :3]
     return np.ascontiguousarray(arr[..., ::-1]) if bgr else arr
+
+
+def _source_bytes(encoded, decoder: Optional[FrameDecoder], bgr: bool) -> Optional[EncodedFrames]:
+    """A camera's encoded frames as stored, when they decode to its RGB frames unchanged: a 3-channel
+    uint8 Image of JPEG frames, or of 8-bit RGB PNGs (curation.store.encodings decodes both as
+    TFDS does); None for pixel Tensors, BGR cameras and anything else."""
+    from curation.store.encodings import image_format, png_is_rgb8
+
+    if decoder is None or bgr or decoder.dtype != np.uint8 or decoder.feature.shape[-1] != 3 or not len(encoded):
+        return None
+    blobs = tuple(bytes(b) for b in encoded)
+    fmt = image_format(blobs[0])
+    if not fmt or any(image_format(b) != fmt for b in blobs):
+        return None
+    if fmt == "png" and not all(png_is_rgb8(b) for b in blobs):
+        return None
+    return EncodedFrames(fmt, blobs)
 
 
 def _decode_depth(raw, decoder: Optional[FrameDecoder], spec, where: str, hw: tuple[int, int]) -> np.ndarray:

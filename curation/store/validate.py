@@ -11,6 +11,8 @@ What is checked:
   ranks per SHARD_ARRAYS, symbolic shapes consistent (F, N, K, T, A, P, L; H and W per
   camera) and equal to the manifest's (height, width, camera_sizes, action_dim,
   proprio_dim, cameras);
+- encodings (contract 3.x): each array's codecs and its `encoding` / `max_abs_error` attributes as
+  its ArraySpec says (curation/store/encodings.py), fixed-point values on their grid;
 - offsets: frame/anchor ranges inside the arrays, not overlapping;
 - content: per-episode checksums recomputed; NaN only where the spec allows it;
   masks consistent (visible => in range; out-of-range track steps are NaN, never
@@ -33,7 +35,7 @@ import numpy as np
 
 from schemas.dataset import (
     DATASET_JSON, FILTERED, MANIFEST, MANIFEST_SCHEMA, QUARANTINE, QUARANTINE_SCHEMA,
-    SHARD_ARRAYS, SHARDS_DIR, ArraySpec, contract_problem, spec_for,
+    SHARD_ARRAYS, SHARDS_DIR, ArraySpec, contract_problem, encoded_contract, spec_for,
 )
 from schemas.triplet import LATENT_PAD_TOKEN
 
@@ -264,6 +266,65 @@ def validate_dataset(path: str | Path, checksums: bool = True, progress: bool = 
     return out
 
 
+def _inner_codecs(arr) -> list:
+    """The codecs of an array's inner chunks (inside sharding_indexed, or the array's own)."""
+    from zarr.codecs import ShardingCodec
+
+    codecs = list(arr.metadata.codecs)
+    return list(codecs[0].codecs) if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else codecs
+
+
+def encoding_problems(name: str, arr, spec: ArraySpec) -> list[str]:
+    """How a contract-3.x array's stored encoding departs from its ArraySpec ([] = as specified):
+    the codecs in its zarr.json and the encoding and bound in its attributes."""
+    from curation.store.encodings import FixedPointCodec, ImageCodec
+
+    out = []
+    attrs = dict(arr.attrs)
+    if attrs.get("encoding") != spec.encoding:
+        out.append(f"attribute encoding {attrs.get('encoding')!r}, contract says {spec.encoding!r}")
+    if attrs.get("max_abs_error") != spec.max_abs_error:
+        out.append(f"attribute max_abs_error {attrs.get('max_abs_error')!r}, contract says {spec.max_abs_error}")
+    codecs = _inner_codecs(arr)
+    fixed = [c for c in codecs if isinstance(c, FixedPointCodec)]
+    images = [c for c in codecs if isinstance(c, ImageCodec)]
+    if spec.encoding == "fixed_point":
+        if len(fixed) != 1 or fixed[0].scale != spec.scale:
+            got = [c.scale for c in fixed]
+            out.append(f"codecs {[c.to_dict()['name'] for c in codecs]} (fixed-point scales {got}), contract says "
+                       f"one curator.fixed_point at scale {spec.scale}")
+    elif fixed:
+        out.append(f"fixed-point codec on an array the contract stores {spec.encoding}")
+    if (spec.encoding == "image") != bool(images):
+        out.append(f"codecs {[c.to_dict()['name'] for c in codecs]}, contract says encoding {spec.encoding!r}")
+    return out
+
+
+def _off_grid(name: str, a: np.ndarray, spec: ArraySpec) -> str:
+    """A fixed-point array's decoded values must sit on its grid of 1/scale steps."""
+    if spec.encoding != "fixed_point" or not a.size:
+        return ""
+    from curation.store.encodings import bound_slack
+
+    with np.errstate(invalid="ignore"):
+        steps = a.astype(np.float64) * spec.scale
+        off = np.abs(steps - np.rint(steps))
+        bad = int((off > 1e-3 + bound_slack(a) * spec.scale).sum())  # float32's rounding of q / scale
+    return f"{bad} values off the 1/{spec.scale:g} grid of its fixed-point encoding" if bad else ""
+
+
+def _check_encodings(group, names: list[str], data: dict, where: str, out: list[Violation]) -> None:
+    for name in names:
+        spec = spec_for(name)
+        if spec is None or name not in data:
+            continue
+        for msg in encoding_problems(name, group[name], spec):
+            out.append(Violation("encoding", f"{where}/{name}", msg))
+        msg = _off_grid(name, data[name], spec)
+        if msg:
+            out.append(Violation("encoding", f"{where}/{name}", msg))
+
+
 def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, out: list[Violation], zarr, episode_checksum) -> None:
     where = f"{SHARDS_DIR}/{shard}"
     sdir = root / SHARDS_DIR / shard
@@ -284,6 +345,8 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
             data[name] = group[name][...]  # bulk read: one shard file per array
         except Exception as exc:  # noqa: BLE001
             out.append(Violation("unreadable", f"{where}/{name}", f"cannot read array: {exc}"))
+    if encoded_contract(group.attrs.get("contract_version")):
+        _check_encodings(group, names, data, where, out)
     # Whole-shard checks: axis-0 sizes agree per kind.
     problems: list[tuple[str, str, str]] = []
     _check_shapes({n: a[:0] if a.ndim else a for n, a in data.items()}, problems)

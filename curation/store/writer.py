@@ -17,10 +17,14 @@ duplicate) never rename into the same directory: the winning primary lists only
 its own sub-shards, and the loser's are removed as stale.
 
 Arrays use the sharding codec: one Zarr shard (one file) per array, inner
-chunks of `frames_per_chunk` along axis 0. Without compression the shard file
-is encoded directly (raw C-order bytes + the shard index), byte-identical to
-what zarr writes (tests check it) and as fast as numpy.save; with zstd it goes
-through zarr.
+chunks of `frames_per_chunk` along axis 0 (frames: one frame per chunk), each in
+the encoding of its ArraySpec (curation/store/encodings.py): frames as the
+source's own JPEG/PNG bytes (written here straight into the shard file, never
+re-encoded) or PNG, fixed-point labels, the rest plain; then zstd
+(`writer.compression`, default) on all but the images. A plain array without
+compression is encoded directly (raw C-order bytes + the shard index),
+byte-identical to what zarr writes (tests check it) and as fast as numpy.save.
+Checksums are over the decoded values (`stored_values`), what every reader gets.
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ import struct
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from curation.store.encodings import FixedPointCodec, ImageCodec, dequantize, encode_image, fixed_point_dtype, quantize
 from schemas.durable import fsync_dir, fsync_tree, replace_durably
 from schemas.dataset import CONTRACT_VERSION, SHARDS_DIR, ArraySpec, episode_checksum, spec_for
+from schemas.episode import EncodedFrames
 
 # Shard files are keyed "0.0.0.0" inside the array directory (zarr v3 "v2" chunk key
 # encoding): one directory per array instead of one per dimension, which is most of
@@ -49,6 +55,12 @@ CHUNK_KEY_ENCODING = {"name": "v2", "separator": "."}
 COMMIT_RECORD = "zarr.json"  # the commit record is its "commit" attribute
 SHARD_PREFIX = "shard-"
 TMP_PREFIX = ".tmp-"
+# `writer.compression: zstd` is blosc's zstd at level 3 after its byte shuffle (both in the Zarr v3
+# spec's blosc codec). On the curated Bridge labels (numcodecs, chunks of 16 anchors): int16
+# tracks take 349 KB against 430 KB with plain zstd 1; level 5 takes 313 KB but made the shard
+# write 1.25x slower (12 against 9.6 s per 1,000 frames, the old raw write 5.7 s).
+ZSTD_LEVEL = 3
+FRAME_MODES = ("source", "png")  # writer.frames: the source's own bytes where it has them, or PNG
 
 
 def shard_name(group: int, sub: int = 0, attempt: str = "") -> str:
@@ -83,6 +95,7 @@ class EpisodePayload:
 
     arrays: dict[str, np.ndarray]
     row: dict[str, Any]
+    encoded: dict[str, EncodedFrames] = field(default_factory=dict)  # "frames/{camera}" -> the source's bytes
 
     @property
     def num_frames(self) -> int:
@@ -111,47 +124,93 @@ def _layout(data: np.ndarray, frames_per_chunk: int) -> tuple[tuple, tuple]:
     return (c0,) + data.shape[1:], (-(-max(n, 1) // c0) * c0,) + data.shape[1:]  # one shard file per array
 
 
+def _attributes(spec: ArraySpec, **extra) -> dict:
+    """An array's attributes: units, axis-0 kind, NaN rule, its encoding and error bound."""
+    return {"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok, "encoding": spec.encoding,
+            "max_abs_error": spec.max_abs_error, **({"scale": spec.scale} if spec.scale else {}), **extra}
+
+
+def stored_values(name: str, data: np.ndarray) -> np.ndarray:
+    """What a reader decodes from `data` written as array `name`: fixed-point arrays rounded to
+    their step (the same functions as the codec), every other array unchanged. Checksums are
+    taken over these values, so they hold for what is read back."""
+    spec = spec_by_name(name)
+    if spec.encoding != "fixed_point":
+        return data
+    return dequantize(quantize(data, spec.scale, "int32"), spec.scale)
+
+
 def _write_array(group, name: str, data: np.ndarray, frames_per_chunk: int, compression: str) -> None:
-    """Through zarr (compressed arrays; the reference the fast path is tested against)."""
+    """Through zarr, with the spec's codecs (encodings.py) and `compression` after them: the
+    reference `_write_array_fast` is tested against."""
     import zarr
-    from zarr.codecs import ZstdCodec
 
     spec = spec_by_name(name)
-    chunks, shards = _layout(data, frames_per_chunk)
-    compressors = ZstdCodec(level=1) if compression == "zstd" else None
-    arr = group.create_array(
-        name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-        compressors=compressors, fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
-        attributes={"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok},
-    )
-    if data.shape[0] == 0:
-        return
-    if compressors is None and data.dtype.byteorder in ("=", "<", "|"):
-        _write_raw_shard(Path(arr.store_path.store.root) / arr.store_path.path, data, chunks[0], shards[0])
-    else:
+    kwargs = _codecs_for(spec, data, compression)
+    chunks, shards = _layout_for(spec, data, frames_per_chunk)
+    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+                             fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
+                             attributes=_attributes(spec), **kwargs)
+    if data.shape[0]:
         with zarr.config.set({"array.write_empty_chunks": True}):
             arr[...] = data
+
+
+def _compressor(stored: np.dtype):
+    """blosc(zstd, ZSTD_LEVEL) after a byte shuffle of the stored values (a bit shuffle for masks:
+    1.6x fewer bytes for `visible` than zstd alone)."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=ZSTD_LEVEL, shuffle="bitshuffle" if stored == np.bool_ else "shuffle",
+                      typesize=stored.itemsize)
+
+
+def _source_frames(payloads: list["EpisodePayload"], name: str, frames: str) -> "EncodedFrames | None":
+    """The source's encoded frames of array `name` over all of a shard's episodes, when every
+    episode has them in one format and `frames` is "source"; else None (the pixels are encoded)."""
+    if frames != "source" or spec_by_name(name).encoding != "image":
+        return None
+    found = [p.encoded.get(name) for p in payloads]
+    if any(e is None for e in found) or len({e.format for e in found}) != 1:
+        return None
+    return EncodedFrames(found[0].format, tuple(b for e in found for b in e.blobs))
 
 
 _META_TEMPLATES: dict[tuple, str] = {}
 _GROUP_JSON = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
 
 
-def _array_metadata(name: str, data: np.ndarray, frames_per_chunk: int) -> dict:
-    """zarr.json of an uncompressed sharded array: made by zarr itself once per
-    (name, dtype, trailing shape) and patched for the length, so zarr's event loop
-    is entered once per process instead of once per array."""
+def _codecs_for(spec: ArraySpec, data: np.ndarray, compression: str, image_format: str = "png") -> dict:
+    """zarr create_array codec arguments of an array: the spec's encoding, then `compression`."""
+    if spec.encoding == "image":
+        return {"serializer": ImageCodec(format=image_format), "compressors": None}
+    stored = np.dtype(fixed_point_dtype(data, spec.scale)) if spec.encoding == "fixed_point" else data.dtype
+    kwargs: dict = {"compressors": _compressor(stored) if compression == "zstd" else None}
+    if spec.encoding == "fixed_point":
+        kwargs["filters"] = [FixedPointCodec(scale=spec.scale, dtype=str(stored))]
+    return kwargs
+
+
+def _layout_for(spec: ArraySpec, data: np.ndarray, frames_per_chunk: int) -> tuple[tuple, tuple]:
+    """(inner chunk shape, shard shape): frames one per chunk, the rest `frames_per_chunk` long."""
+    if spec.encoding == "image":
+        return (1,) + data.shape[1:], (max(1, data.shape[0]),) + data.shape[1:]
+    return _layout(data, frames_per_chunk)
+
+
+def _array_metadata(name: str, data: np.ndarray, chunks: tuple, shards: tuple, kwargs: dict, attrs: dict) -> dict:
+    """zarr.json of a sharded array: made by zarr itself once per (name, dtype, trailing shape,
+    codecs, attributes) and patched for the length, so zarr's event loop is entered once per
+    process instead of once per array."""
     import zarr
 
-    chunks, shards = _layout(data, frames_per_chunk)
-    key = (name, data.dtype.str, data.shape[1:])
+    key = (name, data.dtype.str, data.shape[1:], chunks[0], json.dumps({k: _codec_json(v) for k, v in kwargs.items()}),
+           json.dumps(attrs, sort_keys=True))
     if key not in _META_TEMPLATES:
-        spec = spec_by_name(name)
         with tempfile.TemporaryDirectory() as d:
             g = zarr.open_group(d, mode="w", zarr_format=3)
-            g.create_array("a", shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards, compressors=None,
-                           fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING,
-                           attributes={"units": spec.units, "per": spec.per, "nan_ok": spec.nan_ok})
+            g.create_array("a", shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+                           fill_value=_fill(data.dtype), chunk_key_encoding=CHUNK_KEY_ENCODING, attributes=attrs, **kwargs)
             _META_TEMPLATES[key] = (Path(d) / "a" / "zarr.json").read_text()
     meta = json.loads(_META_TEMPLATES[key])
     meta["shape"] = list(data.shape)
@@ -160,8 +219,52 @@ def _array_metadata(name: str, data: np.ndarray, frames_per_chunk: int) -> dict:
     return meta
 
 
-def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk: int) -> None:
-    """An uncompressed array without zarr's machinery: its zarr.json and one raw shard file."""
+def _codec_json(value):
+    if isinstance(value, (list, tuple)):
+        return [_codec_json(v) for v in value]
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _encoded_chunks(spec: ArraySpec, data: np.ndarray, c0: int, shard_len: int, kwargs: dict) -> list[bytes]:
+    """The inner chunks of an array's one shard, encoded as zarr's codecs would (the edge chunk
+    padded with the fill value, all zero bytes): fixed point, little-endian bytes, blosc."""
+    from numcodecs import Blosc
+
+    if spec.encoding == "image":
+        return [encode_image(frame, kwargs["serializer"].format) for frame in data]
+    pad = shard_len - data.shape[0]
+    if pad:
+        data = np.concatenate([data, np.zeros((pad,) + data.shape[1:], data.dtype)])
+    if "filters" in kwargs:
+        data = quantize(data, spec.scale, kwargs["filters"][0].dtype)
+    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+    comp = kwargs["compressors"]
+    blosc = None if comp is None else Blosc(cname="zstd", clevel=comp.clevel, blocksize=0, typesize=comp.typesize,
+                                            shuffle=Blosc.BITSHUFFLE if comp.shuffle.name == "bitshuffle" else Blosc.SHUFFLE)
+    chunks = [data[i:i + c0].tobytes() for i in range(0, shard_len, c0)]
+    return chunks if blosc is None else [bytes(blosc.encode(c)) for c in chunks]
+
+
+def _write_shard_file(array_dir: Path, ndim: int, chunks: Iterable[bytes]) -> None:
+    """One shard file laid out as zarr's ShardingCodec does: the inner chunks in order, then the
+    index of (offset, nbytes) uint64 pairs and its crc32c, with one write each."""
+    import google_crc32c
+
+    chunks = list(chunks)
+    sizes = np.array([len(c) for c in chunks], dtype="<u8")
+    index = np.stack([np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype("<u8"), sizes], axis=1)
+    index_bytes = np.ascontiguousarray(index, dtype="<u8").tobytes()
+    with open(array_dir / ".".join("0" for _ in range(ndim)), "wb") as f:
+        f.write(b"".join(chunks))
+        f.write(index_bytes)
+        f.write(struct.pack("<I", google_crc32c.value(index_bytes)))
+
+
+def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk: int, compression: str = "none",
+                      source: "EncodedFrames | None" = None) -> None:
+    """An array without zarr's machinery: its zarr.json (zarr's own, cached) and its one shard
+    file, encoded here (`_write_array` is the zarr reference the tests compare it with)."""
+    spec = spec_by_name(name)
     parts = name.split("/")
     for i in range(1, len(parts)):  # implicit parent groups (frames/, depth_m/)
         gj = root.joinpath(*parts[:i]) / "zarr.json"
@@ -170,10 +273,17 @@ def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk:
             gj.write_text(json.dumps(_GROUP_JSON, indent=2))
     adir = root / name
     os.makedirs(adir, exist_ok=True)
-    (adir / "zarr.json").write_text(json.dumps(_array_metadata(name, data, frames_per_chunk)))
-    if data.shape[0]:
-        chunks, shards = _layout(data, frames_per_chunk)
-        _write_raw_shard(adir, data, chunks[0], shards[0])
+    kwargs = _codecs_for(spec, data, compression, source.format if source is not None else "png")
+    chunks, shards = _layout_for(spec, data, frames_per_chunk)
+    attrs = _attributes(spec, source_bytes=True) if source is not None else _attributes(spec)
+    (adir / "zarr.json").write_text(json.dumps(_array_metadata(name, data, chunks, shards, kwargs, attrs)))
+    if not data.shape[0]:
+        return
+    if source is None and kwargs["compressors"] is None and "filters" not in kwargs and "serializer" not in kwargs:
+        _write_raw_shard(adir, data, chunks[0], shards[0])  # plain bytes: numpy's own write
+    else:
+        _write_shard_file(adir, data.ndim, source.blobs if source is not None else
+                          _encoded_chunks(spec, data, chunks[0], shards[0], kwargs))
 
 
 def _fill(dtype: np.dtype):
@@ -221,17 +331,20 @@ def split_by_signature(payloads: list[EpisodePayload]) -> list[list[EpisodePaylo
 
 
 def write_shard_group(
-    tmp_dir: Path, name: str, payloads: list[EpisodePayload], frames_per_chunk: int, compression: str
+    tmp_dir: Path, name: str, payloads: list[EpisodePayload], frames_per_chunk: int, compression: str,
+    frames: str = "source",
 ) -> tuple[dict, list[dict]]:
     """Write one shard group (episodes sharing a signature) into tmp_dir; return its
-    root attributes and the finished manifest rows (shard, offsets, checksum)."""
+    root attributes and the finished manifest rows (shard, offsets, checksum of the values
+    a reader decodes)."""
+    stored = [{n: stored_values(n, a) for n, a in p.arrays.items()} for p in payloads]
     rows = []
     frame_start = anchor_start = 0
-    for p in payloads:
+    for p, values in zip(payloads, stored):
         row = dict(p.row)
         row.update(
             shard=name, frame_start=frame_start, frame_count=p.num_frames,
-            anchor_start=anchor_start, anchor_count=p.num_anchors, checksum=episode_checksum(p.arrays),
+            anchor_start=anchor_start, anchor_count=p.num_anchors, checksum=episode_checksum(values),
         )
         rows.append(row)
         frame_start += p.num_frames
@@ -240,18 +353,9 @@ def write_shard_group(
     tmp_dir.mkdir(parents=True)
     attrs = {"contract_version": CONTRACT_VERSION, "shard": name, "episodes": [r["episode_id"] for r in rows]}
     write_group_json(tmp_dir, attrs)
-    group = None
     for arr_name in sorted(payloads[0].arrays if payloads else ()):
-        data = np.concatenate([p.arrays[arr_name] for p in payloads], axis=0) if len(payloads) > 1 \
-            else payloads[0].arrays[arr_name]
-        if compression == "none" and data.dtype.byteorder in ("=", "<", "|"):
-            _write_array_fast(tmp_dir, arr_name, data, frames_per_chunk)
-        else:
-            if group is None:
-                import zarr
-
-                group = zarr.open_group(str(tmp_dir), mode="a", zarr_format=3)
-            _write_array(group, arr_name, data, frames_per_chunk, compression)
+        data = np.concatenate([v[arr_name] for v in stored], axis=0) if len(stored) > 1 else stored[0][arr_name]
+        _write_array_fast(tmp_dir, arr_name, data, frames_per_chunk, compression, _source_frames(payloads, arr_name, frames))
     return attrs, rows
 
 
@@ -279,7 +383,8 @@ def commit_unit(
     payloads: list[EpisodePayload],
     record: dict,
     frames_per_chunk: int = 16,
-    compression: str = "none",
+    compression: str = "zstd",
+    frames: str = "source",
 ) -> dict:
     """Write and commit the shard(s) of one work unit. `record` carries the unit's
     quarantine/filtered rows, timings and anything else to keep; returns the
@@ -301,7 +406,7 @@ def commit_unit(
             name = shard_name(group_index, sub, attempt)
             tmp = shards_dir / f"{TMP_PREFIX}{shard_name(group_index)}-{sub:02d}-{attempt}"
             tmp_dirs.append((tmp, shards_dir / name))
-            attrs, rows = write_shard_group(tmp, name, members, frames_per_chunk, compression)
+            attrs, rows = write_shard_group(tmp, name, members, frames_per_chunk, compression, frames)
             all_rows.extend(rows)
             if sub:
                 sub_names.append(name)
