@@ -266,9 +266,9 @@ def test_latent_phase_reads_no_actions(tmp_path):
     from policy.train import train
 
     class ActionFree(SyntheticDataset):
-        def iter_triplets(self, shards=None, chunk=10, motion_only=False):
+        def iter_triplets(self, shards=None, chunk=10, motion_only=False, **kwargs):
             assert motion_only, "phase latent asked for actions"
-            return super().iter_triplets(shards, chunk, motion_only)
+            return super().iter_triplets(shards, chunk, motion_only, **kwargs)
 
     ds = ActionFree(num_shards=1, episodes_per_shard=2, anchors_per_episode=3, latent=True)
     r = train(ds, tmp_path / "s1", lafp_config(), tiny_train(phase="latent", steps=2), progress=False)

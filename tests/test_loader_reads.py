@@ -179,9 +179,19 @@ def test_flipped_byte_is_caught_by_the_episode_read_and_the_loader(bridge, tmp_p
     frames = copy / "shards" / shard / "frames"
     cam = sorted(p.name for p in frames.iterdir() if p.is_dir())[0]
     data_file = frames / cam / "0.0.0.0"
-    per_frame = int(np.prod(ds.read_episode(victim_eid)[f"frames/{cam}"].shape[1:]))
     raw = bytearray(data_file.read_bytes())
-    raw[(r["frame_start"] + 2) * per_frame + 5] ^= 0x10  # a pixel of the episode's third frame
+    # The shard file ends with its index: (offset, nbytes) as little-endian uint64 per inner chunk
+    # (one encoded frame each), then a crc32c. Flip one bit inside the JPEG entropy data of the
+    # episode's third frame: a wrong pixel that still decodes, so only the checksum can see it.
+    k = r["frame_start"] + 2
+    import zarr
+
+    n_chunks = zarr.open_array(str(frames / cam), mode="r").shape[0]
+    index = np.frombuffer(bytes(raw[-(16 * n_chunks + 4):-4]), "<u8").reshape(n_chunks, 2)
+    offset, nbytes = (int(v) for v in index[k])
+    at = next(i for i in range(offset + nbytes - 16, offset + nbytes // 2, -1)
+              if raw[i] not in (0xFF, 0xFE) and raw[i - 1] != 0xFF)
+    raw[at] ^= 0x01
     data_file.write_bytes(bytes(raw))
     ds = open_dataset(str(copy))
     with pytest.raises(DatasetIntegrityError, match=f"episode {victim_eid} in shard {shard}: its arrays do not match"):
