@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -77,6 +78,19 @@ def _alive(pids: set[int]) -> list[int]:
     return sorted(out)
 
 
+def _names(pids: list[int]) -> list[str]:
+    """The program and first argument of each process (e.g. `raylet`, `gcs_server`, `python -m ...`)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out.append(" ".join(psutil.Process(pid).cmdline()[:3])[:120])
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
 def timed_run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=RERUN_TIMEOUT_S, start_new_session=True)
@@ -103,13 +117,17 @@ def kill_trial(source, out: Path, runner: str, delay_s: float, reference: Path) 
     while _alive(seen) and time.perf_counter() < exit_deadline:
         time.sleep(0.2)
     left_after_kill = _alive(seen)
+    left_names = _names(left_after_kill)  # what outlived the kill, for the report
+    for pid in left_after_kill:  # and then stopped, so that one trial's leftovers do not reach the next
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     timed_run(cmd)
     cmp = compare_datasets(reference, out)
     tmp_anywhere = sorted(str(p.relative_to(out)) for p in out.rglob(".tmp*"))
     return {
         "runner": runner, "kill_at_s": round(delay_s, 2), "killed": not finished_first,
         "equal": cmp["manifest_rows_equal"] and cmp["checksums_equal"] and cmp["arrays_equal"],
-        "episodes": cmp["episodes"], "processes_left": len(left_after_kill), "tmp_left": len(tmp_anywhere),
+        "episodes": cmp["episodes"], "processes_left": len(left_after_kill), "processes_left_names": left_names, "tmp_left": len(tmp_anywhere),
     }
 
 
