@@ -13,9 +13,9 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup setup-apt setup-venv test demo bench clean
 
-# Every step runs on every `make setup`: a fresh machine and CI take the same path, so a broken
-# step cannot hide behind a stamp file. Each step is idempotent (apt-get and pip skip what is
-# already installed, venv creation keeps an existing venv).
+# Every step runs on every `make setup`, with no check of what is already there: a fresh machine
+# and CI take the same path, so a broken step cannot hide behind a stamp file. Running the steps
+# again is harmless (apt-get install, venv and pip install are idempotent).
 setup: setup-apt setup-venv
 
 # Debian packages: open3d needs libusb, MuJoCo's CPU renderer needs OSMesa. As root apt-get runs
