@@ -3,6 +3,8 @@ contents, quarantine) on a simulated Meta-World dataset and on real Bridge episo
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from test_pipeline_helpers import assert_same_dataset, cached_run, job_config, manifest_rows
@@ -67,6 +69,22 @@ def test_ray_redoes_the_work_of_a_lost_worker(tmp_path):
         results = [r for _, r in engine.map_unordered(crash_once, [(str(tmp_path), i) for i in range(3)])]
     assert sorted(results) == [0, 10, 20], results
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seen-0", "seen-1", "seen-2"]
+
+
+def test_a_local_ray_keeps_its_workers_in_the_jobs_process_group(tmp_path):
+    """A kill of the job's process group reaches every worker of the local cluster it started
+    (by default the raylet gives each worker a group of its own, which outlives such a kill)."""
+    from pipelines.engines.ray import RayEngine
+
+    def where(_item):
+        import os
+
+        return os.getpid(), os.getpgrp()
+
+    with RayEngine(job_config(tmp_path, runner="ray", workers=2)) as engine:
+        workers = {r for _, r in engine.map_unordered(where, range(8))}
+    assert workers and all(pid != os.getpid() for pid, _ in workers)  # they ran in Ray's workers
+    assert {group for _, group in workers} == {os.getpgrp()}, workers
 
 
 def test_label_stage_declares_a_model_from_the_backend_registries(tmp_path):

@@ -31,6 +31,12 @@ RAY_ATTEMPTS_DIR = "ray-attempts"  # under the job directory
 # Unit tasks in flight per cluster CPU: enough queued that no core waits for the driver to submit
 # the next one, few enough that the driver holds a bounded number of pending references.
 IN_FLIGHT_PER_CPU = 4
+# Ray's raylet puts each worker in a process group of its own (RayConfig
+# `process_group_cleanup_enabled`, on by default), so a kill of the job's process group (a shell's
+# Ctrl-C, a batch scheduler, `kill -- -PGID`) misses the workers; a worker still starting when its
+# raylet dies lives on for about 30 s (measured). A local cluster that this engine starts keeps its
+# workers in the driver's group instead; a user's own setting of the variable wins.
+WORKER_PROCESS_GROUPS_ENV = "RAY_process_group_cleanup_enabled"
 
 
 class _LabelerActor:
@@ -113,6 +119,7 @@ class RayEngine:
             if self.eng.address:
                 ray.init(address=self.eng.address, **kw)
             else:
+                os.environ.setdefault(WORKER_PROCESS_GROUPS_ENV, "0")  # read by the raylet it starts
                 ray.init(num_cpus=self.eng.workers, **kw)  # GPUs autodetected for labeler actors
             self._started = True
         return self
