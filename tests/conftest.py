@@ -37,6 +37,18 @@ def sim_dataset_dir(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def curated_dir(tmp_path_factory, sim_dataset_dir) -> Path:
+    """The simulated fixture curated by our pipeline (`curate run`, local runner, one episode a
+    shard), made once: the trainer, loader and experiment tests read it and never write to it."""
+    from cli.main import main
+
+    out = tmp_path_factory.mktemp("curated") / "ds"
+    assert main(["run", str(sim_dataset_dir), "--out", str(out), "--runner", "local", "--shard-episodes", "1",
+                 "--no-progress"]) == 0
+    return out
+
+
 @pytest.fixture
 def one_torch_thread():
     """The CI/dev machine is small and shared: one torch intra-op thread is several times faster here."""

@@ -20,17 +20,6 @@ TINY_TRAIN = dict(batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=2,
 
 # ----------------------------------------------------------------------------- data fixtures
 @pytest.fixture(scope="module")
-def curated_dir(tmp_path_factory, sim_dataset_dir):
-    """The shared simulated fixture (2 tasks x 2 episodes, 24 steps, 64 px) curated by `curate run`."""
-    from cli.main import main
-
-    out = tmp_path_factory.mktemp("curated") / "ds"
-    assert main(["run", str(sim_dataset_dir), "--out", str(out), "--runner", "local", "--shard-episodes", "1",
-                 "--no-progress"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def actionless_dir(tmp_path_factory, curated_dir):
     """A copy of the curated dataset with every shard's `actions` and `proprio` arrays deleted and
     their statistics removed: what is left is frames, language and motion."""
@@ -183,11 +172,13 @@ def test_paired_difference_values():
 
 
 # ----------------------------------------------------------------------------- the runner
-def write_plan(tmp_path: Path, **over) -> Path:
+def write_plan(tmp_path: Path, policy: dict = TINY_POLICY, **over) -> Path:
+    """A one-task, one-regime plan of tiny steps at 32 px; `over` replaces top-level entries."""
     import yaml
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "tiny_config.yaml"
-    cfg.write_text(yaml.safe_dump({"policy": TINY_POLICY, "train": TINY_TRAIN}))
+    cfg.write_text(yaml.safe_dump({"policy": policy, "train": TINY_TRAIN}))
     plan = {
         "workdir": str(tmp_path / "work"), "results": str(tmp_path / "results" / "mp.json"), "config": str(cfg),
         "image_size": 32, "max_steps": 12,

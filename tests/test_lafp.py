@@ -310,39 +310,24 @@ def test_bench_policy_reports_the_lafp_phases_and_latency():
 
 
 # ----------------------------------------------------------------------------- the experiment plan
-PLAN_POLICY = dict(d_model=32, n_heads=2, vl_layers=1, motion_layers=1, action_layers=1, image_patch=8,
-                   motion_points=16, motion_horizon=4, chunk_size=4, n_action_steps=2, latent_layers=1)
-PLAN_TRAIN = dict(batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=2, shuffle_buffer=8, torch_threads=1)
 
 
 def write_plan(tmp_path, lafp: bool = True, **over):
-    import yaml
+    """The experiment tests' tiny plan with the `none` variant, and with `lafp` its latent-action
+    steps: the LAM, the latent stage 1 and the two interpolation settings."""
+    from test_experiment import TINY_POLICY
+    from test_experiment import write_plan as tiny_plan
 
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    cfg = tmp_path / "tiny_config.yaml"
-    cfg.write_text(yaml.safe_dump({"policy": PLAN_POLICY, "train": PLAN_TRAIN}))
-    plan = {
-        "workdir": str(tmp_path / "work"), "results": str(tmp_path / "results" / "mp.json"), "config": str(cfg),
-        "image_size": 32, "max_steps": 12,
-        "corpus": {"tasks": ["button-press-topdown-v3"], "episodes": 1, "episodes_per_shard": 1},
-        "demos": {"tasks": ["button-press-topdown-v3"], "seed": 5000, "episodes_per_shard": 1},
-        "regimes": [1],
-        "stage1": {"uvd": {"label_set": "ours", "steps": 2}},
-        "variants": {"none": {"stage1": "uvd", "fusion": "none"}},
-        "action_steps": {1: 2}, "seeds": [0], "eval": {"episodes": 2, "max_steps": 4},
-        "paired_against": ["none"],
-    }
+    stage1 = {"uvd": {"label_set": "ours", "steps": 2}}
+    variants = {"none": {"stage1": "uvd", "fusion": "none"}}
+    extra = {}
     if lafp:
-        plan["latent_actions"] = {"steps": 3, "gap": 2, "label_set": ["labels.motion_source=ground_truth", "labels.flow=''"]}
-        plan["stage1"]["lafp"] = {"label_set": "latent", "phase": "latent", "steps": 2,
-                                  "policy": {"variant": "lafp", "fusion": "none"}}
-        plan["variants"]["lafp"] = {"stage1": "lafp", "fusion": "none", "policy": {"variant": "lafp", "lafp_interp": 0.5}}
-        plan["variants"]["lafp_no_interp"] = {"stage1": "lafp", "fusion": "none",
-                                              "policy": {"variant": "lafp", "lafp_interp": 0.0}}
-    plan.update(over)
-    p = tmp_path / "plan.yaml"
-    p.write_text(yaml.safe_dump(plan, sort_keys=False))
-    return p
+        extra["latent_actions"] = {"steps": 3, "gap": 2, "label_set": ["labels.motion_source=ground_truth", "labels.flow=''"]}
+        stage1["lafp"] = {"label_set": "latent", "phase": "latent", "steps": 2, "policy": {"variant": "lafp", "fusion": "none"}}
+        variants["lafp"] = {"stage1": "lafp", "fusion": "none", "policy": {"variant": "lafp", "lafp_interp": 0.5}}
+        variants["lafp_no_interp"] = {"stage1": "lafp", "fusion": "none", "policy": {"variant": "lafp", "lafp_interp": 0.0}}
+    entries = {"stage1": stage1, "variants": variants, "paired_against": ["none"], **extra, **over}
+    return tiny_plan(tmp_path, policy={**TINY_POLICY, "latent_layers": 1}, **entries)
 
 
 LAFP_STEPS = ["latent/train", "curate/demos1-latent", "publish/demos1-latent", "curate/corpus-latent",

@@ -195,17 +195,6 @@ def test_hf_vl_encoder_with_a_tiny_random_clip(tmp_path):
     assert p.predict_action_chunk(batch).shape == (2, 10, 4)
 
 
-@pytest.fixture(scope="module")
-def curated_dir(tmp_path_factory, sim_dataset_dir):
-    """The shared simulated fixture curated by our pipeline (`curate run`, local runner)."""
-    from cli.main import main
-
-    out = tmp_path_factory.mktemp("curated") / "ds"
-    assert main(["run", str(sim_dataset_dir), "--out", str(out), "--runner", "local", "--shard-episodes", "1",
-                 "--no-progress"]) == 0
-    return out
-
-
 def test_cli_train_both_phases_and_eval_on_curated_data(curated_dir, tmp_path, capsys):
     from cli.main import main
 

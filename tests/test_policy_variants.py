@@ -375,17 +375,6 @@ def test_the_motion_prior_plan_lists_both_new_variants_after_the_existing_steps(
 
 
 # ----------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def curated_dir(tmp_path_factory, sim_dataset_dir):
-    """The shared simulated fixture curated by our pipeline (`curate run`, local runner)."""
-    from cli.main import main
-
-    out = tmp_path_factory.mktemp("curated") / "ds"
-    assert main(["run", str(sim_dataset_dir), "--out", str(out), "--runner", "local", "--shard-episodes", "1",
-                 "--no-progress"]) == 0
-    return out
-
-
 def test_cli_both_variants_train_on_curated_data_and_act_in_metaworld(curated_dir, tmp_path, capsys):
     import subprocess
     import sys
