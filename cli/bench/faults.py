@@ -33,6 +33,9 @@ KILL_WINDOW = (0.05, 0.95)  # a kill lands between 5 % and 95 % of the engine's 
 RERUN_TIMEOUT_S = 900
 EXIT_GRACE_S = 15.0  # how long a killed run's processes may take to notice and exit
 STDERR_TAIL_CHARS = 2000  # of a failed run's stderr in the error: its last lines, where the error is
+MAX_DRAWS = 3  # kill moments drawn for one trial before a run that keeps finishing first is reported unkilled
+FIRST_WORKER = "first-worker"  # a kill moment: when the first Ray worker process appears (start-up)
+RAY_WORKER_SCRIPT = "default_worker.py"  # the program of every Ray worker process
 
 
 def add_bench(bench_sub) -> None:
@@ -40,6 +43,8 @@ def add_bench(bench_sub) -> None:
     p.add_argument("--source", default=None, help="RLDS dataset (default: the shared Bridge episodes)")
     p.add_argument("--kills-local", type=int, default=10)
     p.add_argument("--kills-ray", type=int, default=5)
+    p.add_argument("--kills-ray-startup", type=int, default=2,
+                   help="Ray kills at the moment its first worker process appears (mid start-up)")
     p.add_argument("--corruptions", type=int, default=50)
     p.add_argument("--flips", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -99,50 +104,81 @@ def timed_run(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def kill_trial(source, out: Path, runner: str, delay_s: float, reference: Path) -> dict:
-    """Start a run, SIGKILL its process group after `delay_s`, run again, compare with `reference`."""
-    cmd = _run_cmd(source, out, runner)
+def _killed_run(cmd: list[str], when) -> tuple[bool, set[int], float]:
+    """Start `cmd` in a session of its own and SIGKILL its process group at `when`: seconds after
+    the start, or FIRST_WORKER (as soon as a Ray worker process exists: mid start-up). Returns
+    (killed, every descendant seen, seconds it ran)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     seen: set[int] = set()
-    deadline = time.perf_counter() + delay_s
-    while time.perf_counter() < deadline and proc.poll() is None:
+    t0 = time.perf_counter()
+
+    def due() -> bool:
+        if when == FIRST_WORKER:
+            return any(RAY_WORKER_SCRIPT in name for name in _names(sorted(seen)))
+        return time.perf_counter() - t0 >= when
+
+    while not due() and proc.poll() is None:
         seen.update(_descendants(proc.pid))  # Ray's raylet, workers, ...: must all die with the job
         time.sleep(0.05)
-    finished_first = proc.poll() is not None
-    if not finished_first:
+    killed = proc.poll() is None
+    if killed:
         seen.update(_descendants(proc.pid))
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    return killed, seen, time.perf_counter() - t0
+
+
+def _leftovers(seen: set[int]) -> list[str]:
+    """What of a killed run outlives the grace period (named for the report), then stopped so
+    that one trial's leftovers cannot reach the next."""
     exit_deadline = time.perf_counter() + EXIT_GRACE_S
     while _alive(seen) and time.perf_counter() < exit_deadline:
         time.sleep(0.2)
-    left_after_kill = _alive(seen)
-    left_names = _names(left_after_kill)  # what outlived the kill, for the report
-    for pid in left_after_kill:  # and then stopped, so that one trial's leftovers do not reach the next
+    left = _alive(seen)
+    names = _names(left)
+    for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    return names
+
+
+def kill_trial(source, out: Path, runner: str, when, reference: Path, rng: random.Random) -> dict:
+    """Start a run, SIGKILL its process group at `when`, run again, compare with `reference`.
+    A run that finishes before its kill (the machine was faster than the reference run) is
+    started again with a moment drawn from its own wall time, up to MAX_DRAWS times."""
+    cmd = _run_cmd(source, out, runner)
+    for draw in range(1, MAX_DRAWS + 1):
+        killed, seen, ran_s = _killed_run(cmd, when)
+        if killed or when == FIRST_WORKER or draw == MAX_DRAWS:
+            break
+        shutil.rmtree(out, ignore_errors=True)  # finished whole: nothing to resume, so start over
+        when = rng.uniform(*KILL_WINDOW) * ran_s
+    left_names = _leftovers(seen)
     timed_run(cmd)
     cmp = compare_datasets(reference, out)
     tmp_anywhere = sorted(str(p.relative_to(out)) for p in out.rglob(".tmp*"))
     return {
-        "runner": runner, "kill_at_s": round(delay_s, 2), "killed": not finished_first,
+        "runner": runner, "kill_at": when if when == FIRST_WORKER else round(when, 2), "draws": draw,
+        "killed": killed, "killed_after_s": round(ran_s, 2),
         "equal": cmp["manifest_rows_equal"] and cmp["checksums_equal"] and cmp["arrays_equal"],
-        "episodes": cmp["episodes"], "processes_left": len(left_after_kill), "processes_left_names": left_names, "tmp_left": len(tmp_anywhere),
+        "episodes": cmp["episodes"], "processes_left": len(left_names), "processes_left_names": left_names,
+        "tmp_left": len(tmp_anywhere),
     }
 
 
-def kill_campaign(source, work: Path, n_local: int, n_ray: int, rng: random.Random) -> dict:
+def kill_campaign(source, work: Path, n_local: int, n_ray: int, n_ray_startup: int, rng: random.Random) -> dict:
     reference = work / "reference-local"
     walls = {"local": timed_run(_run_cmd(source, reference, "local"))}
     trials = []
-    if n_ray:
+    if n_ray or n_ray_startup:
         ray_ref = work / "reference-ray"
         walls["ray"] = timed_run(_run_cmd(source, ray_ref, "ray"))
         c = compare_datasets(reference, ray_ref)
         walls["ray_equals_local"] = c["manifest_rows_equal"] and c["arrays_equal"]
-    for i, runner in enumerate(["local"] * n_local + ["ray"] * n_ray):
-        delay = rng.uniform(*KILL_WINDOW) * walls[runner]
-        trials.append({"trial": i, **kill_trial(source, work / f"kill-{i:02d}", runner, delay, reference)})
+    plan = [("local", None)] * n_local + [("ray", None)] * n_ray + [("ray", FIRST_WORKER)] * n_ray_startup
+    for i, (runner, when) in enumerate(plan):
+        when = when or rng.uniform(*KILL_WINDOW) * walls[runner]
+        trials.append({"trial": i, **kill_trial(source, work / f"kill-{i:02d}", runner, when, reference, rng)})
         shutil.rmtree(work / f"kill-{i:02d}", ignore_errors=True)
     return {"reference_wall_s": walls, "trials": trials, "reference": str(reference)}
 
@@ -303,7 +339,9 @@ def summarise(result: dict) -> list[dict]:
         if t:
             rows.append({"campaign": f"SIGKILL + resume ({runner})", "trials": len(t),
                          "ok": sum(x["equal"] and not x["processes_left"] and not x["tmp_left"] for x in t),
-                         "detail": f"{sum(x['killed'] for x in t)} killed mid-run; equal {sum(x['equal'] for x in t)}; "
+                         "detail": f"{sum(x['killed'] for x in t)} killed mid-run "
+                                   f"({sum(x['kill_at'] == FIRST_WORKER for x in t)} at the first worker's start); "
+                                   f"equal {sum(x['equal'] for x in t)}; "
                                    f"processes left {sum(x['processes_left'] for x in t)}; "
                                    f"tmp left {sum(x['tmp_left'] for x in t)}"})
     c = result["corruptions"]["trials"]
@@ -322,9 +360,9 @@ def summarise(result: dict) -> list[dict]:
 
 
 def bench_faults(source: Path, work: Path, kills_local: int, kills_ray: int, corruptions: int, flips: int,
-                 seed: int) -> dict:
+                 seed: int, kills_ray_startup: int = 0) -> dict:
     rng = random.Random(seed)
-    kills = kill_campaign(source, work, kills_local, kills_ray, rng)
+    kills = kill_campaign(source, work, kills_local, kills_ray, kills_ray_startup, rng)
     reference = Path(kills["reference"])
     result = {"source": str(source), "seed": seed, "labels": FAST_LABELS, "kills": kills,
               "corruptions": corruption_campaign(source, reference, work, corruptions, rng),
@@ -344,7 +382,8 @@ def cmd_bench_faults(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        result = bench_faults(source, work, args.kills_local, args.kills_ray, args.corruptions, args.flips, args.seed)
+        result = bench_faults(source, work, args.kills_local, args.kills_ray, args.corruptions, args.flips, args.seed,
+                              args.kills_ray_startup)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
