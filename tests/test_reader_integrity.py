@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline_helpers import cached_run
+from test_pipeline_helpers import as_contract_3_0, cached_run
 
 
 def _published(bridge_dir, tmp_path) -> tuple[str, Path]:
@@ -74,10 +74,14 @@ def test_missing_chunk_of_a_dataset_directory_is_an_error_not_fill_values(bridge
     victim = next(p for p in _chunk_files(copy) if "actions" in p.as_posix())
     shard = victim.relative_to(copy / "shards").parts[0]
     victim.unlink()
-    with pytest.raises(DatasetIntegrityError, match=f"in shard {shard}: its arrays do not match the manifest checksum"):
+    with pytest.raises(DatasetIntegrityError, match=f"in shard {shard}: shards/{shard}/actions cannot be read: "
+                                                    f"MissingChunkError: actions/0.0: shard file missing"):
         _read_all(open_dataset(str(copy)))
     ds = open_dataset(str(copy), verify=False)
     assert _read_all(ds) > 0  # verify=False reads what is there (here: fill values)
+    as_contract_3_0(copy)  # a contract-3.0 dataset: no chunk checksums, the episode's sha256 catches it
+    with pytest.raises(DatasetIntegrityError, match=f"in shard {shard}: its arrays do not match the manifest checksum"):
+        _read_all(open_dataset(str(copy)))
 
 
 def test_index_names_are_checked_before_paths_are_built(bridge_dir, tmp_path):

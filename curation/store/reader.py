@@ -22,9 +22,16 @@ trusts its storage: the cost is in `curate bench loader`):
   (one request per array per shard), each checked against its sha256 as fetched, and episodes are
   decoded from those bytes in memory. A missing or damaged file is a `DatasetIntegrityError`
   naming it.
-- any dataset: every episode read is checked against its manifest checksum, so a missing chunk
-  (which Zarr would read as fill values) or a damaged one is an error naming shard and episode.
-  A motion-only read (no action arrays) cannot recompute that checksum; it keeps the file checks.
+- contract 3.1 on (every inner chunk ends in its crc32c, curation/store/chunks.py): zarr checks
+  each chunk's crc32c as it decodes it, the reader checks that no chunk is absent (from the shard
+  index zarr reads anyway) and, when a shard is opened, that every array's codecs end in crc32c
+  and match its ArraySpec (a changed fixed-point scale in a zarr.json would decode wrong values
+  with valid checksums). A damaged or missing chunk is a `DatasetIntegrityError` naming shard,
+  array and episode. Motion-only reads are checked the same way.
+- contracts 2.x and 3.0 (no chunk checksums): every episode read is checked against its manifest
+  checksum (sha256 over its decoded arrays), so a missing chunk (which Zarr would read as fill
+  values) or a damaged one is an error naming shard and episode. A motion-only read (no action
+  arrays) cannot recompute that checksum; it keeps the file checks.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from schemas.dataset import (
-    DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARD_NAME_RE, SHARDS_DIR, STATS_JSON, contract_problem, episode_checksum,
+    DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARD_NAME_RE, SHARDS_DIR, STATS_JSON, chunk_checksum_contract,
+    contract_problem, episode_checksum, spec_for,
 )
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
@@ -98,6 +106,8 @@ class CuratedDataset:
         problem = contract_problem(self.info.get("contract_version"))
         if problem:
             raise ValueError(f"{ref or root}: {problem}")
+        # Contract 3.1 on: zarr verifies every chunk as it decodes (module docstring); before, episodes.
+        self.chunk_checksums = chunk_checksum_contract(self.info.get("contract_version"))
         self._rows = self.manifest.to_pylist()
         self._by_id = {r["episode_id"]: r for r in self._rows}
         self._by_shard: dict[str, list[dict]] = {}
@@ -164,15 +174,23 @@ class CuratedDataset:
         import zarr
         from fsspec.implementations.local import LocalFileSystem
 
+        from zarr.storage import FsspecStore, LocalStore
+
+        from curation.store.chunks import CompleteChunksStore
+
         if not SHARD_NAME_RE.match(shard):
             raise DatasetIntegrityError(f"{self.ref or self.root}: bad shard name {shard!r}")
-        if self.verified_files:
-            return zarr.open_group(self._verified_store(shard, skip), mode="r", zarr_format=3)
         path = self._path(SHARDS_DIR, shard)
-        if isinstance(self.fs, LocalFileSystem):
-            return zarr.open_group(path, mode="r", zarr_format=3)
-        return zarr.open_group(self.fs.unstrip_protocol(path), mode="r", zarr_format=3,
-                               storage_options=self.storage_options)
+        if self.verified_files:
+            store = self._verified_store(shard, skip)
+        elif isinstance(self.fs, LocalFileSystem):
+            store = LocalStore(path, read_only=True)
+        else:
+            store = FsspecStore.from_url(self.fs.unstrip_protocol(path), storage_options=self.storage_options,
+                                         read_only=True)
+        if self.verify and self.chunk_checksums:
+            store = CompleteChunksStore(store)  # an absent chunk is an error, not fill values
+        return zarr.open_group(store, mode="r", zarr_format=3)
 
     @property
     def verified_files(self) -> bool:
@@ -236,12 +254,34 @@ class CuratedDataset:
                 raise DatasetIntegrityError(
                     f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: declared shape {arr.shape} is shorter than "
                     f"the {want} {'frames' if want == frames else 'anchors'} the manifest places in it")
+            if self.verify and self.chunk_checksums:
+                self._check_chunked_array(shard, name, arr, group.store)
             out[name] = arr
         missing = [n for n in REQUIRED_ARRAYS if n not in out and n.split("/")[0] not in skip]
         if missing:
             raise DatasetIntegrityError(f"{self.ref or self.root}: {SHARDS_DIR}/{shard} has no array {missing[0]!r} "
                                         f"(required by the contract; a motion-only read skips {list(ACTION_ARRAYS)})")
         return out
+
+    def _check_chunked_array(self, shard: str, name: str, arr, store) -> None:
+        """A contract-3.1 array's metadata, before any of it is read: its codecs end in crc32c and
+        are those of its ArraySpec (encoding, fixed-point scale, dtype); the store learns its
+        chunks per shard (to check the index of a shard file read whole)."""
+        from curation.store.chunks import chunk_checksum_problems, chunks_per_shard
+        from curation.store.validate import encoding_problems
+
+        spec = spec_for(name)
+        problems = chunk_checksum_problems(arr)
+        if spec is None:
+            problems.append("not an array of the contract")
+        elif not problems:
+            problems += encoding_problems(name, arr, spec)
+            if str(arr.dtype) != spec.dtype:
+                problems.append(f"dtype {arr.dtype}, contract says {spec.dtype}")
+        if problems:
+            raise DatasetIntegrityError(f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: its zarr.json does "
+                                        f"not match the contract: {'; '.join(problems)}")
+        store.expect(arr.path, chunks_per_shard(arr))
 
     def read_shard(self, shard: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Every array of a shard but those named in `skip`, read whole: {name: array over the
@@ -253,7 +293,14 @@ class CuratedDataset:
         cut from its read block (see read_block), checked against the manifest checksum when every
         array is read (a read that skips arrays cannot recompute it)."""
         r = self._by_id[episode_id]
-        first, data = self.read_block(episode_id, skip)
+        try:
+            first, data = self.read_block(episode_id, skip)
+        except DatasetIntegrityError:
+            if len(self._block_of(r, skip)) == 1:
+                raise
+            # A damaged chunk fails its whole block: read this episode's own chunks alone, so the
+            # error names the episode it is in and the block's intact episodes still read.
+            first, data = r, self._read_slices(r["shard"], [r], skip)
         f0, a0 = first["frame_start"], first["anchor_start"]
         fs, fc, as_, ac = r["frame_start"] - f0, r["frame_count"], r["anchor_start"] - a0, r["anchor_count"]
         arrays = {n: (v[fs:fs + fc] if n.split("/")[0] in FRAME_ARRAYS else v[as_:as_ + ac]) for n, v in data.items()}
@@ -289,7 +336,7 @@ class CuratedDataset:
         the inner chunks the slices overlap; for a published version, from the shard's verified
         files in memory). The last `open_shards` blocks read are kept for the episodes after."""
         r = self._by_id[episode_id]
-        block = next(b for b in self.blocks_of(r["shard"], skip) if any(x["episode_id"] == episode_id for x in b))
+        block = self._block_of(r, skip)
         key = (r["shard"], block[0]["episode_id"], tuple(sorted(skip)))
         with self._lock:
             cache = self.__dict__.setdefault("_blocks", {})
@@ -302,6 +349,10 @@ class CuratedDataset:
                 cache.pop(next(iter(cache)))
             cache[key] = (block[0], data)
         return block[0], data
+
+    def _block_of(self, r: dict, skip: Sequence[str]) -> list[dict]:
+        """The read block (manifest rows) holding the episode of row `r`."""
+        return next(b for b in self.blocks_of(r["shard"], skip) if any(x["episode_id"] == r["episode_id"] for x in b))
 
     def _read_slices(self, shard: str, block: list[dict], skip: Sequence[str]) -> dict[str, np.ndarray]:
         from zarr.core.sync import sync
@@ -318,10 +369,12 @@ class CuratedDataset:
 
         data = {}
         for name, value in zip(opened, sync(read_all())):
-            if isinstance(value, Exception):  # e.g. a damaged shard index (its crc32c)
+            if isinstance(value, Exception):  # a chunk's or the shard index's crc32c, an absent chunk
+                which = (f"episode {block[0]['episode_id']}" if len(block) == 1 else
+                         f"episodes {block[0]['episode_id']}..{block[-1]['episode_id']}")
                 raise DatasetIntegrityError(
-                    f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: cannot be read (episodes "
-                    f"{block[0]['episode_id']}..{block[-1]['episode_id']}): {type(value).__name__}: {value}") from value
+                    f"{self.ref or self.root}: {which} in shard {shard}: {SHARDS_DIR}/{shard}/{name} cannot be read: "
+                    f"{type(value).__name__}: {value}") from value
             data[name] = value
         return data
 
@@ -330,7 +383,9 @@ class CuratedDataset:
         return {n: (a[fs:fs + fc] if n.split("/")[0] in FRAME_ARRAYS else a[as_:as_ + ac]) for n, a in data.items()}
 
     def _check_episode(self, r: dict, arrays: dict[str, np.ndarray]) -> None:
-        if self.verify and episode_checksum(arrays) != r["checksum"]:
+        """Contracts before 3.1: the episode's decoded arrays against its manifest checksum (3.1
+        on, zarr has checked every chunk as it decoded it)."""
+        if self.verify and not self.chunk_checksums and episode_checksum(arrays) != r["checksum"]:
             raise DatasetIntegrityError(
                 f"{self.ref or self.root}: episode {r['episode_id']} in shard {r['shard']}: its arrays do not match "
                 f"the manifest checksum (a chunk file of {SHARDS_DIR}/{r['shard']} is missing or damaged)")
