@@ -166,9 +166,9 @@ def _copy(bridge: Path, tmp_path: Path) -> Path:
 
 
 def _flip_inside_frame(copy: Path, shard: str, eid: str, ds) -> str:
-    """Flip one bit inside the JPEG entropy data of episode `eid`'s third frame (of its first
-    camera), located through the shard index: a wrong pixel that still decodes, so only a checksum
-    can see it. Returns the camera's array name."""
+    """Flip one bit inside the JPEG entropy data of episode `eid`'s frame at its second anchor (of
+    its first camera; the loader reads only anchor frames), located through the shard index: a
+    wrong pixel that still decodes, so only a checksum can see it. Returns the camera's array name."""
     import zarr
 
     frames = copy / "shards" / shard / "frames"
@@ -176,7 +176,8 @@ def _flip_inside_frame(copy: Path, shard: str, eid: str, ds) -> str:
     data_file = frames / cam / "0.0.0.0"
     raw = bytearray(data_file.read_bytes())
     n_chunks = zarr.open_array(str(frames / cam), mode="r").shape[0]  # one frame per inner chunk
-    offset, nbytes = (int(v) for v in shard_index(data_file, n_chunks)[ds.row(eid)["frame_start"] + 2])
+    frame = ds.row(eid)["frame_start"] + int(ds.read_episode(eid)["anchor_step"][1])
+    offset, nbytes = (int(v) for v in shard_index(data_file, n_chunks)[frame])
     # from 16 bytes before the chunk's end (its crc32c, if any, and the JPEG end marker lie after)
     at = next(i for i in range(offset + nbytes - 16, offset + nbytes // 2, -1)
               if raw[i] not in (0xFF, 0xFE) and raw[i - 1] != 0xFF)

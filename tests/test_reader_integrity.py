@@ -111,3 +111,27 @@ def test_declared_shape_shorter_than_the_manifest_says_is_refused(bridge_dir, tm
     meta.write_text(json.dumps(doc))
     with pytest.raises(DatasetIntegrityError, match=r"shard-00000/actions: declared shape .* is shorter than the \d+ frames"):
         open_dataset(str(copy)).read_shard("shard-00000")
+
+
+def test_array_metadata_is_checked_against_the_contract_before_a_read(bridge_dir, tmp_path):
+    """Contract 3.1: chunk checksums cover the stored bytes, not zarr.json, so the reader checks each
+    array's codecs when it opens a shard: a changed fixed-point scale (which would decode wrong values
+    whose crc32c still match) or a removed crc32c codec is refused, naming shard and array."""
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    out, _ = cached_run("bridge-local", bridge_dir)
+    copy = tmp_path / "ds"
+    shutil.copytree(out, copy)
+    meta = copy / "shards" / "shard-00000" / "tracks_px" / "zarr.json"
+    original = meta.read_text()
+    for edit, expect in ((lambda codecs: codecs[0]["configuration"].update(scale=33.0), "at scale 32.0"),
+                         (lambda codecs: codecs.pop(), r"inner codecs \[.*\] do not end in crc32c")):
+        doc = json.loads(original)
+        edit(doc["codecs"][0]["configuration"]["codecs"])
+        meta.write_text(json.dumps(doc))
+        with pytest.raises(DatasetIntegrityError, match=f"shards/shard-00000/tracks_px: its zarr.json does not match "
+                                                        f"the contract: .*{expect}"):
+            _read_all(open_dataset(str(copy)))
+    meta.write_text(original)
+    assert _read_all(open_dataset(str(copy))) > 0

@@ -269,40 +269,6 @@ def validate_dataset(path: str | Path, checksums: bool = True, progress: bool = 
     return out
 
 
-def _inner_codecs(arr) -> list:
-    """The codecs of an array's inner chunks (inside sharding_indexed, or the array's own)."""
-    from zarr.codecs import ShardingCodec
-
-    codecs = list(arr.metadata.codecs)
-    return list(codecs[0].codecs) if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else codecs
-
-
-def encoding_problems(name: str, arr, spec: ArraySpec) -> list[str]:
-    """How a contract-3.x array's stored encoding departs from its ArraySpec ([] = as specified):
-    the codecs in its zarr.json and the encoding and bound in its attributes."""
-    from curation.store.encodings import FixedPointCodec, ImageCodec
-
-    out = []
-    attrs = dict(arr.attrs)
-    if attrs.get("encoding") != spec.encoding:
-        out.append(f"attribute encoding {attrs.get('encoding')!r}, contract says {spec.encoding!r}")
-    if attrs.get("max_abs_error") != spec.max_abs_error:
-        out.append(f"attribute max_abs_error {attrs.get('max_abs_error')!r}, contract says {spec.max_abs_error}")
-    codecs = _inner_codecs(arr)
-    fixed = [c for c in codecs if isinstance(c, FixedPointCodec)]
-    images = [c for c in codecs if isinstance(c, ImageCodec)]
-    if spec.encoding == "fixed_point":
-        if len(fixed) != 1 or fixed[0].scale != spec.scale:
-            got = [c.scale for c in fixed]
-            out.append(f"codecs {[c.to_dict()['name'] for c in codecs]} (fixed-point scales {got}), contract says "
-                       f"one curator.fixed_point at scale {spec.scale}")
-    elif fixed:
-        out.append(f"fixed-point codec on an array the contract stores {spec.encoding}")
-    if (spec.encoding == "image") != bool(images):
-        out.append(f"codecs {[c.to_dict()['name'] for c in codecs]}, contract says encoding {spec.encoding!r}")
-    return out
-
-
 def _off_grid(name: str, a: np.ndarray, spec: ArraySpec) -> str:
     """A fixed-point array's decoded values must sit on its grid of 1/scale steps."""
     if spec.encoding != "fixed_point" or not a.size:
@@ -319,6 +285,7 @@ def _off_grid(name: str, a: np.ndarray, spec: ArraySpec) -> str:
 def _check_encodings(group, names: list[str], data: dict, where: str, out: list[Violation], chunk_crc: bool) -> None:
     """Each array's codecs and attributes as its spec says; with `chunk_crc` (3.1 on) crc32c last."""
     from curation.store.chunks import chunk_checksum_problems
+    from curation.store.encodings import encoding_problems
 
     for name in names:
         spec = spec_for(name)
@@ -353,9 +320,8 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
             data[name] = group[name][...]  # bulk read: one shard file per array
         except Exception as exc:  # noqa: BLE001
             out.append(Violation("unreadable", f"{where}/{name}", f"cannot read array: {exc}"))
-    shard_version = group.attrs.get("contract_version")
-    if encoded_contract(shard_version):
-        _check_encodings(group, names, data, where, out, chunk_crc or chunk_checksum_contract(shard_version))
+    if encoded_contract(version := group.attrs.get("contract_version")):
+        _check_encodings(group, names, data, where, out, chunk_crc or chunk_checksum_contract(version))
     # Whole-shard checks: axis-0 sizes agree per kind.
     problems: list[tuple[str, str, str]] = []
     _check_shapes({n: a[:0] if a.ndim else a for n, a in data.items()}, problems)
