@@ -222,6 +222,38 @@ def test_flipped_byte_is_caught_by_the_chunk_checksum_naming_shard_array_and_epi
         _samples(str(copy), cfg, 0, verify=False)  # the checksum is zarr's own decode: never skipped
 
 
+def test_triplet_reads_decode_only_the_anchor_frames(bridge, tmp_path):
+    """On a 3.1 dataset iter_triplets fetches and decodes only the frames at the anchors: a damaged
+    frame between anchors is never read (every triplet comes back, equal to the intact dataset's),
+    while reading the episode's frames whole names it."""
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    copy = _copy(bridge, tmp_path)
+    ds = open_dataset(str(copy))
+    shard = ds.shard_names[0]
+    eid = ds.episodes_of(shard)[0]
+    steps = ds.read_episode(eid)["anchor_step"]
+    between = int(steps[0]) + 1  # not an anchor (stride 4)
+    assert between not in steps.tolist()
+    frames = copy / "shards" / shard / "frames"
+    cam = sorted(p.name for p in frames.iterdir() if p.is_dir())[0]
+    data_file = frames / cam / "0.0.0.0"
+    raw = bytearray(data_file.read_bytes())
+    n_chunks = int(ds.open_shard(shard)[f"frames/{cam}"].shape[0])  # one frame per inner chunk
+    offset, nbytes = (int(v) for v in shard_index(data_file, n_chunks)[ds.row(eid)["frame_start"] + between])
+    raw[offset + nbytes // 2] ^= 0x01  # inside the frame's bytes: its crc32c no longer matches
+    data_file.write_bytes(bytes(raw))
+    damaged = open_dataset(str(copy))
+    got = list(damaged.iter_triplets(shards=[shard]))
+    want = list(open_dataset(str(bridge)).iter_triplets(shards=[shard]))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        _assert_same_triplet(a, b)
+    with pytest.raises(DatasetIntegrityError, match=f"episode {eid} in shard {shard}: shards/{shard}/frames/{cam} cannot be read"):
+        damaged.read_episode(eid)
+
+
 def test_contract_3_0_flipped_byte_is_caught_by_the_episode_checksum(bridge, tmp_path):
     """A contract-3.0 dataset (no chunk checksums) is still verified by its manifest's sha256."""
     from curation import open_dataset
