@@ -183,6 +183,11 @@ def _job_state(job_dir: Path, cfg: JobConfig, out_dir: Path, overwrite: bool) ->
         if before and before != fingerprint:
             raise JobError(f"{out_dir}: the source {cfg.source.path} changed since this job started (its files' names "
                            "and sizes differ); pass --overwrite to curate it again from the start")
+        earlier = json.loads(state_path.read_text()).get("contract_version")
+        if earlier and earlier != CONTRACT_VERSION and committed_groups(out_dir):
+            raise JobError(f"{out_dir}: its shards were written under data contract {earlier}, this code writes "
+                           f"{CONTRACT_VERSION}; a resume would mix the two in one dataset: pass --overwrite to "
+                           "curate it again from the start")
     state = {"config_hash": h, "config": cfg.to_record(), "contract_version": CONTRACT_VERSION,
              "source_fingerprint": fingerprint}
     write_json_atomic(state_path, state)

@@ -33,7 +33,9 @@ import pyarrow as pa
 # each bound in the array's attributes). 2.x (every camera its own image size, the manifest's
 # camera_sizes; arrays as float32/uint8 raw or zstd) has the same arrays and decoded dtypes, so it
 # is still read; anything older or newer is refused by the reader and the validator.
-CONTRACT_VERSION = "3.0.0"
+# 3.1: every inner chunk ends in its crc32c (the Zarr v3 spec's `crc32c` codec, last of each
+# array's inner codecs), which zarr checks as it decodes: readers verify chunks, not episodes.
+CONTRACT_VERSION = "3.1.0"
 READABLE_MAJORS = ("2", "3")
 SHARDS_DIR = "shards"
 # A unit's primary shard is shard-NNNNN; the sub-shards it lists (episodes of another array
@@ -55,14 +57,29 @@ def contract_problem(version) -> str:
         return ""
     return (f"written under data contract {v or '(none)'}, this code reads contracts "
             f"{' and '.join(m + '.x' for m in READABLE_MAJORS)} (current {CONTRACT_VERSION}; schemas/CONTRACT.md: "
-            f"per-camera image sizes since 2.0, encoded arrays since 3.0); "
+            f"per-camera image sizes since 2.0, encoded arrays since 3.0, chunk checksums since 3.1); "
             f"re-create it from its source with `curate run ... --overwrite`")
+
+
+def _major_minor(version) -> tuple[int, int]:
+    """(major, minor) of a version string; (0, 0) for anything unparsable."""
+    parts = str(version or "").split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return 0, 0
 
 
 def encoded_contract(version) -> bool:
     """Whether a dataset of contract `version` stores its arrays in the ArraySpec encodings (3.x)."""
-    major = str(version or "").split(".")[0]
-    return major.isdigit() and int(major) >= 3
+    return _major_minor(version) >= (3, 0)
+
+
+def chunk_checksum_contract(version) -> bool:
+    """Whether every inner chunk of a dataset of contract `version` ends in its crc32c (3.1 on):
+    zarr then verifies each chunk as it decodes it, and readers rely on that instead of
+    recomputing the manifest's per-episode checksum."""
+    return _major_minor(version) >= (3, 1)
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.parquet"
 FILTERED = "filtered.parquet"

@@ -66,7 +66,7 @@ def test_a_dataset_of_the_old_contract_is_refused_clearly(bridge_copy, capsys):
     info["contract_version"] = "1.0.0"
     (bridge_copy / "dataset.json").write_text(json.dumps(info))
     (v,) = [v for v in validate_dataset(bridge_copy, checksums=False) if v.where == "dataset.json"]
-    assert "written under data contract 1.0.0, this code reads contracts 2.x and 3.x (current 3.0.0" in v.message
+    assert "written under data contract 1.0.0, this code reads contracts 2.x and 3.x (current 3.1.0" in v.message
     assert "curate run ... --overwrite" in v.message
     with pytest.raises(ValueError, match=r"ds: written under data contract 1\.0\.0, this code reads contracts 2\.x and 3\.x"):
         open_dataset(str(bridge_copy))

@@ -80,6 +80,23 @@ def test_resume_refuses_a_changed_source(bridge_dir, tmp_path):
         run_job(job_config(src, **{"source.stop": 3}), out, progress=False)
 
 
+def test_resume_refuses_shards_of_another_contract(bridge_dir, tmp_path):
+    """Shards committed under contract 3.0 (no chunk checksums) and 3.1 must not mix in one dataset."""
+    import json
+
+    from pipelines.job import JobError, run_job
+
+    out = tmp_path / "ds"
+    cfg = job_config(bridge_dir, **{"source.stop": 3})
+    run_job(cfg, out, progress=False)
+    state_path = out / ".job" / "job.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "contract_version": "3.0.0"}))
+    with pytest.raises(JobError, match="written under data contract 3.0.0, this code writes 3.1.0"):
+        run_job(cfg, out, progress=False)
+    assert run_job(cfg, out, progress=False, overwrite=True)["complete"]
+
+
 def test_committed_unit_must_match_its_planned_range():
     from pipelines.job import JobError, check_committed_against_plan
     from pipelines.stages import UnitTask

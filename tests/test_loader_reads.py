@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_pipeline_helpers import cached_run
+from test_pipeline_helpers import as_contract_3_0, cached_run, shard_index, write_shard_index
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,52 +165,162 @@ def _copy(bridge: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_flipped_byte_is_caught_by_the_episode_read_and_the_loader(bridge, tmp_path):
-    from curation import open_dataset
-    from curation.store.reader import DatasetIntegrityError
-    from policy.config import LaMPConfig
-    from policy.train import config_for_data
+def _flip_inside_frame(copy: Path, shard: str, eid: str, ds) -> str:
+    """Flip one bit inside the JPEG entropy data of episode `eid`'s frame at its second anchor (of
+    its first camera; the loader reads only anchor frames), located through the shard index: a
+    wrong pixel that still decodes, so only a checksum can see it. Returns the camera's array name."""
+    import zarr
 
-    copy = _copy(bridge, tmp_path)
-    ds = open_dataset(str(copy))
-    shard = ds.shard_names[1]
-    victim_eid = ds.episodes_of(shard)[1]
-    r = ds.row(victim_eid)
     frames = copy / "shards" / shard / "frames"
     cam = sorted(p.name for p in frames.iterdir() if p.is_dir())[0]
     data_file = frames / cam / "0.0.0.0"
     raw = bytearray(data_file.read_bytes())
-    # The shard file ends with its index: (offset, nbytes) as little-endian uint64 per inner chunk
-    # (one encoded frame each), then a crc32c. Flip one bit inside the JPEG entropy data of the
-    # episode's third frame: a wrong pixel that still decodes, so only the checksum can see it.
-    k = r["frame_start"] + 2
-    import zarr
-
-    n_chunks = zarr.open_array(str(frames / cam), mode="r").shape[0]
-    index = np.frombuffer(bytes(raw[-(16 * n_chunks + 4):-4]), "<u8").reshape(n_chunks, 2)
-    offset, nbytes = (int(v) for v in index[k])
+    n_chunks = zarr.open_array(str(frames / cam), mode="r").shape[0]  # one frame per inner chunk
+    frame = ds.row(eid)["frame_start"] + int(ds.read_episode(eid)["anchor_step"][1])
+    offset, nbytes = (int(v) for v in shard_index(data_file, n_chunks)[frame])
+    # from 16 bytes before the chunk's end (its crc32c, if any, and the JPEG end marker lie after)
     at = next(i for i in range(offset + nbytes - 16, offset + nbytes // 2, -1)
               if raw[i] not in (0xFF, 0xFE) and raw[i - 1] != 0xFF)
     raw[at] ^= 0x01
     data_file.write_bytes(bytes(raw))
-    ds = open_dataset(str(copy))
-    with pytest.raises(DatasetIntegrityError, match=f"episode {victim_eid} in shard {shard}: its arrays do not match"):
-        ds.read_episode(victim_eid)
-    for eid in ds.episodes_of(shard):  # the chunk's other episodes are intact and read
-        if eid != victim_eid:
-            assert ds.read_episode(eid)
-    cfg = config_for_data(open_dataset(str(bridge)), LaMPConfig(d_model=32, n_heads=2, motion_points=16,
+    return f"frames/{cam}"
+
+
+def _small_cfg(bridge: Path):
+    from curation import open_dataset
+    from policy.config import LaMPConfig
+    from policy.train import config_for_data
+
+    return config_for_data(open_dataset(str(bridge)), LaMPConfig(d_model=32, n_heads=2, motion_points=16,
                                                                 motion_horizon=4, image_patch=8))
-    with pytest.raises(Exception, match=f"episode {victim_eid} in shard {shard}: its arrays do not match"):
-        _samples(str(copy), cfg, 2)  # raised in a DataLoader worker, re-raised here
-    assert len(_samples(str(copy), cfg, 2, verify=False)) == ds.num_triplets()  # verify=False asked for
 
 
-def test_deleted_chunk_is_caught_by_the_episode_read(bridge, tmp_path):
+def test_flipped_byte_is_caught_by_the_chunk_checksum_naming_shard_array_and_episode(bridge, tmp_path):
+    """Contract 3.1: zarr's crc32c codec catches the flipped bit as it decodes the chunk; the
+    reader names shard, array and episode, the block's other episodes still read."""
     from curation import open_dataset
     from curation.store.reader import DatasetIntegrityError
 
     copy = _copy(bridge, tmp_path)
+    ds = open_dataset(str(copy))
+    assert ds.chunk_checksums and ds.info["contract_version"] == "3.1.0"
+    shard = ds.shard_names[1]
+    victim_eid = ds.episodes_of(shard)[1]
+    name = _flip_inside_frame(copy, shard, victim_eid, ds)
+    ds = open_dataset(str(copy))
+    expect = (f"episode {victim_eid} in shard {shard}: shards/{shard}/{name} cannot be read: "
+              f"ValueError: Stored and computed checksum do not match")
+    with pytest.raises(DatasetIntegrityError, match=expect):
+        ds.read_episode(victim_eid)
+    for eid in ds.episodes_of(shard):  # the block's other episodes are intact and read
+        if eid != victim_eid:
+            assert ds.read_episode(eid)["actions"].shape[0] == ds.row(eid)["frame_count"]
+    cfg = _small_cfg(bridge)
+    with pytest.raises(Exception, match=expect):
+        _samples(str(copy), cfg, 2)  # raised in a DataLoader worker, re-raised here
+    with pytest.raises(Exception, match="Stored and computed checksum do not match"):
+        _samples(str(copy), cfg, 0, verify=False)  # the checksum is zarr's own decode: never skipped
+
+
+def test_triplet_reads_decode_only_the_anchor_frames(bridge, tmp_path):
+    """On a 3.1 dataset iter_triplets fetches and decodes only the frames at the anchors: a damaged
+    frame between anchors is never read (every triplet comes back, equal to the intact dataset's),
+    while reading the episode's frames whole names it."""
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    copy = _copy(bridge, tmp_path)
+    ds = open_dataset(str(copy))
+    shard = ds.shard_names[0]
+    eid = ds.episodes_of(shard)[0]
+    steps = ds.read_episode(eid)["anchor_step"]
+    between = int(steps[0]) + 1  # not an anchor (stride 4)
+    assert between not in steps.tolist()
+    frames = copy / "shards" / shard / "frames"
+    cam = sorted(p.name for p in frames.iterdir() if p.is_dir())[0]
+    data_file = frames / cam / "0.0.0.0"
+    raw = bytearray(data_file.read_bytes())
+    n_chunks = int(ds.open_shard(shard)[f"frames/{cam}"].shape[0])  # one frame per inner chunk
+    offset, nbytes = (int(v) for v in shard_index(data_file, n_chunks)[ds.row(eid)["frame_start"] + between])
+    raw[offset + nbytes // 2] ^= 0x01  # inside the frame's bytes: its crc32c no longer matches
+    data_file.write_bytes(bytes(raw))
+    damaged = open_dataset(str(copy))
+    got = list(damaged.iter_triplets(shards=[shard]))
+    want = list(open_dataset(str(bridge)).iter_triplets(shards=[shard]))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        _assert_same_triplet(a, b)
+    with pytest.raises(DatasetIntegrityError, match=f"episode {eid} in shard {shard}: shards/{shard}/frames/{cam} cannot be read"):
+        damaged.read_episode(eid)
+
+
+def test_contract_3_0_flipped_byte_is_caught_by_the_episode_checksum(bridge, tmp_path):
+    """A contract-3.0 dataset (no chunk checksums) is still verified by its manifest's sha256."""
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    copy = _copy(bridge, tmp_path)
+    as_contract_3_0(copy)
+    ds = open_dataset(str(copy))
+    assert not ds.chunk_checksums
+    assert sum(1 for _ in ds.iter_triplets()) == ds.num_triplets()  # reads, checked, as written
+    shard = ds.shard_names[1]
+    victim_eid = ds.episodes_of(shard)[1]
+    _flip_inside_frame(copy, shard, victim_eid, ds)
+    ds = open_dataset(str(copy))
+    with pytest.raises(DatasetIntegrityError, match=f"episode {victim_eid} in shard {shard}: its arrays do not match"):
+        ds.read_episode(victim_eid)
+    for eid in ds.episodes_of(shard):
+        if eid != victim_eid:
+            assert ds.read_episode(eid)
+    cfg = _small_cfg(bridge)
+    with pytest.raises(Exception, match=f"episode {victim_eid} in shard {shard}: its arrays do not match"):
+        _samples(str(copy), cfg, 2)
+    assert len(_samples(str(copy), cfg, 2, verify=False)) == ds.num_triplets()  # verify=False asked for
+
+
+def test_deleted_chunk_is_an_error_never_fill_values(bridge, tmp_path):
+    """A deleted shard file and an index entry marking a chunk absent (index crc32c rewritten to
+    match) are errors naming shard, array and episode: zarr alone would read fill values."""
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    copy = _copy(bridge, tmp_path)
+    shards = open_dataset(str(copy)).shard_names
+    (copy / "shards" / shards[0] / "tracks_px" / "0.0.0.0").unlink()
+    ds = open_dataset(str(copy))
+    for eid in ds.episodes_of(shards[0]):
+        with pytest.raises(DatasetIntegrityError, match=f"episode {eid} in shard {shards[0]}: shards/{shards[0]}/tracks_px "
+                                                        f"cannot be read: MissingChunkError: tracks_px/0.0.0.0: shard file missing"):
+            ds.read_episode(eid)
+    actions = copy / "shards" / shards[1] / "actions" / "0.0"
+    raw = actions.read_bytes()
+    index = shard_index(actions, 2)  # 30 frames in chunks of 16
+    chunks = [raw[int(o):int(o + n)] for o, n in index]
+    write_shard_index(actions, chunks)  # rewritten unchanged: reads as before
+    assert open_dataset(str(copy)).read_episode(ds.episodes_of(shards[1])[0])
+    data = actions.read_bytes()
+    index[1] = 2**64 - 1  # the second chunk marked absent, with a valid index crc32c
+    import struct
+
+    import google_crc32c
+
+    body = index.astype("<u8").tobytes()
+    actions.write_bytes(data[:-(len(body) + 4)] + body + struct.pack("<I", google_crc32c.value(body)))
+    ds = open_dataset(str(copy))
+    last = ds.episodes_of(shards[1])[-1]  # frames 20..29: in the second chunk
+    with pytest.raises(DatasetIntegrityError, match=f"episode {last} in shard {shards[1]}: shards/{shards[1]}/actions "
+                                                    f"cannot be read: MissingChunkError: .*marks 1 inner chunk"):
+        ds.read_episode(last)
+    assert sum(1 for _ in open_dataset(str(copy), verify=False).iter_triplets(shards=shards[1:2])) > 0  # fill values
+
+
+def test_contract_3_0_deleted_chunk_is_caught_by_the_episode_checksum(bridge, tmp_path):
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    copy = _copy(bridge, tmp_path)
+    as_contract_3_0(copy)
     shard = open_dataset(str(copy)).shard_names[0]
     (copy / "shards" / shard / "tracks_px" / "0.0.0.0").unlink()
     ds = open_dataset(str(copy))

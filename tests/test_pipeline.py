@@ -35,7 +35,10 @@ def test_config_file_overrides_and_hash(tmp_path):
 
 
 def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
-    """The direct path writes the plain arrays (writer.compression=none) exactly as zarr would."""
+    """The direct path writes the plain arrays (writer.compression=none: raw bytes, each chunk's
+    crc32c after it) exactly as zarr would."""
+    from zarr.codecs import Crc32cCodec
+
     from curation.store.writer import CHUNK_KEY_ENCODING, _attributes, _chunk_len, _fill, _write_array_fast, spec_by_name, write_group_json
 
     rng = np.random.default_rng(0)
@@ -51,7 +54,8 @@ def test_raw_shard_encoding_is_byte_identical_to_zarr(tmp_path):
         c0 = _chunk_len(a.shape[0], 16)
         spec = spec_by_name(name)
         r = ref.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(c0,) + a.shape[1:],
-                             shards=(-(-a.shape[0] // c0) * c0,) + a.shape[1:], compressors=None, chunk_key_encoding=CHUNK_KEY_ENCODING,
+                             shards=(-(-a.shape[0] // c0) * c0,) + a.shape[1:], compressors=[Crc32cCodec()],
+                             chunk_key_encoding=CHUNK_KEY_ENCODING,
                              fill_value=_fill(a.dtype),
                              attributes=_attributes(spec))
         with zarr.config.set({"array.write_empty_chunks": True}):

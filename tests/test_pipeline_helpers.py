@@ -119,3 +119,62 @@ def edit_record(path: Path, index: int, edit) -> None:
     with tf.io.TFRecordWriter(str(path)) as w:
         for r in records:
             w.write(r)
+
+
+def shard_index(shard_file: Path, n_chunks: int) -> np.ndarray:
+    """The (offset, nbytes) uint64 pairs of a shard file's index: the file's last 16 * n_chunks + 4
+    bytes, then a crc32c of the index (zarr's sharding codec, index at the end)."""
+    raw = shard_file.read_bytes()
+    return np.frombuffer(raw[-(16 * n_chunks + 4):-4], "<u8").reshape(n_chunks, 2).copy()
+
+
+def write_shard_index(shard_file: Path, chunks: list[bytes]) -> None:
+    """A shard file of `chunks` (each already encoded), laid out as zarr's sharding codec does."""
+    import struct
+
+    import google_crc32c
+
+    sizes = np.array([len(c) for c in chunks], "<u8")
+    index = np.stack([np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes], axis=1).astype("<u8").tobytes()
+    shard_file.write_bytes(b"".join(chunks) + index + struct.pack("<I", google_crc32c.value(index)))
+
+
+def as_contract_3_0(root: Path) -> None:
+    """Rewrite a contract-3.1 dataset as contract 3.0 stored it (the same codecs without the
+    trailing crc32c): every inner chunk without its last 4 bytes (checked to be its crc32c first),
+    crc32c dropped from each array's inner codecs, contract_version 3.0.0 in dataset.json and every
+    shard group."""
+    import json
+    import math
+    import struct
+
+    import google_crc32c
+
+    for meta in sorted(Path(root, "shards").glob("*/**/zarr.json")):
+        doc = json.loads(meta.read_text())
+        if doc.get("node_type") == "group":
+            attrs = doc.get("attributes", {})
+            if "contract_version" in attrs:
+                attrs["contract_version"] = "3.0.0"
+                if isinstance(attrs.get("commit"), dict):
+                    attrs["commit"]["contract_version"] = "3.0.0"
+                meta.write_text(json.dumps(doc, indent=2))
+            continue
+        sharding = doc["codecs"][0]["configuration"]
+        assert sharding["codecs"][-1]["name"] == "crc32c", meta
+        sharding["codecs"].pop()
+        n = math.prod(-(-o // i) for o, i in zip(doc["chunk_grid"]["configuration"]["chunk_shape"], sharding["chunk_shape"]))
+        shard_file = meta.parent / ".".join("0" for _ in doc["shape"])
+        if shard_file.is_file():
+            raw = shard_file.read_bytes()
+            chunks = []
+            for offset, nbytes in shard_index(shard_file, n):
+                c = raw[int(offset):int(offset + nbytes)]
+                assert struct.unpack("<I", c[-4:])[0] == google_crc32c.value(c[:-4]), (shard_file, offset)
+                chunks.append(c[:-4])
+            write_shard_index(shard_file, chunks)
+        meta.write_text(json.dumps(doc))
+    info_path = Path(root, "dataset.json")
+    info = json.loads(info_path.read_text())
+    info["contract_version"] = "3.0.0"
+    info_path.write_text(json.dumps(info, indent=2))

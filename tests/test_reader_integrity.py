@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline_helpers import cached_run
+from test_pipeline_helpers import as_contract_3_0, cached_run
 
 
 def _published(bridge_dir, tmp_path) -> tuple[str, Path]:
@@ -74,10 +74,14 @@ def test_missing_chunk_of_a_dataset_directory_is_an_error_not_fill_values(bridge
     victim = next(p for p in _chunk_files(copy) if "actions" in p.as_posix())
     shard = victim.relative_to(copy / "shards").parts[0]
     victim.unlink()
-    with pytest.raises(DatasetIntegrityError, match=f"in shard {shard}: its arrays do not match the manifest checksum"):
+    with pytest.raises(DatasetIntegrityError, match=f"in shard {shard}: shards/{shard}/actions cannot be read: "
+                                                    f"MissingChunkError: actions/0.0: shard file missing"):
         _read_all(open_dataset(str(copy)))
     ds = open_dataset(str(copy), verify=False)
     assert _read_all(ds) > 0  # verify=False reads what is there (here: fill values)
+    as_contract_3_0(copy)  # a contract-3.0 dataset: no chunk checksums, the episode's sha256 catches it
+    with pytest.raises(DatasetIntegrityError, match=f"in shard {shard}: its arrays do not match the manifest checksum"):
+        _read_all(open_dataset(str(copy)))
 
 
 def test_index_names_are_checked_before_paths_are_built(bridge_dir, tmp_path):
@@ -107,3 +111,27 @@ def test_declared_shape_shorter_than_the_manifest_says_is_refused(bridge_dir, tm
     meta.write_text(json.dumps(doc))
     with pytest.raises(DatasetIntegrityError, match=r"shard-00000/actions: declared shape .* is shorter than the \d+ frames"):
         open_dataset(str(copy)).read_shard("shard-00000")
+
+
+def test_array_metadata_is_checked_against_the_contract_before_a_read(bridge_dir, tmp_path):
+    """Contract 3.1: chunk checksums cover the stored bytes, not zarr.json, so the reader checks each
+    array's codecs when it opens a shard: a changed fixed-point scale (which would decode wrong values
+    whose crc32c still match) or a removed crc32c codec is refused, naming shard and array."""
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+
+    out, _ = cached_run("bridge-local", bridge_dir)
+    copy = tmp_path / "ds"
+    shutil.copytree(out, copy)
+    meta = copy / "shards" / "shard-00000" / "tracks_px" / "zarr.json"
+    original = meta.read_text()
+    for edit, expect in ((lambda codecs: codecs[0]["configuration"].update(scale=33.0), "at scale 32.0"),
+                         (lambda codecs: codecs.pop(), r"inner codecs \[.*\] do not end in crc32c")):
+        doc = json.loads(original)
+        edit(doc["codecs"][0]["configuration"]["codecs"])
+        meta.write_text(json.dumps(doc))
+        with pytest.raises(DatasetIntegrityError, match=f"shards/shard-00000/tracks_px: its zarr.json does not match "
+                                                        f"the contract: .*{expect}"):
+            _read_all(open_dataset(str(copy)))
+    meta.write_text(original)
+    assert _read_all(open_dataset(str(copy))) > 0

@@ -11,8 +11,11 @@ validator must accept the shard and name a changed encoding or bound.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
+
+import google_crc32c
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ import zarr
 from curation.store.encodings import FixedPointCodec, dequantize, fixed_point_dtype, quantize, within_bound
 from curation.store.writer import EpisodePayload, commit_unit
 from schemas.dataset import SHARD_ARRAYS, SHARDS_DIR, spec_for
+from test_pipeline_helpers import shard_index
 
 PLAIN_READ = """
 import sys, zarr, numpy as np
@@ -100,10 +104,13 @@ def test_frames_are_the_sources_bytes_and_decode_as_tfds_does(written, source, f
         cam = name.split("/", 1)[1]
         blobs = [b for ep in episodes for b in ep.encoded_frames[cam].blobs]
         assert {ep.encoded_frames[cam].format for ep in episodes} == {fmt}
-        data = (shard / name / "0.0.0.0").read_bytes()
-        assert data[: sum(map(len, blobs))] == b"".join(blobs)  # the source's bytes, then the shard index
-        assert json.loads((shard / name / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"][0] == \
-            {"name": "curator.image", "configuration": {"format": fmt, "quality": 95}}
+        data_file = shard / name / "0.0.0.0"
+        data = data_file.read_bytes()
+        chunks = [data[int(o):int(o + n)] for o, n in shard_index(data_file, len(blobs))]
+        assert [c[:-4] for c in chunks] == blobs  # the source's bytes, each followed by its crc32c
+        assert [struct.unpack("<I", c[-4:])[0] for c in chunks] == [google_crc32c.value(b) for b in blobs]
+        codecs = json.loads((shard / name / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+        assert codecs == [{"name": "curator.image", "configuration": {"format": fmt, "quality": 95}}, {"name": "crc32c"}]
         np.testing.assert_array_equal(plain[name], np.concatenate([ep.frames[cam] for ep in episodes]))
 
 
@@ -158,10 +165,13 @@ def test_validate_names_a_wrong_encoding_or_bound(written):
     def plain(meta):
         meta["codecs"][0]["configuration"]["codecs"].pop(0)
         meta["data_type"] = "int16"
+    def no_crc(meta):
+        assert meta["codecs"][0]["configuration"]["codecs"].pop() == {"name": "crc32c"}
 
     for edit, expect in ((bound, "attribute max_abs_error 0.001, contract says 0.015625"),
                          (scale, "contract says one curator.fixed_point at scale 32.0"),
-                         (plain, "contract says one curator.fixed_point at scale 32.0")):
+                         (plain, "contract says one curator.fixed_point at scale 32.0"),
+                         (no_crc, "inner codecs ['curator.fixed_point', 'bytes', 'blosc'] do not end in crc32c (contract 3.1)")):
         restore = _tamper(shard, "tracks_px", edit)
         try:
             found = violations()

@@ -98,7 +98,7 @@ def _array_sizes(out: Path) -> dict[str, dict]:
     import zarr
 
     from curation.store.reader import array_names
-    from curation.store.validate import _inner_codecs
+    from curation.store.encodings import inner_codecs
     from schemas.dataset import spec_for
 
     sizes: dict[str, dict] = {}
@@ -109,7 +109,7 @@ def _array_sizes(out: Path) -> dict[str, dict]:
             e = sizes.setdefault(name, {"bytes": 0, "decoded_bytes": 0, "length": 0, "per": spec.per,
                                         "encoding": spec.encoding, "max_abs_error_bound": spec.max_abs_error,
                                         "readers": READERS[spec.encoding],
-                                        "codecs": [c.to_dict()["name"] for c in _inner_codecs(arr)]})
+                                        "codecs": [c.to_dict()["name"] for c in inner_codecs(arr)]})
             e["bytes"] += sum(p.stat().st_size for p in (shard / name).rglob("*") if p.is_file())
             e["decoded_bytes"] += int(np.prod(arr.shape)) * arr.dtype.itemsize
             e["length"] += arr.shape[0]

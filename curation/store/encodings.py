@@ -33,6 +33,8 @@ from zarr.core.buffer import Buffer, NDBuffer
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArraySpec as ChunkSpec
 
+    from schemas.dataset import ArraySpec as DatasetArraySpec
+
 FIXED_POINT = "curator.fixed_point"
 IMAGE = "curator.image"
 IMAGE_FORMATS = ("jpeg", "png")
@@ -228,6 +230,42 @@ class ImageCodec(ArrayBytesCodec):
 
     async def _encode_single(self, chunk: NDBuffer, chunk_spec: "ChunkSpec") -> Optional[Buffer]:
         return self._encode_sync(chunk, chunk_spec)
+
+
+# ---------------------------------------------------------------------------------------
+# A stored array against its ArraySpec
+# ---------------------------------------------------------------------------------------
+
+def inner_codecs(arr) -> list:
+    """The codecs of an array's inner chunks (inside sharding_indexed, or the array's own)."""
+    from zarr.codecs import ShardingCodec
+
+    codecs = list(arr.metadata.codecs)
+    return list(codecs[0].codecs) if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else codecs
+
+
+def encoding_problems(name: str, arr, spec: "DatasetArraySpec") -> list[str]:
+    """How a contract-3.x array's stored encoding departs from its ArraySpec ([] = as specified):
+    the codecs in its zarr.json and the encoding and bound in its attributes."""
+    out = []
+    attrs = dict(arr.attrs)
+    if attrs.get("encoding") != spec.encoding:
+        out.append(f"attribute encoding {attrs.get('encoding')!r}, contract says {spec.encoding!r}")
+    if attrs.get("max_abs_error") != spec.max_abs_error:
+        out.append(f"attribute max_abs_error {attrs.get('max_abs_error')!r}, contract says {spec.max_abs_error}")
+    codecs = inner_codecs(arr)
+    fixed = [c for c in codecs if isinstance(c, FixedPointCodec)]
+    images = [c for c in codecs if isinstance(c, ImageCodec)]
+    if spec.encoding == "fixed_point":
+        if len(fixed) != 1 or fixed[0].scale != spec.scale:
+            got = [c.scale for c in fixed]
+            out.append(f"codecs {[c.to_dict()['name'] for c in codecs]} (fixed-point scales {got}), contract says "
+                       f"one curator.fixed_point at scale {spec.scale}")
+    elif fixed:
+        out.append(f"fixed-point codec on an array the contract stores {spec.encoding}")
+    if (spec.encoding == "image") != bool(images):
+        out.append(f"codecs {[c.to_dict()['name'] for c in codecs]}, contract says encoding {spec.encoding!r}")
+    return out
 
 
 def register() -> None:

@@ -22,9 +22,16 @@ trusts its storage: the cost is in `curate bench loader`):
   (one request per array per shard), each checked against its sha256 as fetched, and episodes are
   decoded from those bytes in memory. A missing or damaged file is a `DatasetIntegrityError`
   naming it.
-- any dataset: every episode read is checked against its manifest checksum, so a missing chunk
-  (which Zarr would read as fill values) or a damaged one is an error naming shard and episode.
-  A motion-only read (no action arrays) cannot recompute that checksum; it keeps the file checks.
+- contract 3.1 on (every inner chunk ends in its crc32c, curation/store/chunks.py): zarr checks
+  each chunk's crc32c as it decodes it, the reader checks that no chunk is absent (from the shard
+  index zarr reads anyway) and, when a shard is opened, that every array's codecs end in crc32c
+  and match its ArraySpec (a changed fixed-point scale in a zarr.json would decode wrong values
+  with valid checksums). A damaged or missing chunk is a `DatasetIntegrityError` naming shard,
+  array and episode. Motion-only reads are checked the same way.
+- contracts 2.x and 3.0 (no chunk checksums): every episode read is checked against its manifest
+  checksum (sha256 over its decoded arrays), so a missing chunk (which Zarr would read as fill
+  values) or a damaged one is an error naming shard and episode. A motion-only read (no action
+  arrays) cannot recompute that checksum; it keeps the file checks.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from schemas.dataset import (
-    DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARD_NAME_RE, SHARDS_DIR, STATS_JSON, contract_problem, episode_checksum,
+    DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARD_NAME_RE, SHARDS_DIR, STATS_JSON, chunk_checksum_contract,
+    contract_problem, episode_checksum, spec_for,
 )
 from schemas.triplet import DEFAULT_CHUNK, Triplet
 
@@ -65,6 +73,9 @@ class DatasetIntegrityError(RuntimeError):
     """A file of a curated dataset is missing, of the wrong size, or its bytes do not match."""
 # What a motion-only read (stage-1 pretraining on action-free video) never opens.
 ACTION_ARRAYS = ("actions", "proprio")
+# What no triplet holds (schemas.triplet.Triplet: frames at the anchor, anchor arrays, actions):
+# per-frame depth, which iter_triplets does not read where it need not (see there).
+TRIPLET_UNUSED = ("depth_m",)
 
 
 def array_names(group) -> list[str]:
@@ -98,6 +109,8 @@ class CuratedDataset:
         problem = contract_problem(self.info.get("contract_version"))
         if problem:
             raise ValueError(f"{ref or root}: {problem}")
+        # Contract 3.1 on: zarr verifies every chunk as it decodes (module docstring); before, episodes.
+        self.chunk_checksums = chunk_checksum_contract(self.info.get("contract_version"))
         self._rows = self.manifest.to_pylist()
         self._by_id = {r["episode_id"]: r for r in self._rows}
         self._by_shard: dict[str, list[dict]] = {}
@@ -164,15 +177,23 @@ class CuratedDataset:
         import zarr
         from fsspec.implementations.local import LocalFileSystem
 
+        from zarr.storage import FsspecStore, LocalStore
+
+        from curation.store.chunks import CompleteChunksStore
+
         if not SHARD_NAME_RE.match(shard):
             raise DatasetIntegrityError(f"{self.ref or self.root}: bad shard name {shard!r}")
-        if self.verified_files:
-            return zarr.open_group(self._verified_store(shard, skip), mode="r", zarr_format=3)
         path = self._path(SHARDS_DIR, shard)
-        if isinstance(self.fs, LocalFileSystem):
-            return zarr.open_group(path, mode="r", zarr_format=3)
-        return zarr.open_group(self.fs.unstrip_protocol(path), mode="r", zarr_format=3,
-                               storage_options=self.storage_options)
+        if self.verified_files:
+            store = self._verified_store(shard, skip)
+        elif isinstance(self.fs, LocalFileSystem):
+            store = LocalStore(path, read_only=True)
+        else:
+            store = FsspecStore.from_url(self.fs.unstrip_protocol(path), storage_options=self.storage_options,
+                                         read_only=True)
+        if self.verify and self.chunk_checksums:
+            store = CompleteChunksStore(store)  # an absent chunk is an error, not fill values
+        return zarr.open_group(store, mode="r", zarr_format=3)
 
     @property
     def verified_files(self) -> bool:
@@ -236,6 +257,8 @@ class CuratedDataset:
                 raise DatasetIntegrityError(
                     f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: declared shape {arr.shape} is shorter than "
                     f"the {want} {'frames' if want == frames else 'anchors'} the manifest places in it")
+            if self.verify and self.chunk_checksums:
+                self._check_chunked_array(shard, name, arr, group.store)
             out[name] = arr
         missing = [n for n in REQUIRED_ARRAYS if n not in out and n.split("/")[0] not in skip]
         if missing:
@@ -243,23 +266,57 @@ class CuratedDataset:
                                         f"(required by the contract; a motion-only read skips {list(ACTION_ARRAYS)})")
         return out
 
+    def _check_chunked_array(self, shard: str, name: str, arr, store) -> None:
+        """A contract-3.1 array's metadata, before any of it is read: its codecs end in crc32c and
+        are those of its ArraySpec (encoding, fixed-point scale, dtype); the store learns its
+        chunks per shard (to check the index of a shard file read whole)."""
+        from curation.store.chunks import chunk_checksum_problems, chunks_per_shard
+        from curation.store.encodings import encoding_problems
+
+        spec = spec_for(name)
+        problems = chunk_checksum_problems(arr)
+        if spec is None:
+            problems.append("not an array of the contract")
+        elif not problems:
+            problems += encoding_problems(name, arr, spec)
+            if str(arr.dtype) != spec.dtype:
+                problems.append(f"dtype {arr.dtype}, contract says {spec.dtype}")
+        if problems:
+            raise DatasetIntegrityError(f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: its zarr.json does "
+                                        f"not match the contract: {'; '.join(problems)}")
+        store.expect(arr.path, chunks_per_shard(arr))
+
     def read_shard(self, shard: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """Every array of a shard but those named in `skip`, read whole: {name: array over the
         shard's frames/anchors}. Skipped arrays are not opened."""
         return {name: arr[...] for name, arr in self.open_shard(shard, skip).items()}
 
-    def read_episode(self, episode_id: str, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    def read_episode(self, episode_id: str, skip: Sequence[str] = (), anchor_frames: bool = False) -> dict[str, np.ndarray]:
         """One episode's arrays but those in `skip` (frame arrays F x ..., anchor arrays N x ...),
         cut from its read block (see read_block), checked against the manifest checksum when every
-        array is read (a read that skips arrays cannot recompute it)."""
+        array is read (a read that skips arrays cannot recompute it). anchor_frames: `frames/*`
+        hold only the frames at the episode's anchors (N x H x W x 3, row a = step anchor_step[a]):
+        the other frames are neither fetched nor decoded."""
         r = self._by_id[episode_id]
-        first, data = self.read_block(episode_id, skip)
+        try:
+            first, data = self.read_block(episode_id, skip, anchor_frames)
+        except DatasetIntegrityError:
+            if len(self._block_of(r, skip)) == 1:
+                raise
+            # A damaged chunk fails its whole block: read this episode's own chunks alone, so the
+            # error names the episode it is in and the block's intact episodes still read.
+            first, data = r, self._read_slices(r["shard"], [r], skip, anchor_frames)
         f0, a0 = first["frame_start"], first["anchor_start"]
         fs, fc, as_, ac = r["frame_start"] - f0, r["frame_count"], r["anchor_start"] - a0, r["anchor_count"]
-        arrays = {n: (v[fs:fs + fc] if n.split("/")[0] in FRAME_ARRAYS else v[as_:as_ + ac]) for n, v in data.items()}
-        if not skip:
+        arrays = {n: (v[fs:fs + fc] if self._per_frame(n, anchor_frames) else v[as_:as_ + ac]) for n, v in data.items()}
+        if not skip and not anchor_frames:
             self._check_episode(r, arrays)
         return arrays
+
+    @staticmethod
+    def _per_frame(name: str, anchor_frames: bool) -> bool:
+        """Whether array `name` of a read is indexed by frame (else by anchor)."""
+        return name.split("/")[0] in FRAME_ARRAYS and not (anchor_frames and name.startswith("frames/"))
 
     def blocks_of(self, shard: str, skip: Sequence[str] = ()) -> list[list[dict]]:
         """The shard's episodes (manifest rows) in read blocks: runs of consecutive episodes of
@@ -283,46 +340,73 @@ class CuratedDataset:
         known[key] = blocks
         return blocks
 
-    def read_block(self, episode_id: str, skip: Sequence[str] = ()) -> tuple[dict, dict[str, np.ndarray]]:
+    def read_block(self, episode_id: str, skip: Sequence[str] = (),
+                   anchor_frames: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
         """(first row, arrays) of the read block holding `episode_id`: every array's slice over the
         block's frames / anchors, read at once (one trip through zarr's event loop; Zarr reads only
         the inner chunks the slices overlap; for a published version, from the shard's verified
-        files in memory). The last `open_shards` blocks read are kept for the episodes after."""
+        files in memory); with anchor_frames, `frames/*` at the block's anchors only (see
+        read_episode). The last `open_shards` blocks read are kept for the episodes after."""
         r = self._by_id[episode_id]
-        block = next(b for b in self.blocks_of(r["shard"], skip) if any(x["episode_id"] == episode_id for x in b))
-        key = (r["shard"], block[0]["episode_id"], tuple(sorted(skip)))
+        block = self._block_of(r, skip)
+        key = (r["shard"], block[0]["episode_id"], tuple(sorted(skip)), anchor_frames)
         with self._lock:
             cache = self.__dict__.setdefault("_blocks", {})
             if key in cache:
                 cache[key] = cache.pop(key)
                 return cache[key]
-        data = self._read_slices(r["shard"], block, skip)
+        data = self._read_slices(r["shard"], block, skip, anchor_frames)
         with self._lock:
             while len(cache) >= self.open_shards:
                 cache.pop(next(iter(cache)))
             cache[key] = (block[0], data)
         return block[0], data
 
-    def _read_slices(self, shard: str, block: list[dict], skip: Sequence[str]) -> dict[str, np.ndarray]:
-        from zarr.core.sync import sync
+    def _block_of(self, r: dict, skip: Sequence[str]) -> list[dict]:
+        """The read block (manifest rows) holding the episode of row `r`."""
+        return next(b for b in self.blocks_of(r["shard"], skip) if any(x["episode_id"] == r["episode_id"] for x in b))
 
+    def _read_slices(self, shard: str, block: list[dict], skip: Sequence[str],
+                     anchor_frames: bool = False) -> dict[str, np.ndarray]:
+        """Every opened array's slice over the block (see read_block); with anchor_frames, first
+        the rest, then `frames/*` at the block's anchor frames (orthogonal selection: zarr fetches
+        and decodes only those inner chunks, one frame each)."""
         opened = self.open_shard(shard, skip)
         f0, a0 = block[0]["frame_start"], block[0]["anchor_start"]
         f1 = block[-1]["frame_start"] + block[-1]["frame_count"]
         a1 = block[-1]["anchor_start"] + block[-1]["anchor_count"]
-        slices = {n: slice(f0, f1) if n.split("/")[0] in FRAME_ARRAYS else slice(a0, a1) for n in opened}
+        frames = [n for n in opened if anchor_frames and n.startswith("frames/")]
+        reads = {n: (opened[n], slice(f0, f1) if n.split("/")[0] in FRAME_ARRAYS else slice(a0, a1))
+                 for n in opened if n not in frames}
+        data = self._gather(shard, block, reads)
+        if frames:
+            steps = data["anchor_step"]  # the block's anchors, anchor_start - a0 on
+            parts = anchor_frame_slices(block, steps, a0)
+            got = self._gather(shard, block, {(n, i): (opened[n], sl) for n in frames for i, sl in enumerate(parts)})
+            for n in frames:
+                empty = np.empty((0,) + opened[n].shape[1:], opened[n].dtype)
+                data[n] = np.concatenate([got[(n, i)] for i in range(len(parts))]) if parts else empty
+        return data
+
+    def _gather(self, shard: str, block: list[dict], reads: dict) -> dict:
+        """{key: (array, slice)} read in one trip through zarr's event loop; a key is an array name
+        or (name, part)."""
+        from zarr.core.sync import sync
 
         async def read_all() -> list:
-            return await asyncio.gather(*(opened[n].async_array.getitem(slices[n]) for n in opened),
+            return await asyncio.gather(*(arr.async_array.getitem(sl) for arr, sl in reads.values()),
                                         return_exceptions=True)
 
         data = {}
-        for name, value in zip(opened, sync(read_all())):
-            if isinstance(value, Exception):  # e.g. a damaged shard index (its crc32c)
+        for key, value in zip(reads, sync(read_all())):
+            if isinstance(value, Exception):  # a chunk's or the shard index's crc32c, an absent chunk
+                which = (f"episode {block[0]['episode_id']}" if len(block) == 1 else
+                         f"episodes {block[0]['episode_id']}..{block[-1]['episode_id']}")
+                name = key[0] if isinstance(key, tuple) else key
                 raise DatasetIntegrityError(
-                    f"{self.ref or self.root}: {SHARDS_DIR}/{shard}/{name}: cannot be read (episodes "
-                    f"{block[0]['episode_id']}..{block[-1]['episode_id']}): {type(value).__name__}: {value}") from value
-            data[name] = value
+                    f"{self.ref or self.root}: {which} in shard {shard}: {SHARDS_DIR}/{shard}/{name} cannot be read: "
+                    f"{type(value).__name__}: {value}") from value
+            data[key] = value
         return data
 
     def _slice(self, r: dict, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -330,7 +414,9 @@ class CuratedDataset:
         return {n: (a[fs:fs + fc] if n.split("/")[0] in FRAME_ARRAYS else a[as_:as_ + ac]) for n, a in data.items()}
 
     def _check_episode(self, r: dict, arrays: dict[str, np.ndarray]) -> None:
-        if self.verify and episode_checksum(arrays) != r["checksum"]:
+        """Contracts before 3.1: the episode's decoded arrays against its manifest checksum (3.1
+        on, zarr has checked every chunk as it decoded it)."""
+        if self.verify and not self.chunk_checksums and episode_checksum(arrays) != r["checksum"]:
             raise DatasetIntegrityError(
                 f"{self.ref or self.root}: episode {r['episode_id']} in shard {r['shard']}: its arrays do not match "
                 f"the manifest checksum (a chunk file of {SHARDS_DIR}/{r['shard']} is missing or damaged)")
@@ -367,12 +453,19 @@ class CuratedDataset:
             wanted = set(shards) if shards is not None else None
             episodes = [r["episode_id"] for r in self._rows if wanted is None or r["shard"] in wanted]
         skip = ACTION_ARRAYS if motion_only else ()
-        reads = ((eid, self.read_episode(eid, skip)) for eid in episodes)
+        # Reads that verify chunk by chunk (3.1 on), or not at all, fetch only what triplets hold:
+        # the anchor frames, no per-frame depth. The per-episode sha256 (before 3.1) needs it all.
+        lean = self.chunk_checksums or not self.verify
+        if lean:
+            skip = skip + TRIPLET_UNUSED
+        reads = ((eid, self.read_episode(eid, skip, anchor_frames=lean)) for eid in episodes)
         for eid, data in prefetched(reads, prefetch):
-            yield from self._episode_triplets(self._by_id[eid], data, cameras, chunk)
+            yield from self._episode_triplets(self._by_id[eid], data, cameras, chunk, lean)
 
-    def _episode_triplets(self, r: dict, data: dict[str, np.ndarray], cameras, chunk: int) -> Iterator[Triplet]:
-        """The triplets of one episode from its arrays (frame arrays F x ..., anchor arrays N x ...)."""
+    def _episode_triplets(self, r: dict, data: dict[str, np.ndarray], cameras, chunk: int,
+                          anchor_frames: bool = False) -> Iterator[Triplet]:
+        """The triplets of one episode from its arrays (frame arrays F x ..., anchor arrays N x ...;
+        with anchor_frames, `frames/*` N x ... at the anchors: see read_episode)."""
         cams = [n.split("/", 1)[1] for n in data if n.startswith("frames/")]
         cams = [c for c in cams if cameras is None or c in cameras]
         motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"]
@@ -394,12 +487,29 @@ class CuratedDataset:
                 valid[:n_valid] = True
             yield Triplet(
                 episode_id=r["episode_id"], anchor=t,
-                images={c: data[f"frames/{c}"][t] for c in cams},
+                images={c: data[f"frames/{c}"][a if anchor_frames else t] for c in cams},
                 proprio=proprio[t] if proprio is not None else np.zeros(0, np.float32),
                 language=r.get("language") or "",
                 motion={n: data[n][a] for n in motion_names},
                 action_chunk=act, action_chunk_valid=valid, intrinsics=intr, meta=meta,
             )
+
+
+def anchor_frame_slices(block: list[dict], steps: np.ndarray, a0: int) -> list[slice]:
+    """Slices along a shard's frame axis that select exactly the anchor frames of a block's
+    episodes, in anchor order: one strided slice per episode whose anchors are evenly spaced (the
+    labeler's stride), else one per anchor. Zarr reads a strided slice with its basic indexer and
+    fetches only the inner chunks it selects (one frame each); an integer-array selection would go
+    through its much slower coordinate indexer. steps: the block's anchor_step from anchor a0."""
+    out = []
+    for r in block:
+        st = np.asarray(steps[r["anchor_start"] - a0:][:r["anchor_count"]], np.int64) + r["frame_start"]
+        gaps = np.diff(st)
+        if st.size and (st.size == 1 or (gaps[0] > 0 and (gaps == gaps[0]).all())):
+            out.append(slice(int(st[0]), int(st[-1]) + 1, int(gaps[0]) if st.size > 1 else 1))
+        else:
+            out += [slice(int(f), int(f) + 1) for f in st]
+    return out
 
 
 def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:

@@ -12,7 +12,8 @@ What is checked:
   camera) and equal to the manifest's (height, width, camera_sizes, action_dim,
   proprio_dim, cameras);
 - encodings (contract 3.x): each array's codecs and its `encoding` / `max_abs_error` attributes as
-  its ArraySpec says (curation/store/encodings.py), fixed-point values on their grid;
+  its ArraySpec says (curation/store/encodings.py), fixed-point values on their grid; (3.1 on)
+  crc32c the last of every array's inner codecs and of its shard index's (curation/store/chunks.py);
 - offsets: frame/anchor ranges inside the arrays, not overlapping;
 - content: per-episode checksums recomputed; NaN only where the spec allows it;
   masks consistent (visible => in range; out-of-range track steps are NaN, never
@@ -35,7 +36,7 @@ import numpy as np
 
 from schemas.dataset import (
     DATASET_JSON, FILTERED, MANIFEST, MANIFEST_SCHEMA, QUARANTINE, QUARANTINE_SCHEMA,
-    SHARD_ARRAYS, SHARDS_DIR, ArraySpec, contract_problem, encoded_contract, spec_for,
+    SHARD_ARRAYS, SHARDS_DIR, ArraySpec, chunk_checksum_contract, contract_problem, encoded_contract, spec_for,
 )
 from schemas.triplet import LATENT_PAD_TOKEN
 
@@ -209,12 +210,14 @@ def validate_dataset(path: str | Path, checksums: bool = True, progress: bool = 
     if not root.is_dir():
         return [Violation("missing_file", str(root), "dataset directory does not exist")]
     info_path = root / DATASET_JSON
+    version = None  # the dataset's contract version (dataset.json)
     if not info_path.is_file():
         out.append(Violation("missing_file", DATASET_JSON, "dataset.json missing"))
     else:
         try:
             info = json.loads(info_path.read_text())
-            problem = contract_problem(info.get("contract_version"))
+            version = info.get("contract_version")
+            problem = contract_problem(version)
             if problem:
                 out.append(Violation("schema", DATASET_JSON, problem))
         except ValueError as exc:
@@ -262,41 +265,7 @@ def validate_dataset(path: str | Path, checksums: bool = True, progress: bool = 
 
         shard_iter = progress_bar(list(shard_iter), desc="validate", unit="shard")
     for shard, srows in shard_iter:
-        _validate_shard(root, str(shard), srows, checksums, out, zarr, episode_checksum)
-    return out
-
-
-def _inner_codecs(arr) -> list:
-    """The codecs of an array's inner chunks (inside sharding_indexed, or the array's own)."""
-    from zarr.codecs import ShardingCodec
-
-    codecs = list(arr.metadata.codecs)
-    return list(codecs[0].codecs) if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else codecs
-
-
-def encoding_problems(name: str, arr, spec: ArraySpec) -> list[str]:
-    """How a contract-3.x array's stored encoding departs from its ArraySpec ([] = as specified):
-    the codecs in its zarr.json and the encoding and bound in its attributes."""
-    from curation.store.encodings import FixedPointCodec, ImageCodec
-
-    out = []
-    attrs = dict(arr.attrs)
-    if attrs.get("encoding") != spec.encoding:
-        out.append(f"attribute encoding {attrs.get('encoding')!r}, contract says {spec.encoding!r}")
-    if attrs.get("max_abs_error") != spec.max_abs_error:
-        out.append(f"attribute max_abs_error {attrs.get('max_abs_error')!r}, contract says {spec.max_abs_error}")
-    codecs = _inner_codecs(arr)
-    fixed = [c for c in codecs if isinstance(c, FixedPointCodec)]
-    images = [c for c in codecs if isinstance(c, ImageCodec)]
-    if spec.encoding == "fixed_point":
-        if len(fixed) != 1 or fixed[0].scale != spec.scale:
-            got = [c.scale for c in fixed]
-            out.append(f"codecs {[c.to_dict()['name'] for c in codecs]} (fixed-point scales {got}), contract says "
-                       f"one curator.fixed_point at scale {spec.scale}")
-    elif fixed:
-        out.append(f"fixed-point codec on an array the contract stores {spec.encoding}")
-    if (spec.encoding == "image") != bool(images):
-        out.append(f"codecs {[c.to_dict()['name'] for c in codecs]}, contract says encoding {spec.encoding!r}")
+        _validate_shard(root, str(shard), srows, checksums, out, zarr, episode_checksum, chunk_checksum_contract(version))
     return out
 
 
@@ -313,19 +282,25 @@ def _off_grid(name: str, a: np.ndarray, spec: ArraySpec) -> str:
     return f"{bad} values off the 1/{spec.scale:g} grid of its fixed-point encoding" if bad else ""
 
 
-def _check_encodings(group, names: list[str], data: dict, where: str, out: list[Violation]) -> None:
+def _check_encodings(group, names: list[str], data: dict, where: str, out: list[Violation], chunk_crc: bool) -> None:
+    """Each array's codecs and attributes as its spec says; with `chunk_crc` (3.1 on) crc32c last."""
+    from curation.store.chunks import chunk_checksum_problems
+    from curation.store.encodings import encoding_problems
+
     for name in names:
         spec = spec_for(name)
         if spec is None or name not in data:
             continue
-        for msg in encoding_problems(name, group[name], spec):
+        for msg in encoding_problems(name, group[name], spec) + (chunk_checksum_problems(group[name]) if chunk_crc else []):
             out.append(Violation("encoding", f"{where}/{name}", msg))
         msg = _off_grid(name, data[name], spec)
         if msg:
             out.append(Violation("encoding", f"{where}/{name}", msg))
 
 
-def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, out: list[Violation], zarr, episode_checksum) -> None:
+def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, out: list[Violation], zarr, episode_checksum,
+                    chunk_crc: bool = False) -> None:
+    """Every check of one shard; `chunk_crc`: the dataset's contract has chunk checksums (3.1 on)."""
     where = f"{SHARDS_DIR}/{shard}"
     sdir = root / SHARDS_DIR / shard
     if not (sdir / "zarr.json").is_file():
@@ -345,8 +320,8 @@ def _validate_shard(root: Path, shard: str, rows: list[dict], checksums: bool, o
             data[name] = group[name][...]  # bulk read: one shard file per array
         except Exception as exc:  # noqa: BLE001
             out.append(Violation("unreadable", f"{where}/{name}", f"cannot read array: {exc}"))
-    if encoded_contract(group.attrs.get("contract_version")):
-        _check_encodings(group, names, data, where, out)
+    if encoded_contract(version := group.attrs.get("contract_version")):
+        _check_encodings(group, names, data, where, out, chunk_crc or chunk_checksum_contract(version))
     # Whole-shard checks: axis-0 sizes agree per kind.
     problems: list[tuple[str, str, str]] = []
     _check_shapes({n: a[:0] if a.ndim else a for n, a in data.items()}, problems)

@@ -21,10 +21,13 @@ chunks of `frames_per_chunk` along axis 0 (frames: one frame per chunk), each in
 the encoding of its ArraySpec (curation/store/encodings.py): frames as the
 source's own JPEG/PNG bytes (written here straight into the shard file, never
 re-encoded) or PNG, fixed-point labels, the rest plain; then zstd
-(`writer.compression`, default) on all but the images. A plain array without
-compression is encoded directly (raw C-order bytes + the shard index),
-byte-identical to what zarr writes (tests check it) and as fast as numpy.save.
-Checksums are over the decoded values (`stored_values`), what every reader gets.
+(`writer.compression`, default) on all but the images; last, on every array, the
+crc32c of each inner chunk (the Zarr v3 spec's `crc32c` codec: 4 bytes after the
+chunk, checked by zarr as it decodes; contract 3.1). A plain array without
+compression is encoded directly (raw C-order bytes, each chunk followed by its
+crc32c, then the shard index), byte-identical to what zarr writes (tests check it).
+The manifest's checksums are over the decoded values (`stored_values`), what every
+reader gets.
 """
 
 from __future__ import annotations
@@ -181,11 +184,14 @@ _GROUP_JSON = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
 
 
 def _codecs_for(spec: ArraySpec, data: np.ndarray, compression: str, image_format: str = "png") -> dict:
-    """zarr create_array codec arguments of an array: the spec's encoding, then `compression`."""
+    """zarr create_array codec arguments of an array: the spec's encoding, then `compression`,
+    then crc32c (always last: the checksum covers the chunk's bytes exactly as stored)."""
+    from zarr.codecs import Crc32cCodec
+
     if spec.encoding == "image":
-        return {"serializer": ImageCodec(format=image_format), "compressors": None}
+        return {"serializer": ImageCodec(format=image_format), "compressors": [Crc32cCodec()]}
     stored = np.dtype(fixed_point_dtype(data, spec.scale)) if spec.encoding == "fixed_point" else data.dtype
-    kwargs: dict = {"compressors": _compressor(stored) if compression == "zstd" else None}
+    kwargs: dict = {"compressors": [_compressor(stored), Crc32cCodec()] if compression == "zstd" else [Crc32cCodec()]}
     if spec.encoding == "fixed_point":
         kwargs["filters"] = [FixedPointCodec(scale=spec.scale, dtype=str(stored))]
     return kwargs
@@ -225,9 +231,24 @@ def _codec_json(value):
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
+def _blosc_of(kwargs: dict):
+    """The BloscCodec among an array's compressors, or None (uncompressed: crc32c alone)."""
+    from zarr.codecs import BloscCodec
+
+    return next((c for c in kwargs["compressors"] if isinstance(c, BloscCodec)), None)
+
+
+def with_crc32c(chunk: bytes) -> bytes:
+    """A chunk as the Zarr v3 `crc32c` codec encodes it: its bytes, then their crc32c (uint32, little-endian)."""
+    import google_crc32c
+
+    return chunk + struct.pack("<I", google_crc32c.value(chunk))
+
+
 def _encoded_chunks(spec: ArraySpec, data: np.ndarray, c0: int, shard_len: int, kwargs: dict) -> list[bytes]:
     """The inner chunks of an array's one shard, encoded as zarr's codecs would (the edge chunk
-    padded with the fill value, all zero bytes): fixed point, little-endian bytes, blosc."""
+    padded with the fill value, all zero bytes): fixed point, little-endian bytes, blosc; the
+    crc32c is appended by the caller."""
     from numcodecs import Blosc
 
     if spec.encoding == "image":
@@ -238,7 +259,7 @@ def _encoded_chunks(spec: ArraySpec, data: np.ndarray, c0: int, shard_len: int, 
     if "filters" in kwargs:
         data = quantize(data, spec.scale, kwargs["filters"][0].dtype)
     data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
-    comp = kwargs["compressors"]
+    comp = _blosc_of(kwargs)
     blosc = None if comp is None else Blosc(cname="zstd", clevel=comp.clevel, blocksize=0, typesize=comp.typesize,
                                             shuffle=Blosc.BITSHUFFLE if comp.shuffle.name == "bitshuffle" else Blosc.SHUFFLE)
     chunks = [data[i:i + c0].tobytes() for i in range(0, shard_len, c0)]
@@ -246,11 +267,11 @@ def _encoded_chunks(spec: ArraySpec, data: np.ndarray, c0: int, shard_len: int, 
 
 
 def _write_shard_file(array_dir: Path, ndim: int, chunks: Iterable[bytes]) -> None:
-    """One shard file laid out as zarr's ShardingCodec does: the inner chunks in order, then the
-    index of (offset, nbytes) uint64 pairs and its crc32c, with one write each."""
+    """One shard file laid out as zarr's ShardingCodec does: the inner chunks in order, each
+    followed by its crc32c, then the index of (offset, nbytes) uint64 pairs and its crc32c."""
     import google_crc32c
 
-    chunks = list(chunks)
+    chunks = [with_crc32c(c) for c in chunks]
     sizes = np.array([len(c) for c in chunks], dtype="<u8")
     index = np.stack([np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype("<u8"), sizes], axis=1)
     index_bytes = np.ascontiguousarray(index, dtype="<u8").tobytes()
@@ -279,8 +300,8 @@ def _write_array_fast(root: Path, name: str, data: np.ndarray, frames_per_chunk:
     (adir / "zarr.json").write_text(json.dumps(_array_metadata(name, data, chunks, shards, kwargs, attrs)))
     if not data.shape[0]:
         return
-    if source is None and kwargs["compressors"] is None and "filters" not in kwargs and "serializer" not in kwargs:
-        _write_raw_shard(adir, data, chunks[0], shards[0])  # plain bytes: numpy's own write
+    if source is None and _blosc_of(kwargs) is None and "filters" not in kwargs and "serializer" not in kwargs:
+        _write_raw_shard(adir, data, chunks[0], shards[0])  # plain bytes, no copy into chunks
     else:
         _write_shard_file(adir, data.ndim, source.blobs if source is not None else
                           _encoded_chunks(spec, data, chunks[0], shards[0], kwargs))
@@ -296,26 +317,31 @@ def _fill(dtype: np.dtype):
 
 def _write_raw_shard(array_dir: Path, data: np.ndarray, c0: int, shard_len: int) -> None:
     """Encode the single shard of an uncompressed array the way zarr's ShardingCodec
-    does (inner chunks in order along axis 0, edge chunk padded with the fill value,
-    index of (offset, nbytes) uint64 pairs + crc32c at the end) with one write."""
+    does (inner chunks in order along axis 0, each followed by its crc32c, the edge chunk
+    padded with the fill value, then the index of (offset, nbytes) uint64 pairs + its
+    crc32c), writing the array's bytes from views of it (no chunk copies)."""
     import google_crc32c
 
     data = np.ascontiguousarray(data)
     n_chunks = shard_len // c0
     chunk_nbytes = c0 * int(np.prod(data.shape[1:], dtype=np.int64)) * data.itemsize
-    pad = shard_len * (data.nbytes // max(data.shape[0], 1)) - data.nbytes
+    raw = data.reshape(-1).view(np.uint8)  # the array's bytes (a view; google_crc32c takes numpy buffers)
     index = np.empty((n_chunks, 2), dtype="<u8")
-    index[:, 0] = np.arange(n_chunks, dtype=np.uint64) * chunk_nbytes
-    index[:, 1] = chunk_nbytes
+    index[:, 0] = np.arange(n_chunks, dtype=np.uint64) * (chunk_nbytes + 4)
+    index[:, 1] = chunk_nbytes + 4
     index_bytes = index.tobytes()
-    crc = struct.pack("<I", google_crc32c.value(index_bytes))
     key = array_dir / ".".join("0" for _ in data.shape)  # the one shard, "v2" key encoding
     with open(key, "wb") as f:
-        data.tofile(f)  # numpy's own unbuffered write of the whole array, as numpy.save does
-        if pad:
-            f.write(bytes(pad))  # fill value 0 / False / 0.0 is all zero bytes
+        for i in range(n_chunks):
+            piece = raw[i * chunk_nbytes:(i + 1) * chunk_nbytes]
+            pad = bytes(chunk_nbytes - len(piece))  # the edge chunk: fill value 0 / False / 0.0, all zero bytes
+            crc = google_crc32c.extend(google_crc32c.value(piece), pad) if pad else google_crc32c.value(piece)
+            f.write(piece.data)
+            if pad:
+                f.write(pad)
+            f.write(struct.pack("<I", crc))
         f.write(index_bytes)
-        f.write(crc)
+        f.write(struct.pack("<I", google_crc32c.value(index_bytes)))
 
 
 # ---------------------------------------------------------------------------------------
