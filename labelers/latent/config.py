@@ -44,6 +44,10 @@ class LAMConfig:
     # Centre each token position's latents (BatchNorm without affine, running statistics at
     # evaluation) before the unit scaling, so every position spreads over the shared codebook.
     center_latents: bool = False
+    # Reconstruction loss weight on moving pixels (model.reconstruction_loss): a moving pixel
+    # counts 1 + moving_weight times. 0 = LAPA's plain MSE, where the mostly static frame
+    # dominates the loss.
+    moving_weight: float = 0.0
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -52,6 +56,8 @@ class LAMConfig:
             raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
         if self.num_tokens < 1 or self.codebook_size < 2:
             raise ValueError("need num_tokens >= 1 and codebook_size >= 2")
+        if self.moving_weight < 0:
+            raise ValueError(f"moving_weight must be >= 0, got {self.moving_weight}")
         if self.pool not in ("attention", "flatten"):
             raise ValueError(f"pool must be 'attention' or 'flatten', got {self.pool!r}")
 
@@ -68,6 +74,7 @@ class LAMConfig:
         data.setdefault("pool", "attention")  # checkpoints written before these options existed
         data.setdefault("normalize_latents", False)
         data.setdefault("center_latents", False)
+        data.setdefault("moving_weight", 0.0)
         return strict_from_dict(cls, data, "latent-action config keys")
 
 
