@@ -126,8 +126,10 @@ def _mean_row(rows: list, model: str, n_tasks: int) -> dict:
               "probe_r2_linear", "probe_r2_mlp"):
         out[k] = float(np.mean([r[k] for r in mine]))
     for k in ("r2_linear_per_dim", "r2_mlp_per_dim"):
-        per = np.array([[np.nan if v == "-" else float(v) for v in r[k].split()] for r in mine])
-        out[k] = " ".join(f"{v:.2f}" for v in np.nanmean(per, 0))
+        per = np.array([[np.nan if v == "-" else float(v) for v in r[k].split()] for r in mine])  # tasks dims
+        count = np.isfinite(per).sum(0)  # dims
+        mean = np.where(count > 0, np.where(np.isfinite(per), per, 0.0).sum(0) / np.maximum(count, 1), np.nan)
+        out[k] = " ".join(f"{v:.2f}" if np.isfinite(v) else "-" for v in mean)
     return out
 
 
