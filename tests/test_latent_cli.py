@@ -38,8 +38,8 @@ def test_train_resume_label_on_bridge(bridge_dir, tmp_path, capsys):
         assert ep["steps"] == 10 and ep["anchors"] == list(range(10))
         assert ep["valid"] == [True] * 9 + [False]  # the last step has no frame t + 1
         assert ep["tokens"][-1] == [-1, -1, -1, -1]
-        assert all(0 <= v < 8 for tok in ep["tokens"][:-1] for v in tok)
-    assert 1 <= lab["summary"]["codes_used"] <= 8
+        assert all(0 <= v < 16 for tok in ep["tokens"][:-1] for v in tok)  # the small preset's 16 codes
+    assert 1 <= lab["summary"]["codes_used"] <= 16
 
     # a rerun with another gap is refused with a message naming the checkpoint and the setting
     rc, out, err = _run(capsys, base[:-1] + ["--steps", "4", "--gap", "2"])

@@ -43,8 +43,8 @@ def add_bench(sub) -> None:
     p.add_argument("--gap", type=int, default=8, help="gap on simulated data, 80 Hz (default 8)")
     p.add_argument("--bridge-gap", type=int, default=1, help="gap on Bridge, 5 Hz (default 1)")
     p.add_argument("--bridge", default=str(BRIDGE_DIR), help="Bridge dataset directory ('' to skip)")
-    p.add_argument("--features", default="onehot+codes", choices=PROBE_FEATURES,
-                   help="what the probes read (default onehot+codes: the best mean of both probes' cv_r2 on the fitting halves)")
+    p.add_argument("--features", default="codes", choices=PROBE_FEATURES,
+                   help="what the probes read (default codes: the best mean of both probes' cv_r2 on the fitting halves)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="simulation subprocesses (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
