@@ -72,4 +72,11 @@ def score_row(dataset: str, model: str, r: dict) -> dict:
         "psnr_recon": r["psnr_recon"], "psnr_copy": r["psnr_copy"],
         "psnr_moving_recon": r["psnr_recon_moving"], "psnr_moving_copy": r["psnr_copy_moving"],
         "probe_r2_linear": r["probe_linear"]["r2"], "probe_r2_mlp": r["probe_mlp"]["r2"],
+        "r2_linear_per_dim": _dims(r["probe_linear"]["r2_per_dim"]),
+        "r2_mlp_per_dim": _dims(r["probe_mlp"]["r2_per_dim"]),
     }
+
+
+def _dims(values: list) -> str:
+    """Per-dimension R^2 as one table cell, '-' for a dimension that does not vary."""
+    return " ".join("-" if v is None else f"{v:.2f}" for v in values)

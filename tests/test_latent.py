@@ -228,7 +228,7 @@ def test_trained_tokens_beat_random_on_the_action_probe(trained_tiny):
 
 
 def test_action_probe_scores_informative_tokens_high_and_random_tokens_near_zero():
-    from labelers.latent.probe import action_probe, codebook_stats, r2_per_dim
+    from labelers.latent.probe import action_probe, codebook_stats, one_hot, r2_per_dim
 
     rng = np.random.default_rng(0)
     episodes = np.repeat(np.arange(20), 30)
@@ -236,11 +236,12 @@ def test_action_probe_scores_informative_tokens_high_and_random_tokens_near_zero
     # target = additive function of tokens 0 and 1 (+ small noise); token 2, 3 irrelevant
     effect = rng.normal(size=(4, 8, 2))
     y = effect[0, tokens[:, 0]] + effect[1, tokens[:, 1]] + 0.05 * rng.normal(size=(600, 2))
-    good = action_probe(tokens, y, episodes, 8, kind="linear")
+    good = action_probe(one_hot(tokens, 8), y, episodes, kind="linear")
     assert good["r2"] > 0.95 and good["fit_pairs"] == good["score_pairs"] == 300
-    noise = action_probe(rng.integers(0, 8, size=(600, 4)), y, episodes, 8, kind="linear")
-    assert -0.1 < noise["r2"] < 0.05
-    assert action_probe(tokens, y, episodes, 8, kind="mlp")["r2"] > 0.8
+    assert good["cv_r2"] > 0.95  # the selection figure, from the fitting half alone
+    noise = action_probe(one_hot(rng.integers(0, 8, size=(600, 4)), 8), y, episodes, kind="linear")
+    assert -0.1 < noise["r2"] < 0.05 and noise["cv_r2"] < 0.05
+    assert action_probe(one_hot(tokens, 8), y, episodes, kind="mlp")["r2"] > 0.8
     # R^2 by hand: perfect = 1, predicting the mean = 0, constant columns are skipped
     yy = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])
     assert np.allclose(r2_per_dim(yy, yy)[0], 1.0) and np.isnan(r2_per_dim(yy, yy)[1])
@@ -272,3 +273,47 @@ def test_flatten_pooling_and_unit_latents_and_old_configs_load_as_attention():
     assert not LAMConfig.from_json(json.dumps(old)).normalize_latents
     with pytest.raises(ValueError):
         get_config("small", pool="mean")
+
+
+def test_probe_reads_code_vectors_and_its_cv_never_sees_the_scoring_half():
+    """Features from code vectors: a target linear in the code vectors of token 0 is found
+    by the linear probe on "codes"; changing the scoring half's targets leaves cv_r2 unchanged."""
+    from labelers.latent.probe import action_probe, probe_features
+
+    rng = np.random.default_rng(1)
+    episodes = np.repeat(np.arange(12), 40)
+    tokens = rng.integers(0, 8, size=(480, 4))
+    codebook = rng.normal(size=(8, 3))
+    codes = codebook[tokens].reshape(480, 12)  # M (L c)
+    y = codes[:, :3] @ rng.normal(size=(3, 2)) + 0.01 * rng.normal(size=(480, 2))
+    x = probe_features(tokens, codes, 8, "codes")
+    assert x.shape == (480, 12)
+    assert probe_features(tokens, codes, 8, "onehot+codes").shape == (480, 44)
+    r = action_probe(x, y, episodes, kind="linear")
+    assert r["r2"] > 0.99 and r["cv_r2"] > 0.99
+    y2 = y.copy()
+    y2[episodes >= 6] = rng.normal(size=(int((episodes >= 6).sum()), 2))  # scoring half: noise
+    r2 = action_probe(x, y2, episodes, kind="linear")
+    assert r2["cv_r2"] == r["cv_r2"] and r2["r2"] < 0.1
+    with pytest.raises(ValueError, match="unknown probe features"):
+        probe_features(tokens, codes, 8, "pixels")
+
+
+def test_moving_weight_counts_moving_pixels_more():
+    """reconstruction_loss: w = 0 is the plain MSE; with w the error on moving pixels weighs 1 + w."""
+    import torch
+
+    from labelers.latent.model import reconstruction_loss
+
+    t = torch.zeros(1, 3, 4, 4)
+    tg = t.clone()
+    tg[:, :, 0, 0] = 1.0  # one moving pixel out of 16
+    recon = t.clone()  # a copy of frame t: error 1 on the moving pixel, 0 elsewhere
+    assert torch.isclose(reconstruction_loss(recon, t, tg), torch.tensor(1.0 / 16))
+    # weights: moving 1 + 9 = 10, static 15 x 1 -> (10 x 1) / (25) per channel
+    assert torch.isclose(reconstruction_loss(recon, t, tg, 9.0), torch.tensor(10.0 / 25))
+    recon2 = tg.clone()
+    recon2[:, :, 3, 3] = 1.0  # right on the moving pixel, wrong on a static one
+    assert torch.isclose(reconstruction_loss(recon2, t, tg, 9.0), torch.tensor(1.0 / 25))
+    with pytest.raises(ValueError, match="moving_weight"):
+        get_config("small", moving_weight=-1.0)

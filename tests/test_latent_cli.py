@@ -38,8 +38,8 @@ def test_train_resume_label_on_bridge(bridge_dir, tmp_path, capsys):
         assert ep["steps"] == 10 and ep["anchors"] == list(range(10))
         assert ep["valid"] == [True] * 9 + [False]  # the last step has no frame t + 1
         assert ep["tokens"][-1] == [-1, -1, -1, -1]
-        assert all(0 <= v < 8 for tok in ep["tokens"][:-1] for v in tok)
-    assert 1 <= lab["summary"]["codes_used"] <= 8
+        assert all(0 <= v < 16 for tok in ep["tokens"][:-1] for v in tok)  # the small preset's 16 codes
+    assert 1 <= lab["summary"]["codes_used"] <= 16
 
     # a rerun with another gap is refused with a message naming the checkpoint and the setting
     rc, out, err = _run(capsys, base[:-1] + ["--steps", "4", "--gap", "2"])
@@ -66,3 +66,23 @@ def test_bench_run_dir_depends_on_config_and_resume_settings_not_steps(tmp_path)
     assert a.name.startswith("run-sim-gap8-seed0-")
     assert a != _run_dir(tmp_path, "sim", get_config("small", pool="attention"), TrainSettings(steps=100, gap=8))
     assert a != _run_dir(tmp_path, "sim", small, TrainSettings(steps=100, gap=8, lr=1e-3))
+
+
+def test_bench_mean_row_averages_tasks_and_skips_dimensions_that_do_not_vary():
+    from cli.bench.latent import _mean_row
+
+    keys = ("usage", "perplexity", "psnr_recon", "psnr_copy", "psnr_moving_recon", "psnr_moving_copy",
+            "probe_r2_linear", "probe_r2_mlp")
+    rows = [
+        {"data": "sim a", "model": "trained", "pairs": 10, **{k: 1.0 for k in keys},
+         "r2_linear_per_dim": "0.50 - 1.00", "r2_mlp_per_dim": "- - 0.20"},
+        {"data": "sim b", "model": "trained", "pairs": 20, **{k: 3.0 for k in keys},
+         "r2_linear_per_dim": "0.70 - 0.00", "r2_mlp_per_dim": "0.10 - 0.40"},
+        {"data": "sim a", "model": "random", "pairs": 10, **{k: -5.0 for k in keys},
+         "r2_linear_per_dim": "0 0 0", "r2_mlp_per_dim": "0 0 0"},
+        {"data": "bridge", "model": "trained", "pairs": 5, **{k: 9.0 for k in keys},
+         "r2_linear_per_dim": "9 9 9", "r2_mlp_per_dim": "9 9 9"},
+    ]
+    m = _mean_row(rows, "trained", 2)
+    assert m["pairs"] == 30 and m["probe_r2_mlp"] == 2.0 and m["usage"] == 2.0
+    assert m["r2_linear_per_dim"] == "0.60 - 0.50" and m["r2_mlp_per_dim"] == "0.10 - 0.30"

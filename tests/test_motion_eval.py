@@ -207,3 +207,31 @@ def test_plain_chain_settings_reproduce_the_plain_tracker(sim_episodes):
     b = LKTracker().track_anchors(frames, [0, 4], q, 8)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_static_window_scales_with_the_image_only_when_asked():
+    """static_scale (the default) keeps the static test's window at its 128 px extent: 3 x 3 at 128 px (the
+    default's window, unchanged), 5 x 5 at 256 px; a change 2 px from a query pins nothing at
+    256 px with the scaled window and is outside the plain 3 x 3 one."""
+    from labelers.tracking.lk_refined import static_window_radius
+
+    assert [static_window_radius(1, w, True) for w in (64, 128, 192, 256, 512)] == [1, 1, 2, 2, 4]
+    assert [static_window_radius(1, w, False) for w in (64, 128, 256)] == [1, 1, 1]
+    assert static_window_radius(0, 256, True) == 0
+    # the default tracker scales: 3 x 3 at 128 px (as chosen there), 5 x 5 at 256 px
+    default = RefinedLKTracker()
+    assert default.static_scale and default.static_radius == 1
+    assert [static_window_radius(default.static_radius, w, default.static_scale) for w in (128, 256)] == [1, 2]
+    frames = np.zeros((2, 256, 256, 3), np.uint8)
+    frames[1, 100, 102] = 255  # one pixel changes, 2 px right of the query's pixel (100, 100)
+    q = np.array([[100.5, 100.5]], np.float32)
+    p0 = q[None]  # A M 2
+    for scale, pinned in ((False, True), (True, False)):
+        at_query, still = RefinedLKTracker(static_scale=scale)._static(list(frames), np.array([0]), 0, q, p0)
+        assert at_query[0, 0] == pinned and still[0, 0] == pinned, scale
+    small = np.zeros((2, 128, 128, 3), np.uint8)
+    small[1, 50, 52] = 255  # at 128 px both windows are 3 x 3: 2 px away is outside either
+    q = np.array([[50.5, 50.5]], np.float32)
+    for scale in (False, True):
+        at_query, _ = RefinedLKTracker(static_scale=scale)._static(list(small), np.array([0]), 0, q, q[None])
+        assert at_query[0, 0]

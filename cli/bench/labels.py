@@ -183,6 +183,7 @@ FLOW_SCORED = {
 TRACKERS_SCORED = {
     DEFAULT_TRACKER: ("lk", {}),
     "lk (chain)": ("lk", {"static_anchor": False, "static_step": False, "ref_gap": 0}),
+    "lk (static window 3 x 3 at every size)": ("lk", {"static_scale": False}),
     "lk (hybrid)": ("lk", {"mode": "hybrid"}),
     "lk (anchor)": ("lk", {"mode": "anchor"}),
     "lk (chain, grey, 15 px, 3 levels)": ("lk", {"mode": "chain", "color": False, "win_size": 15, "max_level": 3, "fb_threshold_px": 1.0}),

@@ -74,6 +74,17 @@ class FrameStore:
         return cls(store, starts, lengths, list(actions), list(names))
 
 
+def concat_stores(stores: Iterable[FrameStore]) -> FrameStore:
+    """One store holding the episodes of all `stores`, in order (e.g. several tasks)."""
+    frames, actions, names = [], [], []
+    for st in stores:
+        for e in range(st.num_episodes):
+            frames.append(st.episode_frames(e))
+            actions.append(st.actions[e])
+            names.append(st.names[e])
+    return FrameStore.from_arrays(frames, actions, names)
+
+
 def episode_frames(episode: Episode, size: int, camera: str | None = None) -> np.ndarray:
     """The episode's frames of `camera` (default: primary) as T size size 3 uint8."""
     cam = camera or episode.primary_camera

@@ -20,7 +20,8 @@ regions visible from the first step instead of after many); the quantiser sees o
 the tokens have to describe what changed. The decoder gets frame t through the encoder's patch
 embedding with the gradient stopped (LAPA: this keeps the encoder from smuggling frame content
 into the tokens) and must reconstruct frame t+gap from it and the tokens. Loss: MSE in [0, 1]
-pixel units; NSVQ needs no commitment loss.
+pixel units (optionally weighted towards moving pixels, config.moving_weight); NSVQ needs no
+commitment loss.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from torch import nn
 
 from labelers.latent.config import LAMConfig
 from labelers.latent.nsvq import NSVQ
+
+# A pixel "moves" between frame t and t+gap when some channel changes by more than 8 of 255
+# levels: above the rendering/compression noise of the sources, below the arm's edge contrast.
+MOVING_THRESHOLD = 8.0 / 255.0
 
 
 class Attention(nn.Module):
@@ -177,13 +182,25 @@ class LatentActionModel(nn.Module):
         latents = self.encode(frame_t, frame_tg)
         codes, indices = self.vq(latents)
         recon = self.decode(frame_t, codes)
-        loss = F.mse_loss(recon, frame_tg)
+        loss = reconstruction_loss(recon, frame_t, frame_tg, self.config.moving_weight)
         return {"loss": loss, "recon": recon, "indices": indices, "latents": latents}
 
     @torch.no_grad()
     def tokens(self, frame_t: torch.Tensor, frame_tg: torch.Tensor) -> torch.Tensor:
         """Hard token indices B L (the labeler's output), without touching usage counters."""
         return self.vq.nearest(self.encode(frame_t, frame_tg).flatten(0, 1)).view(frame_t.shape[0], -1)
+
+
+def reconstruction_loss(recon: torch.Tensor, frame_t: torch.Tensor, frame_tg: torch.Tensor, moving_weight: float = 0.0) -> torch.Tensor:
+    """MSE of recon against frame t+gap (all B 3 H W); with moving_weight w > 0 a weighted mean
+    in which pixels that move between t and t+gap (MOVING_THRESHOLD, any channel) count 1 + w
+    times, static ones once (w = 0: LAPA's plain MSE)."""
+    se = (recon - frame_tg) ** 2  # B 3 H W
+    if moving_weight <= 0.0:
+        return se.mean()
+    moving = ((frame_tg - frame_t).abs() > MOVING_THRESHOLD).any(1, keepdim=True)  # B 1 H W
+    weight = 1.0 + moving_weight * moving.to(se.dtype)  # B 1 H W
+    return (se * weight).sum() / (weight.sum() * se.shape[1])
 
 
 def count_parameters(model: nn.Module) -> int:

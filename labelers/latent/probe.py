@@ -7,9 +7,15 @@
   all pixels, and over "moving" pixels only (|frame t+gap - frame t| > 8/255 in any channel),
   because most pixels of a robot video are static and dominate the pooled figure.
 - action probe: ridge regression (strength by episode-grouped CV on the fitting half) or a
-  small MLP, from the tokens, one-hot per position
-  (L x V features), to the true action, fitted on one half of the evaluation episodes and
-  scored (R^2, averaged over action dimensions that vary) on the other half.
+  small MLP, from what the tokens say (`PROBE_FEATURES`: the token ids one-hot per position,
+  L x V features; the quantised code vectors of the L tokens concatenated, L x c; or both) to
+  the true action, fitted on one half of the evaluation episodes and scored (R^2, averaged over
+  action dimensions that vary) on the other half. `cv_r2` is the same probe scored by
+  episode-grouped cross-validation INSIDE the fitting half: the figure to choose settings by,
+  so that the scoring half stays unseen by every choice.
+
+The probe target is the mean action over the gap; the summed action is the same target up to
+a factor `gap`, and R^2 does not change under scaling, so the two score the same.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ import numpy as np
 import torch
 
 from labelers.latent.data import FrameStore
-from labelers.latent.model import LatentActionModel
+from labelers.latent.model import MOVING_THRESHOLD, LatentActionModel
 from labelers.latent.train import batch_tensors
 
-MOVING_THRESHOLD = 8.0 / 255.0
+# What a probe reads: "onehot" token ids (L x V), "codes" the quantised code vectors (L x c),
+# "onehot+codes" both side by side.
+PROBE_FEATURES = ("onehot", "codes", "onehot+codes")
+CV_FOLDS = 3  # episode-grouped folds of the fitting half for cv_r2 (6-8 fitting episodes per task)
 
 
 @torch.no_grad()
@@ -33,7 +42,7 @@ def encode_store(model: LatentActionModel, store: FrameStore, gap: int, batch: i
     pairs = store.pairs(gap)
     frames = torch.from_numpy(store.frames)
     first = torch.from_numpy(pairs[:, 2])
-    tokens, se_rec, se_copy, n_px, se_rec_mov, se_copy_mov, n_mov = [], 0.0, 0.0, 0, 0.0, 0.0, 0
+    tokens, codes, se_rec, se_copy, n_px, se_rec_mov, se_copy_mov, n_mov = [], [], 0.0, 0.0, 0, 0.0, 0.0, 0
     chunks = range(0, len(first), batch)
     if progress:
         from schemas.progress import progress_bar
@@ -43,6 +52,7 @@ def encode_store(model: LatentActionModel, store: FrameStore, gap: int, batch: i
         x_t, x_tg = batch_tensors(frames, first[i:i + batch], gap)
         out = model(x_t, x_tg)
         tokens.append(out["indices"])
+        codes.append(model.vq.codebook[out["indices"]].flatten(1))  # B (L c): the hard codes the decoder saw
         rec = out["recon"].clamp(0.0, 1.0)
         err_rec, err_copy = (rec - x_tg) ** 2, (x_t - x_tg) ** 2
         moving = ((x_tg - x_t).abs() > MOVING_THRESHOLD).any(1, keepdim=True).expand_as(x_t)
@@ -51,6 +61,7 @@ def encode_store(model: LatentActionModel, store: FrameStore, gap: int, batch: i
     return {
         "pairs": pairs,
         "tokens": torch.cat(tokens).numpy() if tokens else np.zeros((0, model.config.num_tokens), np.int64),
+        "codes": torch.cat(codes).numpy().astype(np.float64) if codes else np.zeros((0, model.config.num_tokens * model.config.code_dim)),
         "psnr_recon": psnr(se_rec / max(n_px, 1)),
         "psnr_copy": psnr(se_copy / max(n_px, 1)),
         "psnr_recon_moving": psnr(se_rec_mov / n_mov) if n_mov else float("nan"),
@@ -157,24 +168,58 @@ def select_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, grid=RIDGE_GR
     return best
 
 
-def action_probe(tokens: np.ndarray, targets: np.ndarray, episodes: np.ndarray, codebook_size: int,
-                 kind: str = "linear", seed: int = 0) -> dict:
-    """Fit on the first half of the episodes (by order of appearance), score on the second.
-    The linear probe's ridge strength is chosen by grouped CV on the first half."""
+def probe_features(tokens: np.ndarray, codes: np.ndarray | None, codebook_size: int, features: str = "onehot") -> np.ndarray:
+    """M x K probe inputs from tokens M L (ids) and codes M (L c) (their code vectors)."""
+    if features not in PROBE_FEATURES:
+        raise ValueError(f"unknown probe features {features!r} ({', '.join(PROBE_FEATURES)})")
+    parts = []
+    if "onehot" in features:
+        parts.append(one_hot(tokens, codebook_size))
+    if "codes" in features:
+        if codes is None:
+            raise ValueError(f"probe features {features!r} need the code vectors")
+        parts.append(np.asarray(codes, np.float64))
+    return np.concatenate(parts, 1)
+
+
+def _fit_score(x, y, groups, fit, kind: str, seed: int) -> tuple[np.ndarray, dict]:
+    """Fit on rows `fit`, predict the rest; the linear probe picks its ridge by grouped CV on the fit rows."""
+    if kind == "linear":
+        alpha = select_ridge(x[fit], y[fit], groups[fit])
+        return fit_predict(x[fit], y[fit], x[~fit], kind="linear", ridge=alpha), {"ridge": alpha}
+    return fit_predict(x[fit], y[fit], x[~fit], kind=kind, seed=seed), {}
+
+
+def grouped_cv_r2(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, seed: int = 0, folds: int = CV_FOLDS) -> float:
+    """Mean R^2 of the probe over episode-grouped folds of (x, y): the selection figure."""
+    ids = list(dict.fromkeys(groups.tolist()))
+    k = min(folds, len(ids))
+    if k < 2:
+        return float("nan")
+    fold = np.array([ids.index(e) % k for e in groups.tolist()])
+    scores = []
+    for i in range(k):
+        pred, _ = _fit_score(x, y, groups, fold != i, kind, seed)
+        r2 = r2_per_dim(y[fold == i], pred)
+        if np.isfinite(r2).any():
+            scores.append(float(np.nanmean(r2)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def action_probe(x: np.ndarray, targets: np.ndarray, episodes: np.ndarray, kind: str = "linear", seed: int = 0,
+                 cv: bool = True) -> dict:
+    """Probe features x (M K, see probe_features) -> targets (M A). Fit on the first half of
+    the episodes (by order of appearance), score on the second; cv_r2 is grouped CV inside the
+    first half only."""
     ids = list(dict.fromkeys(episodes.tolist()))
     if len(ids) < 2:
         raise ValueError("the action probe needs at least 2 episodes (one to fit, one to score)")
     fit_eps = set(ids[: len(ids) // 2])
     fit = np.array([e in fit_eps for e in episodes.tolist()])
-    x = one_hot(tokens, codebook_size)
-    extra = {}
-    if kind == "linear":
-        alpha = select_ridge(x[fit], targets[fit], episodes[fit])
-        pred = fit_predict(x[fit], targets[fit], x[~fit], kind="linear", ridge=alpha)
-        extra["ridge"] = alpha
-    else:
-        pred = fit_predict(x[fit], targets[fit], x[~fit], kind=kind, seed=seed)
+    pred, extra = _fit_score(x, targets, episodes, fit, kind, seed)
     r2 = r2_per_dim(targets[~fit], pred)
+    if cv:
+        extra["cv_r2"] = grouped_cv_r2(x[fit], targets[fit], episodes[fit], kind, seed)
     return {
         "r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan"),
         "r2_per_dim": [None if not np.isfinite(v) else float(v) for v in r2],
@@ -185,14 +230,16 @@ def action_probe(tokens: np.ndarray, targets: np.ndarray, episodes: np.ndarray, 
 
 
 def evaluate(model: LatentActionModel, store: FrameStore, gap: int, probes=("linear", "mlp"),
-             target: str = "window", seed: int = 0, progress: bool = False) -> dict:
+             target: str = "window", seed: int = 0, progress: bool = False, features: str = "onehot") -> dict:
     enc = encode_store(model, store, gap, progress=progress)
     V = model.config.codebook_size
-    result = {k: v for k, v in enc.items() if k not in ("pairs", "tokens")}
+    result = {k: v for k, v in enc.items() if k not in ("pairs", "tokens", "codes")}
     result.update(codebook_stats(enc["tokens"], V))
     targets = action_targets(store, enc["pairs"], gap, target)
+    x = probe_features(enc["tokens"], enc["codes"], V, features)
     for kind in probes:
-        result[f"probe_{kind}"] = action_probe(enc["tokens"], targets, enc["pairs"][:, 0], V, kind=kind, seed=seed)
+        result[f"probe_{kind}"] = action_probe(x, targets, enc["pairs"][:, 0], kind=kind, seed=seed)
+    result["probe_features"] = features
     result["pairs"] = int(len(enc["pairs"]))
     result["episodes"] = store.num_episodes
     return result
