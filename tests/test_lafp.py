@@ -382,6 +382,7 @@ def test_shipped_plan_dry_run_lists_the_new_steps(tmp_path, capsys):
 def test_tiny_lafp_plan_runs_end_to_end(tmp_path):
     """Real commands: simulate, latent action model on the corpus, curation with its tokens, the
     latent policy's stage 1, the decoder runs of both variants and their evaluation."""
+    from labelers.latent.config import PRESETS
     from policy.experiment import run_plan
     from policy.experiment_plan import Layout, load_plan
 
@@ -398,6 +399,7 @@ def test_tiny_lafp_plan_runs_end_to_end(tmp_path):
     ds = res["protocol"]["datasets"]
     assert ds["metaworld-corpus-latent"]["episodes"] == 1 and ds["metaworld-demos-1-latent"]["episodes"] == 1
     state = json.loads((lay.stage1_dir("lafp") / "checkpoints" / "step-0000002" / "state.json").read_text())
-    assert state["phase"] == "latent" and len(state["policy_config"]["latent_codebook"]) == 8
+    codes = PRESETS["small"].codebook_size  # the plan's latent action model: `curate latent train`'s default preset
+    assert state["phase"] == "latent" and len(state["policy_config"]["latent_codebook"]) == codes
     run = json.loads(next((lay.run_dir("lafp_no_interp", 1, 0) / "checkpoints").glob("step-*/state.json")).read_text())
     assert run["policy_config"]["lafp_interp"] == 0.0 and run["policy_config"]["variant"] == "lafp"
