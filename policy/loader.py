@@ -52,9 +52,10 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from policy.config import MOTION_CHANNELS, LaMPConfig
+from schemas.triplet import PRIMARY_CAMERA
 from policy.action_history import with_action_history
 from policy.normalize import center_scale
-from policy.variants import action_history_length, sample_fields
+from policy.variants import action_history_length, sample_fields, variant_labels
 
 # Shards whose episodes a worker reads in one random order (see the module docstring); a published
 # version holds the verified files of this many shards in memory per worker (the reader's
@@ -164,6 +165,18 @@ class TripletTransform:
         valid[: len(av)] = av
         out["action"], out["action_valid"] = chunk, valid
         return out
+
+
+# The anchor arrays each motion representation's relative_motion reads; the reader fetches and
+# decodes only these (and a variant's own, policy.variants.variant_labels).
+MOTION_LABELS = {"uvd": ("tracks_px", "visible", "in_range", "depth_track_m", "valid_3d"),
+                 "uv": ("tracks_px", "visible", "in_range"),
+                 "xyz": ("tracks_px", "visible", "in_range", "points_cam_m", "valid_3d")}
+
+
+def labels_read(cfg: LaMPConfig) -> tuple[str, ...]:
+    """The anchor arrays a sample of `cfg` is made from (the reader's `labels`)."""
+    return MOTION_LABELS[cfg.motion_repr] + variant_labels(cfg)
 
 
 # Motion arrays relative_motion reads, with their (point, step) axes first; in_range is per step.
@@ -330,7 +343,9 @@ class TripletStream(IterableDataset):
         """The reader's triplets of `shards` (or of `episodes`, in that order); in motion-only mode
         without actions or proprio. A variant that needs past actions has them attached here, before
         any shuffle, while each episode's anchors still come in order."""
-        kwargs: dict[str, Any] = {"chunk": chunk}
+        # only the camera the transform uses and the labels it reads are fetched and decoded
+        kwargs: dict[str, Any] = {"chunk": chunk, "cameras": [self.cfg.camera] if self.cfg.camera else PRIMARY_CAMERA,
+                                  "labels": labels_read(self.cfg)}
         if episodes is not None:
             kwargs["episodes"] = list(episodes)
         else:

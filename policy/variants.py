@@ -43,6 +43,14 @@ def sample_fields(cfg: LaMPConfig, transform, triplet) -> dict[str, np.ndarray]:
     return {}
 
 
+# The anchor arrays each variant's sample_fields read beside the motion (the loader's labels_read).
+VARIANT_LABELS = {"motion_image": ("motion_image", "flow_valid"), "lafp": ("latent_tokens", "latent_valid")}
+
+
+def variant_labels(cfg: LaMPConfig) -> tuple[str, ...]:
+    return VARIANT_LABELS.get(cfg.variant, ())
+
+
 def action_history_length(cfg: LaMPConfig) -> int:
     """Past actions per triplet the loader attaches for cfg.variant (0: none)."""
     return cfg.prior_history if cfg.variant == "action_prior" else 0

@@ -21,6 +21,11 @@ DEFAULT_HORIZON = 32  # T
 DEFAULT_STRIDE = 4
 DEFAULT_FLOW_GAP = 1
 DEFAULT_CHUNK = 10  # action chunk length
+# A reader's `cameras` that means each episode's primary camera (its manifest's primary_camera).
+PRIMARY_CAMERA = "primary"
+# The anchor arrays a reader puts in every triplet whatever `labels` it is asked for: which steps
+# the anchors are, and the point tracks the contract requires.
+ALWAYS_READ = ("anchor_step", "tracks_px", "visible", "in_range")
 LATENT_PAD_TOKEN = -1  # token value for steps with no frame t + gap (mask False)
 MOTION_IMAGE_SCALE = 64.0  # s of the invertible sqrt encoding (LangToMo)
 

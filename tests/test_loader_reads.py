@@ -159,6 +159,44 @@ def test_loader_from_s3_with_workers_equals_the_directory(bridge, s3):
                 np.testing.assert_array_equal(value, remote[key][name], err_msg=f"{ref} {key} {name}")
 
 
+def test_loader_reads_only_the_primary_camera_and_the_labels_it_uses(bridge, tmp_path):
+    """The loader asks the reader for the transform's camera and labels only: with every other
+    camera's frames and every other label deleted from a copy, the ordinary read fails and the
+    loader's samples equal those of the intact dataset (verification on)."""
+    from curation import open_dataset
+    from curation.store.reader import DatasetIntegrityError
+    from policy.loader import labels_read
+    from schemas.triplet import ALWAYS_READ, PRIMARY_CAMERA
+
+    cfg = _small_cfg(bridge)
+    keep = set(labels_read(cfg)) | set(ALWAYS_READ)
+    copy = _copy(bridge, tmp_path)
+    ds = open_dataset(str(bridge))
+    primary = {ds.row(e)["primary_camera"] for s in ds.shard_names for e in ds.episodes_of(s)}
+    removed = set()
+    for shard in (copy / "shards").iterdir():
+        for cam in (shard / "frames").iterdir():
+            if cam.is_dir() and cam.name not in primary:
+                shutil.rmtree(cam)
+                removed.add(f"frames/{cam.name}")
+        for name in ("points_cam_m", "motion_image", "flow_valid", "latent_tokens", "latent_valid"):
+            if (shard / name).is_dir() and name not in keep:
+                shutil.rmtree(shard / name)
+                removed.add(name)
+    assert any(n.startswith("frames/") for n in removed) and "motion_image" in removed, removed  # Bridge: 3 cameras
+    bare = open_dataset(str(copy))
+    with pytest.raises(DatasetIntegrityError, match="has no array 'frames/"):  # a camera of the manifest is gone
+        bare.read_episode(bare.episodes_of(bare.shard_names[0])[0])
+    got = list(bare.iter_triplets(cameras=PRIMARY_CAMERA, labels=labels_read(cfg)))
+    assert len(got) == ds.num_triplets() and all(set(t.images) == {t.meta["primary_camera"]} for t in got)
+    assert all(set(t.motion) <= keep for t in got)
+    want = _samples(str(bridge), cfg, 0)
+    assert _samples(str(copy), cfg, 0).keys() == want.keys()
+    for key, sample in _samples(str(copy), cfg, 2).items():
+        for name, value in sample.items():
+            np.testing.assert_array_equal(value, want[key][name], err_msg=f"{key} {name}")
+
+
 def _copy(bridge: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "ds"
     shutil.copytree(bridge, copy)

@@ -54,10 +54,10 @@ class WithMotionImages:
     def __len__(self):
         return len(self.ds)
 
-    def iter_triplets(self, shards=None, chunk=10, motion_only=False):
+    def iter_triplets(self, shards=None, chunk=10, motion_only=False, **kwargs):
         from labelers.flow import encode_motion_image
 
-        for tr in self.ds.iter_triplets(shards=shards, chunk=chunk, motion_only=motion_only):
+        for tr in self.ds.iter_triplets(shards=shards, chunk=chunk, motion_only=motion_only, **kwargs):
             S = tr.images["image"].shape[0]
             flow = np.zeros((S, S, 2), np.float32)
             moving = np.any(tr.images["image"] != 110, axis=-1)  # the square (the table is grey 110)

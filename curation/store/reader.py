@@ -51,7 +51,7 @@ from schemas.dataset import (
     DATASET_JSON, MANIFEST, SHARD_ARRAYS, SHARD_NAME_RE, SHARDS_DIR, STATS_JSON, chunk_checksum_contract,
     contract_problem, episode_checksum, spec_for,
 )
-from schemas.triplet import DEFAULT_CHUNK, Triplet
+from schemas.triplet import ALWAYS_READ, DEFAULT_CHUNK, PRIMARY_CAMERA, Triplet
 
 FRAME_ARRAYS = {s.name.split("/")[0] for s in SHARD_ARRAYS if s.per == "frame"}
 # Arrays every shard holds (the contract's non-optional, camera-independent ones).
@@ -76,6 +76,12 @@ ACTION_ARRAYS = ("actions", "proprio")
 # What no triplet holds (schemas.triplet.Triplet: frames at the anchor, anchor arrays, actions):
 # per-frame depth, which iter_triplets does not read where it need not (see there).
 TRIPLET_UNUSED = ("depth_m",)
+ANCHOR_ARRAYS = tuple(s.name for s in SHARD_ARRAYS if s.per == "anchor")
+
+
+def skipped(name: str, skip: Sequence[str]) -> bool:
+    """Whether array `name` (e.g. `frames/wrist`) is in `skip`, by its full or its top-level name."""
+    return name in skip or name.split("/")[0] in skip
 
 
 def array_names(group) -> list[str]:
@@ -249,7 +255,7 @@ class CuratedDataset:
         anchors = max((r["anchor_start"] + r["anchor_count"] for r in rows), default=0)
         out = {}
         for name in array_names(group):
-            if name.split("/")[0] in skip:
+            if skipped(name, skip):
                 continue
             arr = group[name]
             want = frames if name.split("/")[0] in FRAME_ARRAYS else anchors
@@ -260,10 +266,12 @@ class CuratedDataset:
             if self.verify and self.chunk_checksums:
                 self._check_chunked_array(shard, name, arr, group.store)
             out[name] = arr
-        missing = [n for n in REQUIRED_ARRAYS if n not in out and n.split("/")[0] not in skip]
+        cameras = sorted({f"frames/{c}" for r in rows for c in (r.get("cameras") or [])})  # the manifest's
+        missing = [n for n in (*REQUIRED_ARRAYS, *cameras) if n not in out and not skipped(n, skip)]
         if missing:
             raise DatasetIntegrityError(f"{self.ref or self.root}: {SHARDS_DIR}/{shard} has no array {missing[0]!r} "
-                                        f"(required by the contract; a motion-only read skips {list(ACTION_ARRAYS)})")
+                                        f"(required by the contract or by the manifest's cameras; a motion-only read skips "
+                                        f"{list(ACTION_ARRAYS)})")
         return out
 
     def _check_chunked_array(self, shard: str, name: str, arr, store) -> None:
@@ -437,16 +445,18 @@ class CuratedDataset:
         return [r["episode_id"] for r in self._by_shard.get(shard, [])]
 
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = DEFAULT_CHUNK,
-                      cameras: Optional[Sequence[str]] = None, motion_only: bool = False,
-                      episodes: Optional[Sequence[str]] = None, prefetch: int = DEFAULT_PREFETCH) -> Iterator[Triplet]:
+                      cameras: Optional[Sequence[str] | str] = None, motion_only: bool = False,
+                      episodes: Optional[Sequence[str]] = None, prefetch: int = DEFAULT_PREFETCH,
+                      labels: Optional[Sequence[str]] = None) -> Iterator[Triplet]:
         """Every anchor of every episode of `shards` (default all) in manifest order, or of
         `episodes` (ids) in that order. Episodes are read one at a time (read_episode), up to
         `prefetch` of them ahead in a background thread (0: none).
 
         action_chunk: C x A from the anchor step; steps past the end of the episode
         are zeros with action_chunk_valid False. images: the anchor frame of each
-        camera (or of `cameras`). motion: the anchor's slice of every anchor array
-        (tracks_px K T 2, visible K T, in_range T, ... as stored).
+        camera, of `cameras` (names), or of each episode's primary camera (PRIMARY_CAMERA).
+        motion: the anchor's slice of every anchor array (tracks_px K T 2, visible K T,
+        in_range T, ... as stored), or of `labels` (names; ALWAYS_READ come along).
         motion_only: frames, language and motion only; the action and proprio arrays are
         never read (the triplet's action_chunk is C x 0, its proprio empty)."""
         if episodes is None:
@@ -454,21 +464,42 @@ class CuratedDataset:
             episodes = [r["episode_id"] for r in self._rows if wanted is None or r["shard"] in wanted]
         skip = ACTION_ARRAYS if motion_only else ()
         # Reads that verify chunk by chunk (3.1 on), or not at all, fetch only what triplets hold:
-        # the anchor frames, no per-frame depth. The per-episode sha256 (before 3.1) needs it all.
+        # the anchor frames of the cameras asked for, the labels asked for, no per-frame depth.
+        # The per-episode sha256 (before 3.1) needs every array whole.
         lean = self.chunk_checksums or not self.verify
         if lean:
-            skip = skip + TRIPLET_UNUSED
-        reads = ((eid, self.read_episode(eid, skip, anchor_frames=lean)) for eid in episodes)
+            skip = skip + TRIPLET_UNUSED + unread_labels(labels)
+        reads = ((eid, self.read_episode(eid, skip + (self._unread_cameras(eid, cameras) if lean else ()),
+                                         anchor_frames=lean)) for eid in episodes)
         for eid, data in prefetched(reads, prefetch):
-            yield from self._episode_triplets(self._by_id[eid], data, cameras, chunk, lean)
+            yield from self._episode_triplets(self._by_id[eid], data, cameras, chunk, lean, labels)
+
+    def _unread_cameras(self, episode_id: str, cameras: Optional[Sequence[str] | str]) -> tuple[str, ...]:
+        """`frames/<camera>` of the cameras of the episode's shard that `cameras` leaves out (the
+        same for every episode of a shard, so its episodes share read blocks)."""
+        if cameras is None:
+            return ()
+        shard = self._by_id[episode_id]["shard"]
+        known = self.__dict__.setdefault("_unread_cams", {})
+        key = (shard, cameras if isinstance(cameras, str) else tuple(cameras))
+        if key not in known:
+            rows = self._by_shard.get(shard, [])
+            have = {c for r in rows for c in (r.get("cameras") or [])}
+            keep = {r.get("primary_camera") for r in rows} if cameras == PRIMARY_CAMERA else set(cameras)
+            known[key] = () if None in keep else tuple(f"frames/{c}" for c in sorted(have - keep))
+        return known[key]
 
     def _episode_triplets(self, r: dict, data: dict[str, np.ndarray], cameras, chunk: int,
-                          anchor_frames: bool = False) -> Iterator[Triplet]:
+                          anchor_frames: bool = False, labels: Optional[Sequence[str]] = None) -> Iterator[Triplet]:
         """The triplets of one episode from its arrays (frame arrays F x ..., anchor arrays N x ...;
-        with anchor_frames, `frames/*` N x ... at the anchors: see read_episode)."""
+        with anchor_frames, `frames/*` N x ... at the anchors: see read_episode), with the cameras
+        and labels of iter_triplets (whatever else was read)."""
         cams = [n.split("/", 1)[1] for n in data if n.startswith("frames/")]
-        cams = [c for c in cams if cameras is None or c in cameras]
-        motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"]
+        primary = r.get("primary_camera")
+        keep = ([primary] if primary else None) if cameras == PRIMARY_CAMERA else cameras
+        cams = [c for c in cams if keep is None or c in keep]
+        motion_names = [n for n in data if n.split("/")[0] not in FRAME_ARRAYS and n != "anchor_step"
+                        and (labels is None or n in labels or n in ALWAYS_READ)]
         actions = data.get("actions", np.zeros((0, 0), np.float32))  # F A (C x 0 chunks when not read)
         proprio = data.get("proprio")
         fc = r["frame_count"]
@@ -493,6 +524,13 @@ class CuratedDataset:
                 motion={n: data[n][a] for n in motion_names},
                 action_chunk=act, action_chunk_valid=valid, intrinsics=intr, meta=meta,
             )
+
+
+def unread_labels(labels: Optional[Sequence[str]]) -> tuple[str, ...]:
+    """The contract's anchor arrays a read of `labels` (None: all) leaves out."""
+    if labels is None:
+        return ()
+    return tuple(n for n in ANCHOR_ARRAYS if n not in labels and n not in ALWAYS_READ)
 
 
 def anchor_frame_slices(block: list[dict], steps: np.ndarray, a0: int) -> list[slice]:

@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from schemas.triplet import Triplet
+from schemas.triplet import ALWAYS_READ, Triplet
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 LATENT_TOKENS, LATENT_CODES, LATENT_DIM = 4, 8, 8  # L, V, c: the `small` latent action model's sizes
@@ -113,8 +113,11 @@ class SyntheticDataset:
         return [f"syn-{si}-{e}" for si, e in self._episodes[shard]]
 
     def iter_triplets(self, shards: Optional[Sequence[str]] = None, chunk: int = 10,
-                      motion_only: bool = False, episodes: Optional[Sequence[str]] = None) -> Iterator[Triplet]:
-        """The triplets of `shards` (default all) in order, or of `episodes` (ids) in that order."""
+                      motion_only: bool = False, episodes: Optional[Sequence[str]] = None,
+                      cameras=None, labels: Optional[Sequence[str]] = None) -> Iterator[Triplet]:
+        """The triplets of `shards` (default all) in order, or of `episodes` (ids) in that order;
+        `labels` (anchor arrays, as the curated reader's) limits the motion; one camera only, so
+        `cameras` changes nothing."""
         if episodes is not None:
             by_episode: dict[str, list[Triplet]] = {}
             for s in self.shard_names:
@@ -124,6 +127,8 @@ class SyntheticDataset:
         else:
             triplets = (tr for s in (self.shard_names if shards is None else shards) for tr in self._triplets[s])
         for tr in triplets:
+            if labels is not None:
+                tr = dataclasses.replace(tr, motion={k: v for k, v in tr.motion.items() if k in labels or k in ALWAYS_READ})
             # motion_only: as the curated reader does, no actions and no proprio
             yield (dataclasses.replace(tr, action_chunk=np.zeros((chunk, 0), np.float32), proprio=np.zeros(0, np.float32),
                                        action_chunk_valid=np.zeros(chunk, bool)) if motion_only else tr)
