@@ -117,54 +117,83 @@ class TripletTransform:
         self.steps = np.concatenate([[0], self.t_idx])  # the anchor step and the model's horizon steps
 
     def __call__(self, tr) -> dict[str, Any]:
+        return self.many([tr])[0]
+
+    def many(self, trs: Sequence[Any]) -> list[dict[str, Any]]:
+        """The samples of triplets of one episode (same K, T, camera), equal to one by one: the
+        motion, state and actions of all N in one vectorised pass (the per-call cost of the small
+        numpy operations is most of a sample's, so an episode's anchors share it)."""
         cfg = self.cfg
-        cam = cfg.camera or tr.meta.get("primary_camera") or next(iter(tr.images))
-        img = np.asarray(tr.images[cam])
-        H, W = cfg.image_size
+        out = [{"image": self.image(tr), "language": tr.language or "", "episode_id": str(tr.episode_id),
+                "anchor": int(tr.anchor)} for tr in trs]
+        if not self.motion_only:
+            self.add_state_and_actions(out, trs)
+        # the model's points and steps (plus the anchor step 0 they are relative to) first: the
+        # motion is elementwise in (point, step), so this equals subsampling the full result
+        sub = subsample_motion_many([tr.motion for tr in trs], self.k_idx, self.steps)
+        motion, mask, anchor_px = relative_motion(sub, cfg.motion_repr)  # N k t+1 M, N k t+1 M, N k 2
+        motion, mask = motion[:, :, 1:], mask[:, :, 1:]
+        motion = np.where(mask, (motion - self.motion_center) / self.motion_scale, 0.0).astype(np.float32)
+        cam = self.camera_of(trs[0])
+        Hd, Wd = img_size_of(trs[0], cam)
+        uv = np.nan_to_num(anchor_px / np.array([Wd, Hd], np.float32) * 2.0 - 1.0).astype(np.float32)
+        for i, (sample, tr) in enumerate(zip(out, trs)):
+            sample.update(motion=motion[i], motion_mask=mask[i], anchor_uv=uv[i])
+            if cfg.variant != "lamp":
+                sample.update(sample_fields(cfg, self, tr))
+        return out
+
+    def camera_of(self, tr) -> str:
+        return self.cfg.camera or tr.meta.get("primary_camera") or next(iter(tr.images))
+
+    def image(self, tr) -> np.ndarray:
+        """3 H W uint8: the policy camera's anchor frame at the model's size."""
+        img = np.asarray(tr.images[self.camera_of(tr)])
+        H, W = self.cfg.image_size
         if img.shape[:2] != (H, W):
             import cv2
 
             img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
-        out: dict[str, Any] = {"image": np.ascontiguousarray(img.transpose(2, 0, 1)), "language": tr.language or "",
-                               "episode_id": str(tr.episode_id), "anchor": int(tr.anchor)}
-        if not self.motion_only:
-            out.update(self.state_and_actions(tr))
-
-        # the model's points and steps (plus the anchor step 0 they are relative to) first: the
-        # motion is elementwise in (point, step), so this equals subsampling the full result
-        sub = subsample_motion(tr.motion, self.k_idx, self.steps)
-        motion, mask, anchor_px = relative_motion(sub, cfg.motion_repr)  # k t+1 M, k t+1 M, k 2
-        motion, mask = motion[:, 1:], mask[:, 1:]
-        motion = (motion - self.motion_center) / self.motion_scale
-        out["motion"] = np.where(mask, motion, 0.0).astype(np.float32)
-        out["motion_mask"] = mask
-        Hd, Wd = img_size_of(tr, cam)
-        uv = anchor_px / np.array([Wd, Hd], np.float32) * 2.0 - 1.0
-        out["anchor_uv"] = np.nan_to_num(uv).astype(np.float32)
-        if cfg.variant != "lamp":
-            out.update(sample_fields(cfg, self, tr))
-        return out
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
 
     def state_and_actions(self, tr) -> dict[str, np.ndarray]:
         """Normalised proprio P and action chunk C A (+ its C validity) of one triplet."""
-        cfg = self.cfg
-        out: dict[str, np.ndarray] = {}
-        P = cfg.state_dim
-        state = np.zeros(P, np.float32)
-        prop = np.asarray(tr.proprio, np.float32).reshape(-1)
-        if P and prop.size:
-            state = ((prop[:P] - self.state_center[:P]) / self.state_scale[:P]).astype(np.float32)
-        out["state"] = np.nan_to_num(state)
+        out = [{}]
+        self.add_state_and_actions(out, [tr])
+        return out[0]
 
-        C, A = cfg.chunk_size, cfg.action_dim
-        chunk = np.zeros((C, A), np.float32)
-        valid = np.zeros(C, bool)
-        ac = np.asarray(tr.action_chunk, np.float32)[:C, :A]
-        av = np.asarray(tr.action_chunk_valid, bool)[:C] & np.all(np.isfinite(ac), axis=-1)
-        chunk[: len(ac)] = np.where(av[:, None], (ac - self.action_center[:A]) / self.action_scale[:A], 0.0)
-        valid[: len(av)] = av
-        out["action"], out["action_valid"] = chunk, valid
-        return out
+    def add_state_and_actions(self, out: list[dict], trs: Sequence[Any]) -> None:
+        """Each sample's normalised proprio `state` P and action chunk `action` C A with its
+        `action_valid` C (zeros / False past the triplet's chunk or where not finite)."""
+        cfg = self.cfg
+        N, P, C, A = len(trs), cfg.state_dim, cfg.chunk_size, cfg.action_dim
+        state = np.zeros((N, P), np.float32)
+        chunk = np.zeros((N, C, A), np.float32)
+        valid = np.zeros((N, C), bool)
+        for i, tr in enumerate(trs):
+            prop = np.asarray(tr.proprio, np.float32).reshape(-1)
+            if P and prop.size:
+                state[i] = prop[:P]
+            ac = np.asarray(tr.action_chunk, np.float32)[:C, :A]
+            chunk[i, : len(ac), : ac.shape[1]] = ac
+            valid[i, : len(ac)] = np.asarray(tr.action_chunk_valid, bool)[: len(ac)]
+        A_ = chunk.shape[2]
+        has_prop = np.array([np.asarray(tr.proprio).size > 0 for tr in trs])
+        state = np.where(has_prop[:, None], (state - self.state_center[:P]) / self.state_scale[:P], 0.0)
+        valid &= np.all(np.isfinite(chunk), axis=-1)
+        chunk = np.where(valid[..., None], (chunk - self.action_center[:A_]) / self.action_scale[:A_], 0.0)
+        for i, sample in enumerate(out):
+            sample.update(state=np.nan_to_num(state[i]).astype(np.float32), action=chunk[i].astype(np.float32),
+                          action_valid=valid[i])
+
+
+def transform_samples(transform: TripletTransform, triplets: Iterator[Any]) -> Iterator[dict[str, Any]]:
+    """transform's samples of `triplets` in their order, each run of one episode's triplets
+    transformed together (TripletTransform.many)."""
+    import itertools
+
+    for _, run in itertools.groupby(triplets, key=lambda tr: tr.episode_id):
+        yield from transform.many(list(run))
 
 
 # The anchor arrays each motion representation's relative_motion reads; the reader fetches and
@@ -192,36 +221,49 @@ def subsample_motion(m: Mapping[str, np.ndarray], k_idx: np.ndarray, steps: np.n
     return out
 
 
+def subsample_motion_many(ms: Sequence[Mapping[str, np.ndarray]], k_idx: np.ndarray,
+                          steps: np.ndarray) -> dict[str, np.ndarray]:
+    """subsample_motion of N triplets' motion (the same arrays in each), stacked:
+    N K T ... -> N k s ..., in_range N s."""
+    out = {n: np.stack([np.asarray(m[n]) for m in ms]).take(k_idx, 1).take(steps, 2)
+           for n in MOTION_POINT_STEP_ARRAYS if ms[0].get(n) is not None}
+    if ms[0].get("in_range") is not None:
+        out["in_range"] = np.stack([np.asarray(m["in_range"]).reshape(-1) for m in ms])[:, steps]
+    return out
+
+
 def img_size_of(tr, cam: str) -> tuple[int, int]:
     im = tr.images[cam]
     return int(im.shape[0]), int(im.shape[1])
 
 
 def relative_motion(m: Mapping[str, np.ndarray], repr_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Motion relative to the anchor step j = 0 -> (values K T M, mask K T M, anchor pixels K 2).
+    """Motion relative to the anchor step j = 0 -> (values ... K T M, mask ... K T M, anchor
+    pixels ... K 2), for one triplet's arrays (K T ...) or N stacked ones (N K T ..., in_range N T).
 
     uvd: (u_j - u_0, v_j - v_0) pixels where the point is visible and in range at j and 0;
          depth_j - depth_0 metres where, in addition, both depths are valid (valid_3d).
     xyz: points_cam_m_j - points_cam_m_0 where valid_3d at j and 0 (all three channels).
     uv:  the two pixel channels of uvd."""
-    tracks = np.asarray(m["tracks_px"], np.float32)  # K T 2
-    K, T = tracks.shape[:2]
-    vis = np.asarray(m["visible"], bool)  # K T
-    in_range = np.asarray(m.get("in_range", np.ones(T, bool)), bool).reshape(-1)[:T]  # T
-    ok2 = vis & in_range[None, :]
-    ok2 = ok2 & ok2[:, :1] & np.all(np.isfinite(tracks), axis=-1)
+    tracks = np.asarray(m["tracks_px"], np.float32)  # ... K T 2
+    T = tracks.shape[-2]
+    vis = np.asarray(m["visible"], bool)  # ... K T
+    in_range = np.asarray(m["in_range"], bool)[..., :T] if m.get("in_range") is not None else np.ones(T, bool)
+    in_range = in_range[..., None, :]  # ... 1 T
+    ok2 = vis & in_range
+    ok2 = ok2 & ok2[..., :1] & np.all(np.isfinite(tracks), axis=-1)
     v3 = m.get("valid_3d")
-    ok3 = (np.asarray(v3, bool) & in_range[None, :]) if v3 is not None else np.zeros((K, T), bool)
-    ok3 = ok3 & ok3[:, :1]
-    out = np.zeros((K, T, 3), np.float32)
-    mask = np.zeros((K, T, 3), bool)
+    ok3 = (np.asarray(v3, bool) & in_range) if v3 is not None else np.zeros(vis.shape, bool)
+    ok3 = ok3 & ok3[..., :1]
+    out = np.zeros(vis.shape + (3,), np.float32)
+    mask = np.zeros(vis.shape + (3,), bool)
     if repr_ in ("uvd", "uv"):
         with np.errstate(invalid="ignore"):
-            out[..., :2] = tracks - tracks[:, :1]
+            out[..., :2] = tracks - tracks[..., :1, :]
             depth = m.get("depth_track_m", m.get("depth_m"))
             if depth is not None:
                 depth = np.asarray(depth, np.float32)
-                out[..., 2] = depth - depth[:, :1]
+                out[..., 2] = depth - depth[..., :1]
         mask[..., :2] = ok2[..., None]
         mask[..., 2] = ok3 & ok2 & np.isfinite(out[..., 2])
     else:
@@ -229,11 +271,11 @@ def relative_motion(m: Mapping[str, np.ndarray], repr_: str) -> tuple[np.ndarray
         if pts is not None:
             pts = np.asarray(pts, np.float32)
             with np.errstate(invalid="ignore"):
-                out[:] = pts - pts[:, :1]
+                out[:] = pts - pts[..., :1, :]
             mask[:] = (ok3 & np.all(np.isfinite(out), axis=-1))[..., None]
     out = np.where(mask, out, 0.0).astype(np.float32)
     M = MOTION_CHANNELS[repr_]
-    return out[..., :M], mask[..., :M], tracks[:, 0]
+    return out[..., :M], mask[..., :M], tracks[..., 0, :]
 
 
 def motion_center_scale(entry: Mapping[str, Any], repr_: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -410,7 +452,7 @@ class TripletStream(IterableDataset):
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             rng = np.random.default_rng([self.seed, epoch, g, 1])
-            samples = (self.transform(tr) for tr in self.epoch_triplets(epoch))
+            samples = transform_samples(self.transform, self.epoch_triplets(epoch))
             yield from shuffle_buffer(samples, self.buffer, rng)
             epoch += 1
 

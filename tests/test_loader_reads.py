@@ -397,3 +397,38 @@ def test_subsample_first_transform_equals_the_full_computation():
         np.testing.assert_array_equal(sub_mask[:, 1:], mask[k_idx][:, t_idx])
         np.testing.assert_array_equal(sub_anchor, anchor[k_idx])
         assert sub_mask.any() and not sub_mask.all()
+
+
+def test_an_episodes_samples_transformed_together_equal_one_by_one(bridge):
+    """TripletTransform.many (one vectorised pass over an episode's anchors, what the loader runs)
+    gives each triplet the sample the one-triplet path gives, value and dtype, for every motion
+    representation; a Bridge episode's triplets carry NaN-free proprio, 7-d actions and a chunk
+    that runs past the episode's end."""
+    from curation import open_dataset
+    from policy.config import LaMPConfig
+    from policy.loader import TripletStream, relative_motion, subsample_motion, subsample_motion_many, transform_samples
+    from policy.train import config_for_data
+
+    ds = open_dataset(str(bridge))
+    triplets = list(ds.iter_triplets())
+    assert len({t.episode_id for t in triplets}) > 1 and any(not t.action_chunk_valid.all() for t in triplets)
+    for repr_ in ("uvd", "xyz", "uv"):
+        cfg = config_for_data(ds, LaMPConfig(d_model=32, n_heads=2, motion_points=16, motion_horizon=4,
+                                             image_patch=8, motion_repr=repr_))
+        transform = TripletStream(str(bridge), cfg, shuffle_buffer=0, epochs=1).transform
+        together = list(transform_samples(transform, iter(triplets)))
+        assert len(together) == len(triplets)
+        for tr, got in zip(triplets, together):
+            want = transform.many([tr])[0]
+            assert got.keys() == want.keys() and (got["episode_id"], got["anchor"]) == (tr.episode_id, tr.anchor)
+            for name, value in want.items():
+                if isinstance(value, np.ndarray):
+                    assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
+                    np.testing.assert_array_equal(got[name], value, err_msg=f"{repr_} {name}")
+        # the stacked relative motion is the per-triplet one, triplet by triplet
+        episode = [t for t in triplets if t.episode_id == triplets[0].episode_id]
+        k, steps = transform.k_idx, transform.steps
+        stacked = relative_motion(subsample_motion_many([t.motion for t in episode], k, steps), repr_)
+        for i, t in enumerate(episode):
+            for a, b in zip(stacked, relative_motion(subsample_motion(t.motion, k, steps), repr_)):
+                np.testing.assert_array_equal(a[i], b)

@@ -164,7 +164,7 @@ def loader_rate(stream, workers: int, num_triplets: int, batch_size: int, seed: 
 
 def memory_rate(ds, stream, num_triplets: int, batch_size: int) -> float:
     """The same transform + collate over triplets already read (raw arrays in memory)."""
-    from policy.loader import collate
+    from policy.loader import collate, transform_samples
 
     raw = []
     for tr in ds.iter_triplets(shards=stream.shards):
@@ -174,7 +174,7 @@ def memory_rate(ds, stream, num_triplets: int, batch_size: int) -> float:
     n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while n < num_triplets:
         for i in range(0, len(raw), batch_size):
-            collate([stream.transform(tr) for tr in raw[i: i + batch_size]])
+            collate(list(transform_samples(stream.transform, iter(raw[i: i + batch_size]))))
             n += len(raw[i: i + batch_size])
             if n >= num_triplets:
                 break

@@ -167,10 +167,12 @@ def decode_image(blob: bytes, fmt: str) -> np.ndarray:
     if fmt == "png":
         import cv2
 
-        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+        # OpenCV >= 4.11 decodes straight to RGB; before, BGR and a flip (a copy of the frame)
+        rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
+        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR if rgb is None else rgb)
         if img is None:
             raise ValueError(f"{IMAGE}: undecodable PNG ({len(blob)} bytes)")
-        return np.ascontiguousarray(img[..., ::-1])
+        return np.ascontiguousarray(img[..., ::-1]) if rgb is None else img
     raise ValueError(f"{IMAGE}: unknown image format {fmt!r} (one of {IMAGE_FORMATS})")
 
 
