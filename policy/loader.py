@@ -208,6 +208,12 @@ def labels_read(cfg: LaMPConfig) -> tuple[str, ...]:
     return MOTION_LABELS[cfg.motion_repr] + variant_labels(cfg)
 
 
+def cameras_read(cfg: LaMPConfig) -> Sequence[str] | str:
+    """The cameras a sample of `cfg` is made from (the reader's `cameras`): cfg.camera, else
+    each episode's primary camera."""
+    return [cfg.camera] if cfg.camera else PRIMARY_CAMERA
+
+
 # Motion arrays relative_motion reads, with their (point, step) axes first; in_range is per step.
 MOTION_POINT_STEP_ARRAYS = ("tracks_px", "visible", "valid_3d", "depth_track_m", "depth_m", "points_cam_m")
 
@@ -386,8 +392,7 @@ class TripletStream(IterableDataset):
         without actions or proprio. A variant that needs past actions has them attached here, before
         any shuffle, while each episode's anchors still come in order."""
         # only the camera the transform uses and the labels it reads are fetched and decoded
-        kwargs: dict[str, Any] = {"chunk": chunk, "cameras": [self.cfg.camera] if self.cfg.camera else PRIMARY_CAMERA,
-                                  "labels": labels_read(self.cfg)}
+        kwargs: dict[str, Any] = {"chunk": chunk, "cameras": cameras_read(self.cfg), "labels": labels_read(self.cfg)}
         if episodes is not None:
             kwargs["episodes"] = list(episodes)
         else:

@@ -181,20 +181,23 @@ def memory_rate(ds, stream, num_triplets: int, batch_size: int) -> float:
     return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000
 
 
-def reader_cold(ref: str, verify: bool, epochs: int = 3) -> tuple[float, float]:
+def reader_cold(ref: str, verify: bool, epochs: int = 3, cfg=None) -> tuple[float, float]:
     """(triplets/s, CPU s per 1,000 triplets) of the reader alone (`iter_triplets`, no transform,
     no prefetch thread), every read block read and decoded again each epoch, best of `epochs`. The
     loader's block cache (4 shards per worker) holds a bench dataset whole, so the loader rows
     re-read nothing after their first epoch; on a real dataset every block is read once per epoch,
-    which is what this measures."""
+    which is what this measures. With `cfg`, the reads are the loader's for it (its camera and
+    labels only), else every array."""
     from curation import open_dataset
+    from policy.loader import cameras_read, labels_read
 
     ds = open_dataset(ref, verify=verify)
+    reads = {} if cfg is None else {"labels": labels_read(cfg), "cameras": cameras_read(cfg)}
     best = (0.0, float("inf"))
     for _ in range(epochs + 1):  # the first: imports, metadata
         ds.__dict__.pop("_blocks", None)
         t0, c0 = time.perf_counter(), time.process_time()
-        n = sum(1 for _ in ds.iter_triplets(prefetch=0))
+        n = sum(1 for _ in ds.iter_triplets(prefetch=0, **reads))
         rate, cpu = n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1000
         best = (max(best[0], rate), min(best[1], cpu))
     return best
@@ -224,7 +227,7 @@ def bench_source(label: str, ref: str, size: int, workers: tuple[int, ...], num_
             rows.append(dict(row, triplets_per_s=max(r for r, _, _ in runs), runs_per_s=[r for r, _, _ in runs],
                              peak_rss_MB=max(m for _, m, _ in runs) / 1e6,
                              cpu_s_per_1000_triplets=min(c for _, _, c in runs)))
-        rate, cpu = reader_cold(ref, verify)
+        rate, cpu = reader_cold(ref, verify, cfg=cfg)
         rows.append({"size": size, "source": f"{label}: reader alone, every block read", "verify": verify,
                      "workers": 0, "triplets_per_s": rate, "peak_rss_MB": None, "cpu_s_per_1000_triplets": cpu,
                      "reader_only": True})
