@@ -2,11 +2,11 @@
 >= 0.5 px, non-occluded) at several gaps, and CPU ms per frame pair on one core.
 
     taskset -c 0 python dev/dis_sweep.py SIMULATED_DATASET --out sweep.json \
-        [--tasks pick-place-v3 ...] [--config NAME:key=value,key=value ...]
+        [--tasks pick-place-v3 ...] [--grid single|combined|finalists|256] [--config NAME:key=value,...]
 
 By default it scores the choice tasks only (cli/bench/motion.CHOICE_TASKS), on the anchors of
 `curate bench labels` (every --stride steps, a + gap inside the episode), so that a configuration
-is chosen without the held-out tasks. Without --config it runs the built-in grid (GRID).
+is chosen without the held-out tasks. Without --config it runs a built-in grid (GRIDS).
 Each configuration is a labelers.flow.DISFlow (preset + setter overrides, optional `upscale`).
 """
 
@@ -36,6 +36,38 @@ GRID = {
     "medium, 2x upscaled": {"preset": "medium", "upscale": 2},
     "medium, finest 0, 2x upscaled": {**FINE, "upscale": 2},
 }
+# The second round: the best single changes combined.
+VR20 = {**FINE, "variational_refinement_iterations": 20}
+COMBINED = {
+    "f0 vr20": VR20,
+    **{f"f0 p{p}s{s} vr{v}": {**FINE, "patch_size": p, "patch_stride": s, "variational_refinement_iterations": v}
+       for p, s, v in ((12, 4, 10), (12, 4, 20), (12, 3, 10), (12, 3, 20), (10, 3, 20), (8, 2, 20))},
+    "f0 vr20 gamma1": {**VR20, "variational_refinement_gamma": 1.0},
+    "f0 vr20 alpha40": {**VR20, "variational_refinement_alpha": 40.0},
+    "f0 vr20 gd12": {**VR20, "gradient_descent_iterations": 12},
+    "f0 vr40": {**FINE, "variational_refinement_iterations": 40},
+    "f0 p12s3 vr20 nosp": {**FINE, "patch_size": 12, "patch_stride": 3, "variational_refinement_iterations": 20,
+                           "use_spatial_propagation": False},
+    "med up2 vr20": {"preset": "medium", "upscale": 2, "variational_refinement_iterations": 20},
+    "med up2 p12s4": {"preset": "medium", "upscale": 2, "patch_size": 12, "patch_stride": 4},
+}
+# The finalists, rerun with anchors every 2 steps (--stride 2) to see that the ranking holds.
+FINALISTS = {
+    "medium": {"preset": "medium"}, "f0": FINE, "f0 vr20": VR20, "f0 vr20 gd12": COMBINED["f0 vr20 gd12"],
+    "f0 p8s2 vr20": COMBINED["f0 p8s2 vr20"], "f0 p12s4 vr10": COMBINED["f0 p12s4 vr10"],
+    "f0 p12s3 vr10": COMBINED["f0 p12s3 vr10"],
+    "f0 p10s3 vr10": {**FINE, "patch_size": 10, "patch_stride": 3, "variational_refinement_iterations": 10},
+}
+# At 256 px (choice tasks simulated at 256 px): the chosen preset and its neighbours.
+AT_256 = {
+    "medium": {"preset": "medium"}, "fine": {"preset": "fine"},
+    "medium vr20 (finest 1)": {"preset": "medium", "variational_refinement_iterations": 20}, "f0": FINE,
+    "fine p12s4": {"preset": "fine", "patch_size": 12, "patch_stride": 4},
+    "fine p16s6": {"preset": "fine", "patch_size": 16, "patch_stride": 6},
+    "fine vr10": {"preset": "fine", "variational_refinement_iterations": 10},
+    "fine gd50": {"preset": "fine", "gradient_descent_iterations": 50},
+}
+GRIDS = {"single": GRID, "combined": COMBINED, "finalists": FINALISTS, "256": AT_256}
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -111,7 +143,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(CHOICE_TASKS))
     ap.add_argument("--gaps", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--stride", type=int, default=8, help="anchor every N steps (curate bench labels: 8)")
-    ap.add_argument("--config", action="append", default=[], help="NAME:key=value,... (repeat); default: GRID")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="single", help="built-in configurations (default single)")
+    ap.add_argument("--config", action="append", default=[], help="NAME:key=value,... (repeat); replaces --grid")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -121,14 +154,14 @@ def main() -> None:
         raise SystemExit(f"no episodes of {args.tasks} in {args.source}")
     cases = truth_cases(episodes, args.gaps, args.stride)
     timing_grays = [to_gray(f) for f in episodes[0].frames[episodes[0].primary_camera]]
-    configs = dict(parse_config(c) for c in args.config) if args.config else GRID
+    configs = dict(parse_config(c) for c in args.config) if args.config else GRIDS[args.grid]
     rows = []
     for name, params in configs.items():
         be = DISFlow(**params)
         row = {"config": name, "params": params, **score(be, cases, args.gaps), "ms_per_pair": ms_per_pair(be, timing_grays, args.repeats)}
         rows.append(row)
         print(f"{name:45s} " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-    result = {"source": args.source, "tasks": args.tasks, "episodes": len(episodes), "gaps": args.gaps, "stride": args.stride,
+    result = {"grid": None if args.config else args.grid, "source": args.source, "tasks": args.tasks, "episodes": len(episodes), "gaps": args.gaps, "stride": args.stride,
               "size_px": int(timing_grays[0].shape[0]), "rows": rows}
     if args.out:
         with open(args.out, "w") as f:

@@ -5,7 +5,8 @@ Backends (`get_flow_backend(name, **params)`), each a callable
 flow_px H x W x 2 float32 (dx, dy) in pixels: the pixel at (x, y) in frame0
 moves to (x + dx, y + dy) in frame1.
 
-- "dis": OpenCV's DIS optical flow (Kroeger et al. 2016), the CPU default.
+- "dis": OpenCV's DIS optical flow (Kroeger et al. 2016), the CPU default, at
+  the "fine" preset (DIS_PRESETS: OpenCV's medium run to full resolution).
 - "farneback": OpenCV's Farneback polynomial-expansion flow (no learning,
   weaker on large motion; kept as a second opinion).
 
@@ -72,8 +73,14 @@ _DIS_SETTERS = {
     "use_spatial_propagation": ("UseSpatialPropagation", bool),
 }
 # Named configurations: (OpenCV preset they start from, setter overrides). OpenCV's presets stop
-# at a coarser pyramid level than the image (medium: finest scale 1, flow upsampled 2x from half
-# resolution); "fine" runs to full resolution. Chosen by dev/dis_sweep.py on the choice tasks.
+# at a coarser pyramid level than the image (medium: finest scale 1, its flow upsampled from half
+# resolution). "fine" runs medium down to full resolution (finest scale 0) with 20 variational-
+# refinement iterations (medium: 5). Chosen with dev/dis_sweep.py on the choice tasks only
+# (cli/bench/motion.CHOICE_TASKS, 128 px, 2 episodes each, anchors every 8 steps): EPE on moving
+# pixels at gaps 1 / 4 / 8 of 0.361 / 0.859 / 1.964 px against medium's 0.455 / 1.056 / 2.282, the
+# best of the configurations that improve every gap (patch 12 reached 0.334 at gap 1 but not gap
+# 8); 19 ms per frame pair at 128 px on one core against medium's 2.8 (`curate bench labelers`).
+# Held out it measures 0.299 / 0.918 / 2.022 px (medium 0.448 / 1.099 / 2.225; README).
 DIS_PRESETS: dict[str, tuple[str, dict]] = {
     "ultrafast": ("ultrafast", {}),
     "fast": ("fast", {}),
