@@ -1,7 +1,7 @@
 """`curate bench labels` (accuracy against simulator ground truth) and
 `curate bench labelers` (speed per core).
 
-    curate bench labels   [--source SIMULATED_DATASET] [--tasks ...] [--json]
+    curate bench labels   [--source SIMULATED_DATASET] [--tasks ...] [--only flow] [--json]
     curate bench labelers [--source SIMULATED_DATASET] [--json]
 
 Without --source both simulate a small Meta-World dataset into a temporary
