@@ -5,7 +5,8 @@ Backends (`get_flow_backend(name, **params)`), each a callable
 flow_px H x W x 2 float32 (dx, dy) in pixels: the pixel at (x, y) in frame0
 moves to (x + dx, y + dy) in frame1.
 
-- "dis": OpenCV's DIS optical flow (Kroeger et al. 2016), the CPU default.
+- "dis": OpenCV's DIS optical flow (Kroeger et al. 2016), the CPU default, at
+  the "fine" preset (DIS_PRESETS: OpenCV's medium run to full resolution).
 - "farneback": OpenCV's Farneback polynomial-expansion flow (no learning,
   weaker on large motion; kept as a second opinion).
 
@@ -55,51 +56,93 @@ def _check_pair(frame0: np.ndarray, frame1: np.ndarray) -> None:
         raise ValueError(f"optical flow needs H x W (x 3) frames of at least 2 x 2 pixels, got {frame0.shape}")
 
 
-class DISFlow:
-    """OpenCV DIS optical flow. `preset`: "ultrafast", "fast" or "medium".
+# OpenCV's DIS presets by name (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST / _FAST / _MEDIUM; the ints
+# keep cv2 out of module import).
+_CV2_PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
+# The DIS setters a configuration may override: parameter name -> (cv2 setter suffix, type).
+_DIS_SETTERS = {
+    "finest_scale": ("FinestScale", int),
+    "patch_size": ("PatchSize", int),
+    "patch_stride": ("PatchStride", int),
+    "gradient_descent_iterations": ("GradientDescentIterations", int),
+    "variational_refinement_iterations": ("VariationalRefinementIterations", int),
+    "variational_refinement_alpha": ("VariationalRefinementAlpha", float),
+    "variational_refinement_delta": ("VariationalRefinementDelta", float),
+    "variational_refinement_gamma": ("VariationalRefinementGamma", float),
+    "use_mean_normalization": ("UseMeanNormalization", bool),
+    "use_spatial_propagation": ("UseSpatialPropagation", bool),
+}
+# Named configurations: (OpenCV preset they start from, setter overrides). OpenCV's presets stop
+# at a coarser pyramid level than the image (medium: finest scale 1, its flow upsampled from half
+# resolution). "fine" runs medium down to full resolution (finest scale 0) with 20 variational-
+# refinement iterations (medium: 5). Chosen with dev/dis_sweep.py on the choice tasks only
+# (cli/bench/motion.CHOICE_TASKS, 128 px, 2 episodes each, anchors every 8 steps): EPE on moving
+# pixels at gaps 1 / 4 / 8 of 0.361 / 0.859 / 1.964 px against medium's 0.455 / 1.056 / 2.282, the
+# best of the configurations that improve every gap (patch 12 reached 0.334 at gap 1 but not gap
+# 8); 19 ms per frame pair at 128 px on one core against medium's 2.8 (`curate bench labelers`).
+# Held out it measures 0.299 / 0.918 / 2.022 px (medium 0.448 / 1.099 / 2.225; README).
+DIS_PRESETS: dict[str, tuple[str, dict]] = {
+    "ultrafast": ("ultrafast", {}),
+    "fast": ("fast", {}),
+    "medium": ("medium", {}),
+    "fine": ("medium", {"finest_scale": 0, "variational_refinement_iterations": 20}),
+}
+DEFAULT_DIS_PRESET = "fine"
 
-    The default ("medium") was chosen by `curate bench labels` on 128 px
-    Meta-World (3 tasks, 6 episodes, gap 1): EPE 0.058 px on all
-    non-occluded pixels and 0.455 px on moving ones, against 0.086 / 0.546
-    ("fast") and 0.106 / 0.500 ("ultrafast"); it costs about 1.4 ms per
-    frame pair at 128 px and 5.8 ms at 256 px on one core (`curate bench
-    labelers`), small beside tracking. Optional overrides of the
-    preset's parameters: patch_size, patch_stride, finest_scale,
-    gradient_descent_iterations, variational_refinement_iterations.
+
+class DISFlow:
+    """OpenCV DIS optical flow (cv2.DISOpticalFlow_create + setters).
+
+    `preset`: a name of DIS_PRESETS (OpenCV's "ultrafast", "fast", "medium",
+    or ours); every other argument (the keys of _DIS_SETTERS) overrides the
+    preset's value when given. `upscale` > 1 runs DIS on frames resized by that
+    factor (bilinear) and returns the flow averaged back to the input grid
+    and divided by the factor.
     """
 
     name = "dis"
     loads_model = False  # labelers.backends.loads_model: building it loads no model
-    _PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
 
     def __init__(
         self,
-        preset: str = "medium",
+        preset: str = DEFAULT_DIS_PRESET,
+        upscale: int = 1,
+        finest_scale: int | None = None,
         patch_size: int | None = None,
         patch_stride: int | None = None,
-        finest_scale: int | None = None,
         gradient_descent_iterations: int | None = None,
         variational_refinement_iterations: int | None = None,
+        variational_refinement_alpha: float | None = None,
+        variational_refinement_delta: float | None = None,
+        variational_refinement_gamma: float | None = None,
+        use_mean_normalization: bool | None = None,
+        use_spatial_propagation: bool | None = None,
     ):
-        if preset not in self._PRESETS:
-            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(self._PRESETS)}")
+        if preset not in DIS_PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS)}")
+        if int(upscale) != upscale or upscale < 1:
+            raise ValueError(f"DIS upscale must be an integer >= 1, got {upscale}")
+        given = dict(locals())
+        overrides = {k: given[k] for k in _DIS_SETTERS if given[k] is not None}
         self.preset = preset
-        self.overrides = {
-            "PatchSize": patch_size,
-            "PatchStride": patch_stride,
-            "FinestScale": finest_scale,
-            "GradientDescentIterations": gradient_descent_iterations,
-            "VariationalRefinementIterations": variational_refinement_iterations,
-        }
+        self.upscale = int(upscale)
+        base, preset_params = DIS_PRESETS[preset]
+        self._cv2_preset = _CV2_PRESETS[base]
+        # The parameters this instance sets on the cv2 object: the preset's, then the overrides.
+        self.params = {**preset_params, **overrides}
         self._build()
 
     def _build(self) -> None:
         import cv2
 
-        self._dis = cv2.DISOpticalFlow.create(self._PRESETS[self.preset])
-        for name, value in self.overrides.items():
-            if value is not None:
-                getattr(self._dis, f"set{name}")(int(value))
+        self._dis = cv2.DISOpticalFlow_create(self._cv2_preset)
+        for key, value in self.params.items():
+            setter, kind = _DIS_SETTERS[key]
+            getattr(self._dis, f"set{setter}")(kind(value))
+
+    def settings(self) -> dict:
+        """Every DIS parameter as the cv2 object reports it (its getters), by our parameter name."""
+        return {key: getattr(self._dis, f"get{setter}")() for key, (setter, _kind) in _DIS_SETTERS.items()}
 
     # OpenCV objects do not pickle; runners (Beam, Ray) ship labelers between processes.
     def __getstate__(self):
@@ -120,7 +163,21 @@ class DISFlow:
         if gray0.shape != getattr(self, "_shape", None):
             self._build()
             self._shape = gray0.shape
-        return self._dis.calc(gray0, gray1, None)
+        if self.upscale == 1:
+            return self._dis.calc(gray0, gray1, None)
+        return self._upscaled_flow(gray0, gray1)
+
+    def _upscaled_flow(self, gray0: np.ndarray, gray1: np.ndarray) -> np.ndarray:
+        """DIS on both frames resized by `upscale`; the (uH x uW x 2) flow is area-averaged back to
+        H x W (pixel centres line up under cv2.resize) and divided by the factor."""
+        import cv2
+
+        H, W = gray0.shape
+        size = (W * self.upscale, H * self.upscale)
+        big0 = cv2.resize(gray0, size, interpolation=cv2.INTER_LINEAR)
+        big1 = cv2.resize(gray1, size, interpolation=cv2.INTER_LINEAR)
+        flow = self._dis.calc(big0, big1, None)
+        return cv2.resize(flow, (W, H), interpolation=cv2.INTER_AREA) / np.float32(self.upscale)
 
     def __call__(self, frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
         _check_pair(frame0, frame1)

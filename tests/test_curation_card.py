@@ -83,7 +83,8 @@ def _bench_result() -> dict:
                    {"backend": "lk (default: refined) [gap 4]", "task": "all", "delta_avg": 0.7, "aj": 0.5},
                    {"backend": "lk (hybrid)", "task": "all", "delta_avg": 0.75, "aj": 0.55},
                    {"backend": "cotracker", "task": "all", "delta_avg": 0.9, "aj": 0.7}],
-        "flow": [{"backend": "dis (medium)", "task": "all", "epe_px": 0.25},
+        "flow": [{"backend": "dis (fine)", "task": "all", "epe_px": 0.125},
+                 {"backend": "dis (medium)", "task": "all", "epe_px": 0.25},
                  {"backend": "dis (fast)", "task": "all", "epe_px": 0.5},
                  {"backend": "dis (fast) [gap 4]", "task": "all", "epe_px": 1.5}],
         "sceneflow": [{"backend": "lk (default: refined) + dataset depth", "task": "all", "median_epe3d_mm": 3.5},
@@ -94,7 +95,8 @@ def _bench_result() -> dict:
                        "lk (default: refined) [gap 4]": {"tracker": {**lk, "frame_step": 4}},
                        "lk (hybrid)": {"tracker": hybrid},
                        "cotracker": {"tracker": {"backend": "cotracker", "params": {"repo": "/r", "checkpoint": "/c"}, "frame_step": 1}}},
-            "flow": {"dis (medium)": {"flow": {"backend": "dis", "params": {"preset": "medium"}, "gap": 1}},
+            "flow": {"dis (fine)": {"flow": {"backend": "dis", "params": {"preset": "fine"}, "gap": 1}},
+                     "dis (medium)": {"flow": {"backend": "dis", "params": {"preset": "medium"}, "gap": 1}},
                      "dis (fast)": {"flow": {"backend": "dis", "params": {"preset": "fast"}, "gap": 1}},
                      "dis (fast) [gap 4]": {"flow": {"backend": "dis", "params": {"preset": "fast"}, "gap": 4}}},
             "sceneflow": {"lk (default: refined) + dataset depth": {"tracker": lk, "depth": dataset_depth}},
@@ -130,7 +132,7 @@ def _used_rows(text: str) -> set[str]:
 
 def test_accuracy_rows_marked_by_backend_and_parameters(tmp_path):
     """Two datasets labelled differently mark exactly their own rows: backend, parameters (the
-    constructor's defaults filled in, so {} and {"preset": "medium"} are the same DIS), the flow gap
+    constructor's defaults filled in, so {} and {"preset": "fine"} are the same DIS), the flow gap
     and the frame rate tracked at; a backend the manifest does not record is not marked."""
     bench = _bench_result()
     a = _labelled_dataset(tmp_path / "a", {"tracker": "lk", "flow": "dis"})
@@ -139,7 +141,7 @@ def test_accuracy_rows_marked_by_backend_and_parameters(tmp_path):
     write_card(a, accuracy=bench)
     write_card(b, accuracy=bench)
     text_a, text_b = (a / "README.md").read_text(), (b / "README.md").read_text()
-    assert _used_rows(text_a) == {"lk (default: refined)", "dis (medium)", "lk (default: refined) + dataset depth", "dataset (metric)"}
+    assert _used_rows(text_a) == {"lk (default: refined)", "dis (fine)", "lk (default: refined) + dataset depth", "dataset (metric)"}
     assert _used_rows(text_b) == {"lk (hybrid)", "dis (fast) [gap 4]"}
     assert "| lk (default: refined) | yes | 0.8125 | 0.61 |" in text_a  # pooled row, used by this dataset
     assert "| cotracker |  | 0.9 | 0.7 |" in text_a  # measured but not used here

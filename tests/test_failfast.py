@@ -37,7 +37,7 @@ BAD_VALUES = [
     ("labels.tracker_params.mode=zigzag", "labels.tracker_params = {'mode': 'zigzag'}: tracker backend 'lk' refuses "
      "them: LK mode must be 'chain', 'anchor' or 'hybrid', got 'zigzag'"),
     ("labels.flow_params.preset=turbo", "labels.flow_params = {'preset': 'turbo'}: flow backend 'dis' refuses them: "
-     "unknown DIS preset 'turbo'; choose one of ['fast', 'medium', 'ultrafast']"),
+     "unknown DIS preset 'turbo'; choose one of ['fast', 'fine', 'medium', 'ultrafast']"),
     ("labels.latent_checkpoint=/no/such.safetensors", "labels.latent_checkpoint = '/no/such.safetensors': no such file or directory"),
     ("curation.filters.static_quantile=2", "curation.filters.static_quantile = 2: out of range; expected a number in [0, 1]"),
     ("curation.filters.disabled=[static,shaky]", "curation.filters.disabled = 'shaky': unknown filter; choose from "

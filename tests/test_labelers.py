@@ -183,6 +183,67 @@ def test_flow_backends_recover_translation(backend):
     np.testing.assert_allclose(np.median(inner.reshape(-1, 2), 0), [1.5, -0.75], atol=0.15)
 
 
+# The cv2 DIS getters, read straight from the object (not through our parameter table).
+DIS_GETTERS = ("getFinestScale", "getPatchSize", "getPatchStride", "getGradientDescentIterations",
+               "getVariationalRefinementIterations", "getVariationalRefinementAlpha", "getVariationalRefinementDelta",
+               "getVariationalRefinementGamma", "getUseMeanNormalization", "getUseSpatialPropagation")
+
+
+def _cv2_settings(dis) -> dict:
+    return {g: getattr(dis, g)() for g in DIS_GETTERS}
+
+
+def test_dis_presets_are_the_settings_of_the_cv2_object():
+    """The default "fine" preset is OpenCV's medium preset run down to full resolution (finest scale
+    0) with 20 variational-refinement iterations; OpenCV's own presets are unchanged; explicit
+    arguments override the preset on the cv2 object, also after pickling and a frame-size rebuild."""
+    import pickle
+
+    import cv2
+
+    from labelers.flow import DEFAULT_DIS_PRESET, DISFlow
+
+    bare_medium = _cv2_settings(cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM))
+    fine = DISFlow()
+    assert DEFAULT_DIS_PRESET == fine.preset == "fine"
+    assert _cv2_settings(fine._dis) == {**bare_medium, "getFinestScale": 0, "getVariationalRefinementIterations": 20}
+    assert bare_medium["getFinestScale"] == 1 and bare_medium["getVariationalRefinementIterations"] == 5
+    for name, code in (("medium", cv2.DISOPTICAL_FLOW_PRESET_MEDIUM), ("fast", cv2.DISOPTICAL_FLOW_PRESET_FAST),
+                       ("ultrafast", cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)):
+        assert _cv2_settings(DISFlow(name)._dis) == _cv2_settings(cv2.DISOpticalFlow_create(code)), name
+    custom = DISFlow("fine", patch_size=12, patch_stride=4, variational_refinement_alpha=10.0,
+                     variational_refinement_gamma=5.0, use_spatial_propagation=False)
+    want = {**bare_medium, "getFinestScale": 0, "getVariationalRefinementIterations": 20, "getPatchSize": 12,
+            "getPatchStride": 4, "getVariationalRefinementAlpha": 10.0, "getVariationalRefinementGamma": 5.0,
+            "getUseSpatialPropagation": False}
+    assert _cv2_settings(custom._dis) == want
+    clone = pickle.loads(pickle.dumps(custom))
+    clip = translated_clip([(0, 0), (1.0, 0.5)])
+    clone(clip[0], clip[1])  # first frame size: the cv2 object is rebuilt
+    assert _cv2_settings(clone._dis) == want
+    assert list(custom.settings().values()) == list(want.values())  # settings() reads the same getters
+
+
+def test_dis_rejects_unknown_presets_and_scales():
+    from labelers.flow import DISFlow
+
+    with pytest.raises(ValueError, match="unknown DIS preset 'turbo'"):
+        DISFlow("turbo")
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="upscale must be an integer >= 1"):
+            DISFlow(upscale=bad)
+
+
+def test_dis_on_upscaled_frames_returns_flow_on_the_input_grid():
+    """upscale=2: DIS on 2x frames, flow averaged back to the input pixels and halved."""
+    from labelers.flow import DISFlow
+
+    clip = translated_clip([(0, 0), (1.5, -0.75)])
+    flow = DISFlow("medium", upscale=2)(clip[0], clip[1])
+    assert flow.shape == (64, 64, 2) and flow.dtype == np.float32
+    np.testing.assert_allclose(np.median(flow[12:-12, 12:-12].reshape(-1, 2), 0), [1.5, -0.75], atol=0.15)
+
+
 def test_dis_flow_does_not_depend_on_earlier_frame_sizes():
     """OpenCV's DIS keeps settings from earlier, smaller images; a labeler reused across
     episodes (one per worker) must still give every episode the same flow."""

@@ -146,6 +146,35 @@ def test_flow_backends_vs_true_flow(sim_episodes, backend):
     assert e.mean() < 1.0
 
 
+def _moving_flow_epe(ep, backend, steps) -> float:
+    """Mean EPE of `backend` on the moving pixels (true flow >= 0.5 px, not occluded) t -> t + 1."""
+    from labelers.flow import to_gray
+
+    grays = [to_gray(f) for f in ep.frames[ep.primary_camera]]
+    errs = []
+    for t in steps:
+        flow, valid = gt.true_optical_flow(ep, t, 1)
+        with np.errstate(invalid="ignore"):
+            moving = valid & (np.linalg.norm(flow, axis=-1) >= 0.5)
+        errs.append(np.linalg.norm(backend.flow_gray(grays[t], grays[t + 1]) - flow, axis=-1)[moving])
+    e = np.concatenate(errs)
+    assert e.size > 5000  # enough moving pixels to compare
+    return float(e.mean())
+
+
+def test_default_dis_beats_medium_on_moving_pixels_at_128px():
+    """The default DIS preset ("fine", chosen on pick-place, drawer-open and button-press) against
+    OpenCV's medium preset, the previous default, on a 128 px episode of a task it was not chosen on."""
+    from curation.sources.metaworld.rollout import rollout_episode
+    from labelers.flow import DISFlow
+
+    ep = rollout_episode("door-open-v3", seed=1, size=128, max_steps=24)
+    steps = range(0, 23, 2)
+    fine, medium = _moving_flow_epe(ep, DISFlow(), steps), _moving_flow_epe(ep, DISFlow("medium"), steps)
+    print("moving-pixel EPE, fine", fine, "medium", medium)
+    assert fine < 0.4 and fine < 0.85 * medium
+
+
 def test_lifting_true_tracks_reproduces_true_3d(sim_episodes):
     # Depth sampling alone: true tracks lifted with dataset depth move like the true 3D points.
     # (Absolute positions differ by up to half a pixel footprint, ~1 cm at 64 px, because the
@@ -319,9 +348,9 @@ def test_bench_labels_on_the_simulated_dataset(sim_dataset_dir, tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["bench"] == "labels"
     assert res["tasks"] == ["pick-place-v3", "drawer-open-v3"] and res["episodes"] == 4
     rows = {(r["backend"], r["task"]): r for r in res["flow"]}
-    assert rows[("dis (medium)", "all")]["epe_px"] < 1.0
-    # The motion-image round trip costs almost nothing on top of the flow itself.
-    assert rows[("dis (medium) via motion image", "all")]["epe_px"] < rows[("dis (medium)", "all")]["epe_px"] + 0.02
+    assert rows[("dis (fine)", "all")]["epe_px"] < 1.0 and rows[("dis (medium)", "all")]["epe_px"] < 1.0
+    # The motion-image round trip (of the default flow) costs almost nothing on top of the flow itself.
+    assert rows[("dis (fine) via motion image", "all")]["epe_px"] < rows[("dis (fine)", "all")]["epe_px"] + 0.02
     tracks = {(r["backend"], r["task"]): r for r in res["tracks"]}
     assert tracks[("lk (default: refined)", "all")]["delta_avg"] >= 0.8
     # Moving points first: moving and all-points figures side by side, false motion, every gap.
@@ -332,7 +361,7 @@ def test_bench_labels_on_the_simulated_dataset(sim_dataset_dir, tmp_path, capsys
     assert 0.0 <= default["false_motion_3d"] < plain["false_motion_3d"]
     assert ("lk (default: refined) [gap 4]", "all") in head and np.isfinite(head[("lk (default: refined) [gap 4]", "all")]["moving_delta_avg"])
     gaps = {r["backend"] for r in res["flow_moving_pixels"]}
-    assert {"dis (medium) [moving]", "dis (medium) [gap 4] [moving]", "dis (medium) [gap 8] [moving]"} <= gaps
+    assert {"dis (fine) [moving]", "dis (fine) [gap 4] [moving]", "dis (fine) [gap 8] [moving]", "dis (medium) [gap 8] [moving]"} <= gaps
     assert res["choice_tasks"] == ["pick-place-v3", "drawer-open-v3"]  # no held-out task here: goals on all tasks
     assert all(np.isfinite(v["value"]) for v in res["moving_targets"].values()), res["moving_targets"]
     sf = {(r["backend"], r["task"]): r for r in res["sceneflow"]}
@@ -340,6 +369,27 @@ def test_bench_labels_on_the_simulated_dataset(sim_dataset_dir, tmp_path, capsys
     depth = {r["backend"]: r for r in res["depth"] if r["task"] == "all"}
     assert depth["dataset (metric)"]["abs_rel"] == 0.0  # the dataset depth is the simulator's
     assert all(t["met"] for t in res["targets"].values()), res["targets"]
+
+
+def test_bench_labels_only_flow(sim_dataset_dir, tmp_path):
+    """--only flow scores the flow rows alone (held-out grouping, goals) and refuses --card-table."""
+    import json
+
+    from cli.main import main
+
+    out = tmp_path / "flow.json"
+    assert main(["bench", "labels", "--source", str(sim_dataset_dir), "--only", "flow", "--gap", "1", "4",
+                 "--out-json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["tracks"] == [] and res["sceneflow"] == [] and res["depth"] == [] and res["moving_points"] == []
+    moving = {(r["backend"], r["task"]): r["epe_px"] for r in res["flow_moving_pixels"]}
+    assert {("dis (fine) [moving]", "all"), ("dis (medium) [gap 4] [moving]", "all")} <= set(moving)
+    assert all(np.isfinite(v) and v > 0 for v in moving.values())
+    goal = next(v for k, v in res["moving_targets"].items() if k.startswith("flow EPE moving px"))
+    assert goal["value"] == moving[("dis (fine) [moving]", "all")]
+    assert res["labelled_with"]["flow"]["dis (fine)"]["flow"] == {"backend": "dis", "params": {"preset": "fine"}, "gap": 1}
+    with pytest.raises(SystemExit, match="--card-table needs every kind of label"):
+        main(["bench", "labels", "--source", str(sim_dataset_dir), "--only", "flow", "--card-table"])
 
 
 def test_bench_labelers_speed_rows(sim_dataset_dir, tmp_path):
@@ -351,7 +401,7 @@ def test_bench_labelers_speed_rows(sim_dataset_dir, tmp_path):
     assert main(["bench", "labelers", "--source", str(sim_dataset_dir), "--repeats", "1", "--out-json", str(out)]) == 0
     res = json.loads(out.read_text())
     labelers = {(r["labeler"], r["backend"]) for r in res["rows"]}
-    assert ("episode", "EpisodeLabeler (default config)") in labelers and ("flow", "dis medium") in labelers
+    assert ("episode", "EpisodeLabeler (default config)") in labelers and {("flow", "dis medium"), ("flow", "dis fine")} <= labelers
     assert all(r["per_s"] > 0 for r in res["rows"])
     assert res["episode"][0]["size_px"] == 64 and res["dis_ratio_ours_over_bare"]["64"] > 0
 

@@ -110,8 +110,8 @@ def test_effective_backend_parameters_fill_constructor_defaults():
     """Two configs that build the same backend compare equal (the card marks accuracy rows by them)."""
     from labelers.backends import effective_params
 
-    assert effective_params("flow", "dis", {}) == effective_params("flow", "dis", {"preset": "medium"})
-    assert effective_params("flow", "dis", {"preset": "fast"}) != effective_params("flow", "dis", {})
+    assert effective_params("flow", "dis", {}) == effective_params("flow", "dis", {"preset": "fine"})
+    assert effective_params("flow", "dis", {"preset": "medium"}) != effective_params("flow", "dis", {})
     lk = effective_params("tracker", "lk", {})  # mode chain: the refined tracker, with LK's own defaults below it
     assert (lk["mode"], lk["ref_gap"], lk["win_size"]) == ("chain", 4, 11)
     assert "ref_gap" not in effective_params("tracker", "lk", {"mode": "hybrid"})  # the plain LK tracker

@@ -1,7 +1,7 @@
 """`curate bench labels` (accuracy against simulator ground truth) and
 `curate bench labelers` (speed per core).
 
-    curate bench labels   [--source SIMULATED_DATASET] [--tasks ...] [--json]
+    curate bench labels   [--source SIMULATED_DATASET] [--tasks ...] [--only flow] [--json]
     curate bench labelers [--source SIMULATED_DATASET] [--json]
 
 Without --source both simulate a small Meta-World dataset into a temporary
@@ -49,11 +49,14 @@ DEFAULT_TASKS = ["pick-place-v3", "drawer-open-v3", "button-press-topdown-v3",
 # by easy zeros; this threshold selects what actually moves in the flow t -> t + gap (tracks and
 # 3D points: labelers/eval/motion.py).
 MOVING_FLOW_PX = 0.5
+# What `--only` can restrict the accuracy bench to.
+LABEL_KINDS = ("flow",)
 TARGETS = {"flow_epe_px": 1.0, "tracks_delta_avg": 0.80, "median_epe3d_mm": 10.0, "labeling_s": 2.0, "dis_ratio": 0.9}
 # Issue 13's goals on moving points (held-out tasks): tracks delta_avg and delta < 1 px, median
 # 3D error, false motion on static points (2D), flow EPE on moving pixels at gap 1.
 MOVING_TARGETS = {"delta_avg": 0.80, "delta_1": 0.5, "median_mm": 5.0, "false_motion": 0.01, "flow_epe_px": 0.4}
 DEFAULT_TRACKER = "lk (default: refined)"
+DEFAULT_FLOW = "dis (fine)"  # the row of labelers.flow.DISFlow's default preset (DEFAULT_DIS_PRESET)
 GAP_TRACKERS = (DEFAULT_TRACKER, "lk (chain)")  # also scored on the episode re-timed to 1/gap
 # Speed of tracking and lifting is timed at the default label config (schemas.triplet).
 SPEED_GRID, SPEED_HORIZON, SPEED_STRIDE = DEFAULT_GRID, DEFAULT_HORIZON, DEFAULT_STRIDE
@@ -76,6 +79,8 @@ def add_bench(bench_sub) -> None:
                    help="share of dataset-depth pixels given to Depth Anything as metric anchors (default 0.01)")
     p.add_argument("--cotracker-repo", default=os.environ.get("COTRACKER_REPO"), help="CoTracker clone (or $COTRACKER_REPO)")
     p.add_argument("--cotracker-ckpt", default=os.environ.get("COTRACKER_CKPT"), help="CoTracker checkpoint (or $COTRACKER_CKPT)")
+    p.add_argument("--only", choices=LABEL_KINDS, default=None,
+                   help="score only this kind of label (flow: the optical-flow rows, no trackers or depth)")
     p.add_argument("--card-table", action="store_true",
                    help="also write the result as the accuracy table the dataset card ships with "
                         "(curation/describe/label_accuracy.json; review and commit it like code)")
@@ -175,6 +180,7 @@ def _pin_one_core() -> str:
 # gives them). The result records them per row ("labelled_with"), so that the dataset card can mark
 # exactly the rows of the backends and parameters a dataset was labelled with.
 FLOW_SCORED = {
+    "dis (fine)": ("dis", {"preset": "fine"}),
     "dis (medium)": ("dis", {"preset": "medium"}),
     "dis (fast)": ("dis", {"preset": "fast"}),
     "dis (ultrafast)": ("dis", {"preset": "ultrafast"}),
@@ -252,6 +258,8 @@ def run_labels(args) -> int:
     from schemas.episode import EpisodeError
     from schemas.progress import progress_bar
 
+    if args.only and args.card_table:
+        raise SystemExit("bench labels: --card-table needs every kind of label; drop --only")
     episodes = _load_episodes(args)
     backends = _accuracy_backends(args)
     pool = _Pool()
@@ -283,6 +291,8 @@ def _accuracy_backends(args) -> dict:
     """{"flow": {row name: backend}, "tracks": {...}, "depth": {...}}: every backend scored."""
     from labelers.depth import DatasetDepth, get_depth_backend
 
+    if args.only == "flow":
+        return {"flow": _flow_backends(args)}
     depth_backends = {"dataset": DatasetDepth()}
     if args.depth_model:
         depth_backends["depth-anything"] = get_depth_backend("depth-anything", model=args.depth_model)
@@ -303,6 +313,8 @@ def _score_episode(pool: _Pool, ep, task: str, backends: dict, args, rng) -> Non
     anchors = anchors[anchors + 1 < n]  # every evaluated anchor has a next step
     grays = [to_gray(f) for f in frames]
     _score_flow(pool, ep, task, backends["flow"], grays, anchors, args.gap)
+    if args.only == "flow":
+        return
     truth = _motion_truth(ep, anchors, args.grid, args.horizon)
     for name, tr in backends["tracks"].items():
         _score_tracker(pool, ep, task, name, tr, truth, intr, args)
@@ -314,7 +326,7 @@ def _score_episode(pool: _Pool, ep, task: str, backends: dict, args, rng) -> Non
 
 def _score_flow(pool: _Pool, ep, task: str, flows: dict, grays: list, anchors: np.ndarray, gaps: list[int]) -> None:
     """Optical flow anchor -> anchor + gap of every backend at every gap, on non-occluded pixels
-    (all, and moving), and for DIS medium also after the motion-image round trip."""
+    (all, and moving), and for the default DIS also after the motion-image round trip."""
     from labelers.eval import ground_truth as gt
     from labelers.flow import decode_motion_image, encode_motion_image
 
@@ -330,7 +342,7 @@ def _score_flow(pool: _Pool, ep, task: str, flows: dict, grays: list, anchors: n
             err_map = np.linalg.norm(pred - true_flow, axis=-1)
             pool.add(("flow", name, task), spec, err=err_map[valid])
             pool.add(("flow", name + " [moving]", task), spec, err=err_map[valid & moving])
-            if name == "dis (medium)":
+            if name == DEFAULT_FLOW:
                 dec = decode_motion_image(encode_motion_image(pred))
                 pool.add(("flow", name + " via motion image", task), spec, err=np.linalg.norm(dec - true_flow, axis=-1)[valid])
 
@@ -477,7 +489,7 @@ def _summarise_labels(pool: _Pool, tasks: list[str], args, n_episodes: int, seco
     headline = bench_motion.headline_rows(pool, tasks)
     flow_moving = bench_motion.flow_moving_rows(pool, tasks)
     targets = {
-        "flow_epe_px (dis, < 1.0)": _target(overall.get("dis (medium)", {}).get("epe_px"), TARGETS["flow_epe_px"], below=True),
+        "flow_epe_px (dis, < 1.0)": _target(overall.get(DEFAULT_FLOW, {}).get("epe_px"), TARGETS["flow_epe_px"], below=True),
         "tracks_delta_avg (lk, >= 0.80)": _target(overall.get(DEFAULT_TRACKER, {}).get("delta_avg"), TARGETS["tracks_delta_avg"], below=False),
         "median_epe3d_mm (lk + dataset depth, < 10)": _target(
             overall.get(f"{DEFAULT_TRACKER} + dataset depth", {}).get("median_epe3d_mm"), TARGETS["median_epe3d_mm"], below=True),
@@ -487,7 +499,7 @@ def _summarise_labels(pool: _Pool, tasks: list[str], args, n_episodes: int, seco
         "episodes": n_episodes,
         "tasks": tasks,
         "image_size": args.size,
-        "config": {"horizon": args.horizon, "stride": args.stride, "gap": args.gap, "grid": args.grid},
+        "config": {"horizon": args.horizon, "stride": args.stride, "gap": args.gap, "grid": args.grid, "only": args.only},
         "choice_tasks": [t for t in tasks if t in bench_motion.CHOICE_TASKS],
         "seconds": seconds,
         "moving_points": headline,
@@ -507,9 +519,9 @@ def _moving_targets(headline: list[dict], flow_rows: list[dict]) -> dict:
     (all tasks when every task was a choice task)."""
     from cli.bench.motion import HELD_OUT
 
-    group = HELD_OUT if any(r["task"] == HELD_OUT for r in headline) else "all"
+    group = HELD_OUT if any(r["task"] == HELD_OUT for r in [*headline, *flow_rows]) else "all"
     row = next((r for r in headline if r["backend"] == DEFAULT_TRACKER and r["task"] == group), {})
-    flow = next((r for r in flow_rows if r["backend"] == "dis (medium) [moving]" and r["task"] == group), {})
+    flow = next((r for r in flow_rows if r["backend"] == f"{DEFAULT_FLOW} [moving]" and r["task"] == group), {})
     t = MOVING_TARGETS
     return {
         f"moving delta_avg ({group}, >= {t['delta_avg']})": _target(row.get("moving_delta_avg"), t["delta_avg"], below=False),
@@ -531,25 +543,30 @@ def _labels_text(result: dict) -> str:
              f"{result['image_size']} px, {result['config']}; defaults chosen on {', '.join(result['choice_tasks']) or 'none of these'}"]
     if result["moving_points"]:
         parts += ["", "moving points first: tracks (TAP-Vid, 256 px scale), 3D (dataset depth), false motion on static points",
-                  format_table(result["moving_points"]), "", "optical flow on moving pixels, every gap", format_table(result["flow_moving_pixels"])]
+                  format_table(result["moving_points"])]
+    if result["flow_moving_pixels"]:
+        parts += ["", "optical flow on moving pixels, every gap", format_table(result["flow_moving_pixels"])]
     for label, title in (("flow", "optical flow (non-occluded pixels)"), ("tracks", "point tracks (TAP-Vid, 256 px scale)"),
                          ("sceneflow", "3D scene flow (displacement from anchor)"), ("depth", "depth")):
         if result[label]:
             parts += ["", title, format_table(result[label])]
-    parts += ["", "targets (CPU defaults)"]
-    parts += [f"  {k}: {v['value'] if v['value'] is None else round(v['value'], 3)} -> {'met' if v['met'] else 'NOT met'}"
-              for k, v in result["targets"].items()]
-    parts += ["", "moving-point goals (issue 13; default tracker and DIS medium)"]
-    parts += [f"  {k}: {v['value'] if v['value'] is None else round(v['value'], 3)} -> {'met' if v['met'] else 'NOT met'}"
-              for k, v in result["moving_targets"].items()]
+    parts += ["", "targets (CPU defaults)", *_target_lines(result["targets"])]
+    parts += ["", f"moving-point goals (issue 13; default tracker and {DEFAULT_FLOW})", *_target_lines(result["moving_targets"])]
     parts += ["", "markdown:"]
     if result["moving_points"]:
         parts += ["", markdown_table([r for r in result["moving_points"] if r["task"] in ("all", "held-out")])]
+    if result["flow_moving_pixels"]:
         parts += ["", markdown_table(result["flow_moving_pixels"])]
     for label in ("flow", "tracks", "sceneflow", "depth"):
         if result[label]:
             parts += ["", markdown_table([r for r in result[label] if r["task"] == "all"] or result[label])]
     return "\n".join(parts)
+
+
+def _target_lines(targets: dict) -> list[str]:
+    """One line per target: its value and whether it is met ("not measured" without a value)."""
+    return [f"  {k}: not measured" if v["value"] is None else f"  {k}: {round(v['value'], 3)} -> {'met' if v['met'] else 'NOT met'}"
+            for k, v in targets.items()]
 
 
 # ---------------------------------------------------------------- speed
@@ -658,19 +675,19 @@ def _time_depth(timings: _SpeedRows, ep, depth_model, repeats: int) -> None:
 
 def _time_flow(timings: _SpeedRows, ep, repeats: int) -> float:
     """Optical flow: bare cv2 DIS vs our backend on the same RGB frames (colour conversion included
-    in both), Farneback, the motion-image encoding. Returns bare / ours for DIS medium."""
+    in both) for every named DIS preset, Farneback, the motion-image encoding. Returns bare / ours
+    for the default preset."""
     import cv2
 
-    from labelers.flow import DISFlow, encode_motion_image, get_flow_backend, to_gray
+    from labelers.flow import DEFAULT_DIS_PRESET, DIS_PRESETS, DISFlow, encode_motion_image, get_flow_backend, to_gray
 
     frames = ep.frames[ep.primary_camera]
     pairs = frames.shape[0] - 1
     grays = [to_gray(f) for f in frames]
-    medium_ratio = float("nan")
-    for preset, code in (("medium", cv2.DISOPTICAL_FLOW_PRESET_MEDIUM), ("fast", cv2.DISOPTICAL_FLOW_PRESET_FAST),
-                         ("ultrafast", cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)):
-        bare = cv2.DISOpticalFlow.create(code)
+    default_ratio = float("nan")
+    for preset in DIS_PRESETS:
         ours = DISFlow(preset=preset)
+        bare = _bare_dis(ours)
 
         def run_bare():
             for t in range(pairs):
@@ -685,15 +702,30 @@ def _time_flow(timings: _SpeedRows, ep, repeats: int) -> float:
         to = _best_time(run_ours, repeats)
         timings.add("flow", f"cv2 DIS {preset} (bare)", tb, pairs, "frame pairs", wall=tb_wall)
         timings.add("flow", f"dis {preset}", to, pairs, "frame pairs")
-        if preset == "medium":
-            medium_ratio = tb / to
+        if preset == DEFAULT_DIS_PRESET:
+            default_ratio = tb / to
     fb = get_flow_backend("farneback")
     timings.add("flow", "farneback", _best_time(lambda: [fb.flow_gray(grays[t], grays[t + 1]) for t in range(pairs)], 1),
                 pairs, "frame pairs")
     flow0 = DISFlow().flow_gray(grays[0], grays[1])
     timings.add("motion image", "encode", _best_time(lambda: [encode_motion_image(flow0) for _ in range(pairs)], repeats),
                 pairs, "images")
-    return medium_ratio
+    return default_ratio
+
+
+def _bare_dis(ours):
+    """A cv2 DIS object with the settings of our backend `ours`, built from cv2 alone (its preset
+    and setters), for the overhead comparison."""
+    import cv2
+
+    from labelers.flow import DIS_PRESETS
+
+    presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+    bare = cv2.DISOpticalFlow_create(presets[DIS_PRESETS[ours.preset][0]])
+    for key, value in ours.settings().items():
+        getattr(bare, "set" + "".join(w.capitalize() for w in key.split("_")))(value)
+    return bare
 
 
 def _time_tracking(timings: _SpeedRows, ep, repeats: int) -> None:
@@ -748,7 +780,7 @@ def _labelers_text(result: dict, repeats: int) -> str:
         "DIS flow, lifting)",
         format_table(whole),
         "",
-        f"DIS inside our backend / bare cv2 DIS (speed ratio, target >= {TARGETS['dis_ratio']}): "
+        f"DIS (default preset) inside our backend / bare cv2 DIS (speed ratio, target >= {TARGETS['dis_ratio']}): "
         + ", ".join(f"{s} px {r:.3f}" for s, r in (ratio or {}).items()),
         "",
         "markdown:",

@@ -24,8 +24,8 @@ def bilinear_sample(field: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 class FlowTracker:
-    """Tracks by integrating dense optical flow frame to frame (default DIS medium), with a
-    forward-backward flow check for visibility. The flow of each frame pair is computed once
+    """Tracks by integrating dense optical flow frame to frame (DIS at its default preset unless
+    told), with a forward-backward flow check for visibility. The flow of each frame pair is computed once
     per clip and shared by every anchor and point, so the cost does not grow with K or N."""
 
     name = "flow"
