@@ -86,3 +86,27 @@ def test_bench_mean_row_averages_tasks_and_skips_dimensions_that_do_not_vary():
     m = _mean_row(rows, "trained", 2)
     assert m["pairs"] == 30 and m["probe_r2_mlp"] == 2.0 and m["usage"] == 2.0
     assert m["r2_linear_per_dim"] == "0.60 - 0.50" and m["r2_mlp_per_dim"] == "0.10 - 0.30"
+
+
+def test_bench_set_overrides_preset_fields_with_their_types(tmp_path, capsys):
+    from cli.bench.latent import _run_dir
+    from labelers.latent.config import get_config, parse_overrides
+    from labelers.latent.train import TrainSettings
+
+    got = parse_overrides(["moving_weight=10", "num_tokens=8", "center_latents=false", "pool=attention"])
+    assert got == {"moving_weight": 10.0, "num_tokens": 8, "center_latents": False, "pool": "attention"}
+    assert type(got["moving_weight"]) is float and type(got["num_tokens"]) is int
+    config = get_config("small", **parse_overrides(["moving_weight=10"]))
+    assert (config.moving_weight, config.codebook_size, config.pool) == (10.0, 16, "flatten")
+    settings = TrainSettings(steps=100, gap=8)
+    assert _run_dir(tmp_path, "sim", config, settings) != _run_dir(tmp_path, "sim", get_config("small"), settings)
+    for bad, match in (("moving_weight", "KEY=VALUE"), ("colour=1", "KEY=VALUE"), ("num_tokens=two", "takes a int"),
+                       ("center_latents=maybe", "takes a bool")):
+        with pytest.raises(ValueError, match=match):
+            parse_overrides([bad])
+    rc, _, err = _run(capsys, ["bench", "latent", "--workdir", str(tmp_path), "--set", "moving_weight=-1", "--bridge", ""])
+    assert rc == 1 and "moving_weight must be >= 0" in err  # the config's own check, before any simulation
+    rc, _, err = _run(capsys, ["bench", "latent", "--workdir", str(tmp_path), "--checkpoint", str(tmp_path),
+                               "--set", "moving_weight=5", "--bridge", ""])
+    assert rc == 1 and "does not apply to --checkpoint" in err
+    assert not any(tmp_path.iterdir())  # neither simulated nor trained anything

@@ -3,7 +3,7 @@ action model on all their training episodes (or take --checkpoint), and score tr
 tokens on held-out episodes of each task (one row per task) and on the shared Bridge episodes
 (codebook usage, PSNR, action probe with its R^2 per action dimension).
 
-    curate bench latent [--tasks T ...] [--checkpoint RUN_DIR] [--steps N] [--features F] [--json]
+    curate bench latent [--tasks T ...] [--checkpoint RUN_DIR] [--steps N] [--features F] [--set KEY=VALUE ...] [--json]
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ def add_bench(sub) -> None:
     p.add_argument("--bridge", default=str(BRIDGE_DIR), help="Bridge dataset directory ('' to skip)")
     p.add_argument("--features", default="codes", choices=PROBE_FEATURES,
                    help="what the probes read (default codes: the best mean of both probes' cv_r2 on the fitting halves)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the `small` preset (labelers/latent/config.py LAMConfig), e.g. "
+                   "moving_weight=5; repeatable; the run directory is named by the resulting config")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="simulation subprocesses (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -138,7 +141,7 @@ def cmd_bench_latent(args) -> int:
     set_threads(args.threads)
     import torch
 
-    from labelers.latent.config import get_config
+    from labelers.latent.config import get_config, parse_overrides
     from labelers.latent.model import LatentActionModel
 
     workdir = Path(args.workdir)
@@ -147,7 +150,9 @@ def cmd_bench_latent(args) -> int:
     timings: dict[str, float] = {}
     rows, details = [], {}
     try:
-        config = get_config("small")
+        config = get_config("small", **parse_overrides(args.overrides))
+        if args.checkpoint and args.overrides:
+            raise ValueError("--set changes the model trained here; it does not apply to --checkpoint")
         model, gap, details["sim/train"] = _train_sim(args, workdir, config, timings)
         config = model.config
         torch.manual_seed(args.seed + 12345)

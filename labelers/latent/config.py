@@ -107,3 +107,27 @@ def get_config(name: str, **overrides) -> LAMConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown latent-action config {name!r}; choose from {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict:
+    """`["moving_weight=5", "num_tokens=8"]` -> {"moving_weight": 5.0, "num_tokens": 8}: each
+    value converted to its LAMConfig field's type (bool from true/false/1/0); an unknown field
+    or a value of the wrong type is a ValueError naming it."""
+    types = {f.name: f.type for f in dataclasses.fields(LAMConfig)}
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or key not in types:
+            raise ValueError(f"--set {item!r}: want KEY=VALUE with KEY one of {sorted(types)}")
+        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        try:
+            if kind == "bool":
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1")
+            else:
+                out[key] = {"int": int, "float": float, "str": str}[kind](text)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {key} takes a {kind}, got {text!r}") from None
+    return out
