@@ -76,6 +76,7 @@ ACTION_ARRAYS = ("actions", "proprio")
 # What no triplet holds (schemas.triplet.Triplet: frames at the anchor, anchor arrays, actions):
 # per-frame depth, which iter_triplets does not read where it need not (see there).
 TRIPLET_UNUSED = ("depth_m",)
+# The contract's per-anchor arrays: the labels iter_triplets(labels=...) chooses among.
 ANCHOR_ARRAYS = tuple(s.name for s in SHARD_ARRAYS if s.per == "anchor")
 
 
