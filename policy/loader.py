@@ -156,12 +156,6 @@ class TripletTransform:
             img = cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(img.transpose(2, 0, 1))
 
-    def state_and_actions(self, tr) -> dict[str, np.ndarray]:
-        """Normalised proprio P and action chunk C A (+ its C validity) of one triplet."""
-        out = [{}]
-        self.add_state_and_actions(out, [tr])
-        return out[0]
-
     def add_state_and_actions(self, out: list[dict], trs: Sequence[Any]) -> None:
         """Each sample's normalised proprio `state` P and action chunk `action` C A with its
         `action_valid` C (zeros / False past the triplet's chunk or where not finite)."""
@@ -170,18 +164,18 @@ class TripletTransform:
         state = np.zeros((N, P), np.float32)
         chunk = np.zeros((N, C, A), np.float32)
         valid = np.zeros((N, C), bool)
+        has_prop = np.zeros(N, bool)
         for i, tr in enumerate(trs):
             prop = np.asarray(tr.proprio, np.float32).reshape(-1)
+            has_prop[i] = prop.size > 0
             if P and prop.size:
                 state[i] = prop[:P]
             ac = np.asarray(tr.action_chunk, np.float32)[:C, :A]
             chunk[i, : len(ac), : ac.shape[1]] = ac
             valid[i, : len(ac)] = np.asarray(tr.action_chunk_valid, bool)[: len(ac)]
-        A_ = chunk.shape[2]
-        has_prop = np.array([np.asarray(tr.proprio).size > 0 for tr in trs])
         state = np.where(has_prop[:, None], (state - self.state_center[:P]) / self.state_scale[:P], 0.0)
         valid &= np.all(np.isfinite(chunk), axis=-1)
-        chunk = np.where(valid[..., None], (chunk - self.action_center[:A_]) / self.action_scale[:A_], 0.0)
+        chunk = np.where(valid[..., None], (chunk - self.action_center[:A]) / self.action_scale[:A], 0.0)
         for i, sample in enumerate(out):
             sample.update(state=np.nan_to_num(state[i]).astype(np.float32), action=chunk[i].astype(np.float32),
                           action_valid=valid[i])
