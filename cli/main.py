@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "cli.commands.policy",
     "cli.commands.simulate",
     "cli.commands.latent",
+    "cli.commands.tracker",
 ]
 BENCH_MODULES: list[str] = [
     "cli.bench.simulate",

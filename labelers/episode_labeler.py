@@ -51,7 +51,7 @@ class LabelConfig:
     depth: str = "dataset"  # "dataset" | "depth-anything"
     depth_params: dict = field(default_factory=dict)
     motion_source: str = "labelers"  # "labelers" (tracker + depth) | "ground_truth" (simulator oracle, labelers/eval/ground_truth.py)
-    tracker: str = "lk"  # "lk" | "cotracker"
+    tracker: str = "lk"  # "lk" | "flow" | "learned" | "cotracker" (labelers/tracking/registry.py)
     tracker_params: dict = field(default_factory=dict)
     grid: int = DEFAULT_GRID  # queries: grid x grid cell centres of the anchor frame
     horizon: int = DEFAULT_HORIZON  # T: steps t .. t + T - 1

@@ -85,6 +85,22 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: Optional[
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict, dict[str, str]]:
+    """(torch tensors, metadata) of a safetensors file; `what` names the kind of file in the
+    errors: FileNotFoundError when absent, ValueError naming the file when it is not readable
+    (truncated, foreign). Loading never unpickles."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # a truncated or foreign file: say which
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 

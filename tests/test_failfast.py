@@ -24,7 +24,7 @@ def _curate(capsys, *argv) -> tuple[int, list[str], str]:
 
 
 BAD_VALUES = [
-    ("labels.tracker=nonsense", "labels.tracker = 'nonsense': unknown tracker backend; choose one of cotracker, flow, lk"),
+    ("labels.tracker=nonsense", "labels.tracker = 'nonsense': unknown tracker backend; choose one of cotracker, flow, learned, lk"),
     ("labels.depth=midas", "labels.depth = 'midas': unknown depth backend; choose one of dataset, depth-anything"),
     ("labels.flow=raft", "labels.flow = 'raft': unknown flow backend; choose one of dis, farneback"),
     ("labels.grid=abc", "labels.grid = 'abc': expected an integer"),

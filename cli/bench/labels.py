@@ -81,6 +81,9 @@ def add_bench(bench_sub) -> None:
     p.add_argument("--cotracker-ckpt", default=os.environ.get("COTRACKER_CKPT"), help="CoTracker checkpoint (or $COTRACKER_CKPT)")
     p.add_argument("--only", choices=LABEL_KINDS, default=None,
                    help="score only this kind of label (flow: the optical-flow rows, no trackers or depth)")
+    p.add_argument("--trackers", nargs="+", default=None, choices=list(TRACKERS_SCORED), metavar="ROW",
+                   help="score only these tracker rows, besides the default (default: all; choices: "
+                        + "; ".join(TRACKERS_SCORED) + ")")
     p.add_argument("--card-table", action="store_true",
                    help="also write the result as the accuracy table the dataset card ships with "
                         "(curation/describe/label_accuracy.json; review and commit it like code)")
@@ -194,6 +197,8 @@ TRACKERS_SCORED = {
     "lk (anchor)": ("lk", {"mode": "anchor"}),
     "lk (chain, grey, 15 px, 3 levels)": ("lk", {"mode": "chain", "color": False, "win_size": 15, "max_level": 3, "fb_threshold_px": 1.0}),
     "flow (dis)": ("flow", {}),
+    # the default LK, then the learned refiner (labelers/tracking/learned.py, shipped weights)
+    "learned (lk + refiner)": ("learned", {}),
 }
 
 
@@ -212,7 +217,11 @@ def _flow_backends(args) -> dict:
 def _trackers(args) -> dict:
     from labelers.tracking.registry import get_tracker
 
-    out = {name: get_tracker(backend, **params) for name, (backend, params) in TRACKERS_SCORED.items()}
+    rows = [n for n in TRACKERS_SCORED if args.trackers is None or n == DEFAULT_TRACKER or n in args.trackers]
+    out = {}
+    for name in rows:
+        backend, params = TRACKERS_SCORED[name]
+        out[name] = get_tracker(backend, **params)
     if args.cotracker_repo and args.cotracker_ckpt:
         out["cotracker"] = get_tracker("cotracker", **_cotracker_params(args))
     return out
@@ -258,8 +267,8 @@ def run_labels(args) -> int:
     from schemas.episode import EpisodeError
     from schemas.progress import progress_bar
 
-    if args.only and args.card_table:
-        raise SystemExit("bench labels: --card-table needs every kind of label; drop --only")
+    if (args.only or args.trackers) and args.card_table:
+        raise SystemExit("bench labels: --card-table needs every kind of label and tracker; drop --only / --trackers")
     episodes = _load_episodes(args)
     backends = _accuracy_backends(args)
     pool = _Pool()
@@ -743,7 +752,7 @@ def _time_tracking(timings: _SpeedRows, ep, repeats: int) -> None:
     q = grid_queries(H, W, SPEED_GRID)
     plain = get_tracker("lk", static_anchor=False, static_step=False, ref_gap=0)
     for label, tr in ((DEFAULT_TRACKER, get_tracker("lk")), ("lk (chain)", plain), ("lk (hybrid)", get_tracker("lk", mode="hybrid")),
-                      ("flow (dis)", get_tracker("flow"))):
+                      ("flow (dis)", get_tracker("flow")), ("learned (lk + refiner)", get_tracker("learned", threads=1))):
         timings.add("tracks", f"{label}, {SPEED_GRID ** 2} pts x {SPEED_HORIZON}, stride {SPEED_STRIDE}",
                     _best_time(lambda: tr.track_anchors(frames, anchors, q, SPEED_HORIZON), 1), n, "frames")
     tracks, vis = get_tracker("lk").track_anchors(frames, anchors, q, SPEED_HORIZON)

@@ -36,17 +36,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"latent-action checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # a truncated or foreign file: say which
-        raise ValueError(f"{path}: not a readable safetensors checkpoint ({e})") from e
-    return tensors, meta
+    return layout.read_safetensors(path, "latent-action checkpoint")
 
 
 def save_weights(model: torch.nn.Module, config: LAMConfig, path: str | os.PathLike, extra: dict | None = None) -> Path:

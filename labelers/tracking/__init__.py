@@ -25,7 +25,11 @@ Backends
   default was chosen by `curate bench labels` on Meta-World ground truth.
 - "flow": integrates dense optical flow (DIS) frame to frame with a
   forward-backward flow check; its cost does not grow with points or anchors.
+- "learned": the default LK, then each solved step re-estimated against the anchor frame by a
+  small refiner trained on simulator ground truth (learned.py, refiner.py; trained by
+  refiner_train.py, `curate tracker train`; weights shipped in weights/).
 - "cotracker": CoTracker3 through torch.hub (cotracker.py).
 
-Modules: common (interface, grids, checks), lk, flow, cotracker, registry (get_tracker).
+Modules: common (interface, grids, checks), lk, lk_refined, flow, learned, refiner,
+refiner_train, cotracker, registry (get_tracker).
 """

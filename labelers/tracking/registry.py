@@ -1,4 +1,4 @@
-"""Tracker backends by name (`LabelConfig.tracker`): "lk", "flow", "cotracker"."""
+"""Tracker backends by name (`LabelConfig.tracker`): "lk", "flow", "learned", "cotracker"."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from labelers.tracking.lk import LKTracker
 TRACKERS: dict[str, Callable[..., Tracker]] = {"lk": LKTracker, "flow": FlowTracker}
 
 
-TRACKER_NAMES: list[str] = sorted([*TRACKERS, "cotracker"])  # cotracker imports torch: loaded on demand
+TRACKER_NAMES: list[str] = sorted([*TRACKERS, "cotracker", "learned"])  # these import torch: loaded on demand
 
 
 def tracker_class(name: str) -> Callable[..., Tracker]:
@@ -21,6 +21,10 @@ def tracker_class(name: str) -> Callable[..., Tracker]:
         from labelers.tracking.cotracker import CoTrackerTracker
 
         return CoTrackerTracker
+    if name == "learned":
+        from labelers.tracking.learned import LearnedTracker
+
+        return LearnedTracker
     try:
         return TRACKERS[name]
     except KeyError:
