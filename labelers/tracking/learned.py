@@ -24,8 +24,9 @@ from labelers.tracking.lk_refined import RefinedLKTracker
 # Frames whose features are computed in one forward pass (bounds the peak memory:
 # 16 frames x C x H x W float32).
 FEATURE_BATCH = 16
-# Trained by `curate tracker train --out labelers/tracking/weights/refiner-128.safetensors` on the
-# choice tasks from three cameras at 128 px (the command and data are in the file's metadata).
+# Trained by `curate tracker train --out labelers/tracking/weights/refiner-128.safetensors` (15
+# tasks, none of the bench's held-out ones, from three cameras at 128 px; the command and data are
+# in the file's metadata).
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "refiner-128.safetensors"
 
 
