@@ -13,10 +13,13 @@ for k, v in d["variants"].items():
     if regime != "5":
         continue
     lo, hi = v["ci95"]
-    rows.append(f"| {desc.get(name, name)} | {v['successes']}/{v['trials']} = {round(v['successes'] / v['trials'] + 1e-9, 2):.2f} [{lo:.2f}, {hi:.2f}] | "
+    seeds = ", ".join(str(x) for x in v.get("seeds", [0]))
+    rows.append(f"| {desc.get(name, name)} | {seeds} | {v['successes']}/{v['trials']} = {round(v['successes'] / v['trials'] + 1e-9, 2):.2f} [{lo:.2f}, {hi:.2f}] | "
                 + " | ".join(f"{v['per_task'][t]['successes']}/{v['per_task'][t]['trials']}" for t in tasks) + " |")
 s = open("README.md").read()
-head = "| variant @ 5 demos, seed 0 | success (95 % Wilson) | button-press-topdown | coffee-button | drawer-open | window-open |\n|---|---|---|---|---|---|\n"
+head = "| variant @ 5 demos | seeds | success (95 % Wilson) | button-press-topdown | coffee-button | drawer-open | window-open |\n|---|---|---|---|---|---|---|\n"
+old = "| variant @ 5 demos, seed 0 | success (95 % Wilson) | button-press-topdown | coffee-button | drawer-open | window-open |\n|---|---|---|---|---|---|\n"
+s = s.replace(old, head)
 i = s.index(head) + len(head)
 j = s.index("\n\n", i)
 s = s[:i] + "\n".join(rows) + s[j:]
