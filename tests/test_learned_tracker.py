@@ -38,6 +38,12 @@ def test_refiner_weights_round_trip_and_foreign_files_are_refused(tmp_path, one_
     torch.testing.assert_close(fa, fb, rtol=0, atol=0)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
+    with_argmax = TrackRefiner(RefinerConfig(channels=8, dilations=(1, 2), radius=2, hidden=32, soft_argmax=True))
+    again, _ = load_refiner(save_refiner(with_argmax, tmp_path / "sa.safetensors"))
+    assert again.config.soft_argmax and float(again.temperature) == float(with_argmax.temperature)
+    old_json = RefinerConfig().to_json().replace(', "soft_argmax": false', "")
+    assert "soft_argmax" not in old_json and RefinerConfig.from_json(old_json) == RefinerConfig()  # files from before the option
+
     from safetensors.torch import save_file
 
     other = tmp_path / "other.safetensors"

@@ -45,6 +45,8 @@ def add_commands(sub) -> None:
     t.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    t.add_argument("--soft-argmax", action="store_true",
+                   help="the head corrects the soft-argmax of the fine cost volume (RefinerConfig.soft_argmax)")
     add_report_args(t)
     t.set_defaults(func=cmd_train)
 
@@ -69,7 +71,7 @@ def _episodes(args) -> tuple[list, list[str]]:
 
 
 def cmd_train(args) -> int:
-    from labelers.tracking.refiner import save_refiner
+    from labelers.tracking.refiner import RefinerConfig, save_refiner
     from labelers.tracking.refiner_train import TrainSettings, build_samples, train_refiner
 
     settings = TrainSettings(steps=args.steps, seed=args.seed, threads=args.threads)
@@ -79,7 +81,7 @@ def cmd_train(args) -> int:
         raise SystemExit(f"episodes without simulator ground truth cannot train the refiner: {missing[:3]}")
     samples = build_samples(episodes, settings)
     log.info("track refiner: %d samples from %d episodes", len(samples), len(episodes))
-    model, record = train_refiner(samples, settings)
+    model, record = train_refiner(samples, settings, config=RefinerConfig(soft_argmax=args.soft_argmax))
     record.update({"data": where, "episodes": len(episodes),
                    "command": "curate " + " ".join(sys.argv[1:])})
     out = save_refiner(model, args.out, extra=record)
