@@ -14,7 +14,7 @@ from labelers.tracking.lk_refined import RefinedLKTracker
 from labelers.tracking.refiner import RefinerConfig, TrackRefiner, load_refiner, save_refiner
 from labelers.tracking.registry import get_tracker
 
-SMALL = RefinerConfig(channels=8, dilations=(1, 2, 4), radius=3, hidden=64)
+SMALL = RefinerConfig(channels=8, dilations=(1, 2, 4), radius=3, hidden=64, soft_argmax=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_refiner_weights_round_trip_and_foreign_files_are_refused(tmp_path, one_
     with_argmax = TrackRefiner(RefinerConfig(channels=8, dilations=(1, 2), radius=2, hidden=32, soft_argmax=True))
     again, _ = load_refiner(save_refiner(with_argmax, tmp_path / "sa.safetensors"))
     assert again.config.soft_argmax and float(again.temperature) == float(with_argmax.temperature)
-    old_json = RefinerConfig().to_json().replace(', "soft_argmax": false', "")
-    assert "soft_argmax" not in old_json and RefinerConfig.from_json(old_json) == RefinerConfig()  # files from before the option
+    old_json = RefinerConfig().to_json().replace(', "soft_argmax": true', "")
+    assert "soft_argmax" not in old_json and RefinerConfig.from_json(old_json) == RefinerConfig(soft_argmax=False)  # files from before the option
 
     from safetensors.torch import save_file
 

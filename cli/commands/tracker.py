@@ -12,6 +12,7 @@ not be trained on, nor tasks with their objects (DEFAULT_TRAIN_TASKS).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import tempfile
@@ -45,8 +46,8 @@ def add_commands(sub) -> None:
     t.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    t.add_argument("--soft-argmax", action="store_true",
-                   help="the head corrects the soft-argmax of the fine cost volume (RefinerConfig.soft_argmax)")
+    t.add_argument("--soft-argmax", action=argparse.BooleanOptionalAction, default=True,
+                   help="the head corrects the soft-argmax of the fine cost volume (RefinerConfig.soft_argmax; default on)")
     add_report_args(t)
     t.set_defaults(func=cmd_train)
 

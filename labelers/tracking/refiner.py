@@ -12,7 +12,9 @@ without temporal context, so every step of every anchor is refined in one batch.
     query       phi(anchor) bilinearly sampled at the query q: C
     cost        <phi(target) sampled on a (2R+1)^2 grid around the estimate p, query> at
                 spacing 1 px and `coarse_step` px: 2 x (2R+1)^2
-    head        MLP(cost, query feature, target feature at p) -> (dx, dy, visibility logit)
+    head        MLP(cost, query feature, target feature at p) -> (dx, dy, visibility logit), the
+                (dx, dy) added to the soft-argmax of the fine cost volume (`soft_argmax`: sub-pixel
+                localisation the MLP alone did not reach: held out 0.626 vs 0.616 moving delta_avg)
 
 Applied `iterations` times (p <- p + delta). Weights live in safetensors with the
 RefinerConfig as JSON metadata (`save_refiner` / `load_refiner`); training:
@@ -39,7 +41,7 @@ class RefinerConfig:
     radius: int = 5  # cost volume half-size, in grid steps
     coarse_step: float = 3.0  # px between samples of the coarse cost volume
     hidden: int = 192
-    soft_argmax: bool = False  # the head adds to the soft-argmax offset of the fine cost volume
+    soft_argmax: bool = True  # the head adds to the soft-argmax offset of the fine cost volume
     iterations: int = 1  # 2 and 3 measured worse held out (delta_avg 0.580 / 0.559 vs 0.602 ungated)
 
     def to_json(self) -> str:
@@ -49,7 +51,7 @@ class RefinerConfig:
     def from_json(cls, text: str) -> "RefinerConfig":
         d = json.loads(text)
         d["dilations"] = tuple(d["dilations"])
-        d.setdefault("soft_argmax", False)  # weights written before the option
+        d.setdefault("soft_argmax", False)  # weights written before the option had none
         return cls(**d)
 
 
