@@ -190,9 +190,9 @@ def test_loader_reads_only_the_primary_camera_and_the_labels_it_uses(bridge, tmp
     got = list(bare.iter_triplets(cameras=PRIMARY_CAMERA, labels=labels_read(cfg)))
     assert len(got) == ds.num_triplets() and all(set(t.images) == {t.meta["primary_camera"]} for t in got)
     assert all(set(t.motion) <= keep for t in got)
-    want, got = _samples(str(bridge), cfg, 0), _samples(str(copy), cfg, 2)
-    assert got.keys() == want.keys()
-    for key, sample in got.items():
+    want, two_workers = _samples(str(bridge), cfg, 0), _samples(str(copy), cfg, 2)
+    assert two_workers.keys() == want.keys()
+    for key, sample in two_workers.items():
         for name, value in sample.items():
             np.testing.assert_array_equal(value, want[key][name], err_msg=f"{key} {name}")
 

@@ -35,8 +35,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     layout.save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path, metadata=metadata)
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    return layout.read_safetensors(path, "latent-action checkpoint")
+WHAT = "latent-action checkpoint"  # how errors name these files
 
 
 def save_weights(model: torch.nn.Module, config: LAMConfig, path: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -62,7 +61,7 @@ def resolve_weights(path: str | os.PathLike) -> Path:
 def load_weights(path: str | os.PathLike) -> tuple[LAMConfig, dict[str, torch.Tensor], dict]:
     """-> (config, model state dict, extra metadata) from weights or a training state."""
     file = resolve_weights(path)
-    tensors, meta = _read(file)
+    tensors, meta = layout.read_safetensors(file, WHAT)
     fmt = meta.get("format")
     if fmt == FORMAT_WEIGHTS:
         state = tensors
@@ -128,7 +127,7 @@ def load_training_state(
 ) -> tuple[int, dict]:
     """Restore model, optimiser and RNG states in place; -> (step, settings)."""
     path = Path(path)
-    tensors, meta = _read(path)
+    tensors, meta = layout.read_safetensors(path, WHAT)
     if meta.get("format") != FORMAT_TRAIN:
         raise ValueError(f"{path}: not a latent-action training state (format {meta.get('format')!r})")
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})

@@ -39,6 +39,15 @@ def solved_steps(tracks: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return solved
 
 
+def group_by(*keys: np.ndarray) -> list[np.ndarray]:
+    """Indices of equal key tuples (keys: S int arrays each), groups in lexicographic key order,
+    indices ascending within a group."""
+    order = np.lexsort(keys[::-1])  # stable; the first key is the primary one
+    stacked = np.stack([k[order] for k in keys])
+    cuts = np.flatnonzero((np.diff(stacked, axis=1) != 0).any(0)) + 1
+    return np.split(order, cuts)
+
+
 class LearnedTracker:
     """RefinedLKTracker + TrackRefiner. weights: path of the refiner's safetensors file;
     gate_px: corrections shorter than this are not applied (module docstring); lk_params:
@@ -59,17 +68,13 @@ class LearnedTracker:
         self.lk = RefinedLKTracker(**lk_params)
         self.threads = threads
 
-    @property
-    def takes_gray_frames(self) -> bool:
-        return False
-
     def __call__(self, frames: np.ndarray, queries_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         frames = check_frames(frames)
         tracks, vis = self.track_anchors(frames, np.array([0]), queries_xy, horizon=frames.shape[0])
         return tracks[0], vis[0]
 
-    def track_anchors(self, frames: np.ndarray, anchors: Sequence[int], queries_xy: np.ndarray, horizon: int,
-                      pyramids: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def track_anchors(self, frames: np.ndarray, anchors: Sequence[int], queries_xy: np.ndarray,
+                      horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """As LKTracker.track_anchors (N K horizon 2 tracks, N K horizon visible), refined."""
         frames = check_frames(frames)
         q = check_queries(queries_xy)
@@ -94,9 +99,7 @@ class LearnedTracker:
         with torch.no_grad():
             feats = self._features(frames, needed)
             qt = torch.from_numpy(q).float()
-            pair = fa * frames.shape[0] + ft
-            for key in np.unique(pair):
-                m = np.flatnonzero(pair == key)
+            for m in group_by(fa, ft):
                 a, t = int(fa[m[0]]), int(ft[m[0]])
                 p = torch.from_numpy(tracks[n[m], k[m], j[m]]).float()
                 refined, _ = self.model.refine(feats[a], feats[t], qt[k[m]], p)

@@ -67,14 +67,19 @@ def sample_at(fmap: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(fmap[None], g, align_corners=False, padding_mode="border")[0, :, :, 0].T
 
 
+def grid_offsets(radius: int, step: float = 1.0) -> torch.Tensor:
+    """S S 2 (dx, dy) offsets of an S x S grid (S = 2 radius + 1) `step` px apart, row-major."""
+    off = torch.arange(-radius, radius + 1, dtype=torch.float32) * step
+    gy, gx = torch.meshgrid(off, off, indexing="ij")
+    return torch.stack([gx, gy], -1)
+
+
 def sample_around(fmap: torch.Tensor, xy: torch.Tensor, radius: int, step: float) -> torch.Tensor:
     """fmap C H W, xy M 2 -> M C S S features on an S x S grid (S = 2 radius + 1, `step` px
     apart) centred on each xy."""
     C, H, W = fmap.shape
-    off = torch.arange(-radius, radius + 1, dtype=fmap.dtype) * step
-    gy, gx = torch.meshgrid(off, off, indexing="ij")
-    pts = torch.stack([xy[:, 0, None, None] + gx, xy[:, 1, None, None] + gy], -1)  # M S S 2
-    M, S = xy.shape[0], off.numel()
+    pts = xy[:, None, None, :] + grid_offsets(radius, step).to(fmap.dtype)  # M S S 2
+    M, S = xy.shape[0], 2 * radius + 1
     g = _normalised(pts, H, W).reshape(1, M * S, S, 2)
     out = F.grid_sample(fmap[None], g, align_corners=False, padding_mode="border")  # 1 C M*S S
     return out[0].reshape(C, M, S, S).permute(1, 0, 2, 3)
@@ -95,9 +100,7 @@ class TrackRefiner(nn.Module):
                                   nn.Linear(config.hidden // 2, 3))
         if config.soft_argmax:
             self.temperature = nn.Parameter(torch.tensor(1.0))
-            off = torch.arange(-config.radius, config.radius + 1, dtype=torch.float32)
-            gy, gx = torch.meshgrid(off, off, indexing="ij")
-            self.register_buffer("offsets", torch.stack([gx.flatten(), gy.flatten()], -1), persistent=False)  # S*S 2
+            self.register_buffer("offsets", grid_offsets(config.radius).reshape(-1, 2), persistent=False)  # S*S 2
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """frames B 3 H W in [0, 1] -> B C H W."""

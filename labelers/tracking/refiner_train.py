@@ -64,10 +64,9 @@ class Samples:
 
     def pairs(self) -> list[np.ndarray]:
         """Sample indices grouped by (episode, anchor frame, target frame)."""
-        key = (self.episode.astype(np.int64) * 1_000_000 + self.anchor_frame * 1000 + self.target_frame)
-        order = np.argsort(key, kind="stable")
-        cuts = np.flatnonzero(np.diff(key[order])) + 1
-        return np.split(order, cuts)
+        from labelers.tracking.learned import group_by
+
+        return group_by(self.episode, self.anchor_frame, self.target_frame)
 
 
 def episode_samples(ep, index: int, settings: TrainSettings, rng: np.random.Generator) -> dict:
