@@ -1,6 +1,6 @@
-"""The learned track refiner (labelers/tracking/refiner.py, learned.py, refiner_train.py):
-its weights file, how the tracker applies it, and that training on simulator ground truth
-teaches it to pull a track estimate toward the true position."""
+"""The learned track refiner (labelers/tracking/refiner.py and learned.py, trained by
+labelers/training/track_refiner.py): its weights file, how the tracker applies it, and that
+training on simulator ground truth teaches it to pull a track estimate toward the true position."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_the_tracker_corrects_only_solved_steps_and_gates_small_corrections(sim_
 
 
 def test_training_on_ground_truth_pulls_estimates_to_the_true_position(sim_episodes, one_torch_thread):
-    from labelers.tracking.refiner_train import TrainSettings, build_samples, train_refiner
+    from labelers.training.track_refiner import TrainSettings, build_samples, train_refiner
 
     settings = TrainSettings(steps=200, lr=3e-3, lr_final=1e-3, jitter_px=4.0, pairs=4, per_pair=32, stride=8,
                              horizon=12, grid=12)

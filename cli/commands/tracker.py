@@ -73,7 +73,7 @@ def _episodes(args) -> tuple[list, list[str]]:
 
 def cmd_train(args) -> int:
     from labelers.tracking.refiner import RefinerConfig, save_refiner
-    from labelers.tracking.refiner_train import TrainSettings, build_samples, train_refiner
+    from labelers.training.track_refiner import TrainSettings, build_samples, train_refiner
 
     settings = TrainSettings(steps=args.steps, seed=args.seed, threads=args.threads)
     episodes, where = _episodes(args)

@@ -27,9 +27,9 @@ Backends
   forward-backward flow check; its cost does not grow with points or anchors.
 - "learned": the default LK, then each solved step re-estimated against the anchor frame by a
   small refiner trained on simulator ground truth (learned.py, refiner.py; trained by
-  refiner_train.py, `curate tracker train`; weights shipped in weights/).
+  labelers/training/track_refiner.py, `curate tracker train`; weights shipped in weights/).
 - "cotracker": CoTracker3 through torch.hub (cotracker.py).
 
 Modules: common (interface, grids, checks), lk, lk_refined, flow, learned, refiner,
-refiner_train, cotracker, registry (get_tracker).
+cotracker, registry (get_tracker).
 """

@@ -18,7 +18,7 @@ without temporal context, so every step of every anchor is refined in one batch.
 
 Applied `iterations` times (p <- p + delta). Weights live in safetensors with the
 RefinerConfig as JSON metadata (`save_refiner` / `load_refiner`); training:
-labelers/tracking/refiner_train.py (`curate tracker train`).
+labelers/training/track_refiner.py (`curate tracker train`).
 """
 
 from __future__ import annotations
