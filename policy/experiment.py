@@ -22,6 +22,7 @@ each step its own log, WORKDIR/logs/<step>.log.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from policy.experiment_plan import LATENT_LABEL_SET, Layout, Plan, Step
 from policy.experiment_results import write_outputs
@@ -53,26 +54,26 @@ def _simulate(plan: Plan, name: str, spec, episodes: int, out: Path) -> Step:
     return Step(name, "simulate", argv, clean=out)
 
 
-def _curate(plan: Plan, name: str, sim_out: Path, out: Path, per_shard: int, sets: list[str]) -> Step:
+def _curate(plan: Plan, name: str, sim_out: Path, out: Path, per_shard: int, sets: list[str], needs: tuple) -> Step:
     argv = ["run", str(sim_out / "metaworld_sim" / "1.0.0"), "--out", str(out), "--runner", "local",
             "--shard-episodes", str(per_shard), "--no-progress"]
     for s in [*plan.curate, *sets]:
         argv += ["--set", s]
-    return Step(name, "curate", argv)
+    return Step(name, "curate", argv, needs=needs)
 
 
-def _publish(lay: Layout, name: str, cur_out: Path, dataset: str, version: str) -> Step:
+def _publish(lay: Layout, name: str, cur_out: Path, dataset: str, version: str, needs: tuple) -> Step:
     return Step(name, "publish", ["publish", str(cur_out), "--name", dataset, "--version", version,
-                                  "--to", lay.registry()])
+                                  "--to", lay.registry()], needs=needs)
 
 
-def _latent_train(plan: Plan, sim_out: Path, out: Path) -> Step:
+def _latent_train(plan: Plan, sim_out: Path, out: Path, needs: tuple) -> Step:
     """`curate latent train` on the corpus's frames (its own reader: no curation needed first)."""
     la = plan.latent_actions
     argv = ["latent", "train", "--source", str(sim_out / "metaworld_sim" / "1.0.0"), "--out", str(out),
             "--steps", str(la.steps), "--gap", str(la.gap), "--seed", str(la.seed), "--threads", str(plan.threads),
             "--json"]
-    return Step("latent/train", "latent", argv)
+    return Step("latent/train", "latent", argv, needs=needs)
 
 
 def run_config(plan: Plan, name: str, policy: dict, train: dict) -> Path:
@@ -96,54 +97,63 @@ def plan_steps(plan: Plan) -> list[Step]:
     steps: list[Step] = []
     seen: set[str] = set()
 
-    def add(step: Step) -> None:
+    def add(step: Step) -> str:
         if step.name not in seen:
             seen.add(step.name)
             steps.append(step)
+        return step.name
 
-    def need_corpus(label_set: str) -> str:
-        add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
-        sets = need_latent_model() if label_set == LATENT_LABEL_SET else c.label_sets[label_set]
+    def need_corpus(label_set: str) -> tuple[str, tuple]:
+        """The corpus curated with a label set: (its registry ref, the steps that make it)."""
+        sim = add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
+        sets, latent = need_latent_model() if label_set == LATENT_LABEL_SET else (c.label_sets[label_set], ())
         cur = w / "cur" / f"corpus-{label_set}"
-        add(_curate(plan, f"curate/corpus-{label_set}", w / "sim" / "corpus", cur, c.episodes_per_shard, sets))
-        add(_publish(lay, f"publish/corpus-{label_set}", cur, lay.corpus_name(label_set), c.version))
-        return lay.ref(lay.corpus_name(label_set), c.version)
+        cur_step = add(_curate(plan, f"curate/corpus-{label_set}", w / "sim" / "corpus", cur, c.episodes_per_shard,
+                               sets, needs=(sim, *latent)))
+        pub = add(_publish(lay, f"publish/corpus-{label_set}", cur, lay.corpus_name(label_set), c.version, (cur_step,)))
+        return lay.ref(lay.corpus_name(label_set), c.version), (pub,)
 
-    def need_demos(regime: int, latent: bool = False) -> str:
+    def need_demos(regime: int, latent: bool = False) -> tuple[str, tuple]:
         sim = w / "sim" / f"demos{regime}"
-        add(_simulate(plan, f"simulate/demos{regime}", d, regime, sim))
+        sim_step = add(_simulate(plan, f"simulate/demos{regime}", d, regime, sim))
         tag = f"demos{regime}" + (f"-{LATENT_LABEL_SET}" if latent else "")
         name = lay.demos_name(regime) + (f"-{LATENT_LABEL_SET}" if latent else "")
-        add(_curate(plan, f"curate/{tag}", sim, w / "cur" / tag, d.episodes_per_shard, need_latent_model() if latent else []))
-        add(_publish(lay, f"publish/{tag}", w / "cur" / tag, name, d.version))
-        return lay.ref(name, d.version)
+        sets, model = need_latent_model() if latent else ([], ())
+        cur_step = add(_curate(plan, f"curate/{tag}", sim, w / "cur" / tag, d.episodes_per_shard, sets,
+                               needs=(sim_step, *model)))
+        pub = add(_publish(lay, f"publish/{tag}", w / "cur" / tag, name, d.version, (cur_step,)))
+        return lay.ref(name, d.version), (pub,)
 
-    def need_latent_model() -> list[str]:
-        """The latent action model trained on the corpus's frames; the --set that labels with it."""
-        add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
-        add(_latent_train(plan, w / "sim" / "corpus", lay.latent_model_dir()))
-        return [*plan.latent_actions.label_set, f"labels.latent_checkpoint={lay.latent_model_dir()}"]
+    def need_latent_model() -> tuple[list[str], tuple]:
+        """The latent action model trained on the corpus's frames: the --set that labels with it,
+        and the step that trains it."""
+        sim = add(_simulate(plan, "simulate/corpus", c, c.episodes, w / "sim" / "corpus"))
+        train = add(_latent_train(plan, w / "sim" / "corpus", lay.latent_model_dir(), needs=(sim,)))
+        return [*plan.latent_actions.label_set, f"labels.latent_checkpoint={lay.latent_model_dir()}"], (train,)
 
-    def need_stage1(name: str) -> Path:
+    def need_stage1(name: str) -> tuple[Path, tuple]:
         s1 = plan.stage1[name]
-        init = need_stage1(s1.init) if s1.init else None
-        ref = need_corpus(s1.label_set)
+        init, init_needs = need_stage1(s1.init) if s1.init else (None, ())
+        ref, corpus = need_corpus(s1.label_set)
         cfg = run_config(plan, f"stage1-{name}", s1.policy, s1.train)
         out = lay.stage1_dir(name)
         argv = ["policy", "train", "--data", ref, "--phase", s1.phase, "--config", str(cfg), "--steps", str(s1.steps),
                 "--seed", "0", "--threads", str(plan.threads), "--out", str(out), "--json"]
+        needs = (*init_needs, *corpus)
         if s1.label_set == LATENT_LABEL_SET:
             argv += ["--latent-checkpoint", str(lay.latent_model_dir())]
-        add(Step(f"stage1/{name}", "stage1", argv + (["--init", str(init)] if init is not None else [])))
-        return out
+            needs += need_latent_model()[1]
+        step = add(Step(f"stage1/{name}", "stage1", argv + (["--init", str(init)] if init is not None else []),
+                        needs=needs))
+        return out, (step,)
 
     e = plan.eval
     order = [(regime, seed, vname, v) for wave in sorted({v.wave for v in plan.variants.values()})
              for regime in plan.regimes for seed in plan.seeds for vname, v in plan.variants.items() if v.wave == wave]
     for regime, seed, vname, v in order:
         latent = v.stage1 is not None and plan.stage1[v.stage1].label_set == LATENT_LABEL_SET
-        ref = need_demos(regime, latent)
-        init = need_stage1(v.stage1) if v.stage1 else None
+        ref, demos = need_demos(regime, latent)
+        init, stage1 = need_stage1(v.stage1) if v.stage1 else (None, ())
         cfg = run_config(plan, vname, v.policy, v.train)
         out = lay.run_dir(vname, regime, seed)
         key = {"variant": vname, "regime": regime, "seed": seed}
@@ -152,13 +162,13 @@ def plan_steps(plan: Plan) -> list[Step]:
                 "--fusion", v.fusion, "--out", str(out), "--json"]
         if init is not None:
             argv += ["--init", str(init)]
-        add(Step(f"train/{vname}@{regime}/s{seed}", "train", argv, key=key))
+        train = add(Step(f"train/{vname}@{regime}/s{seed}", "train", argv, key=key, needs=(*demos, *stage1)))
         strips = lay.strips(vname, regime, seed)
         add(Step(f"eval/{vname}@{regime}/s{seed}", "eval",
                  ["policy", "eval", "--checkpoint", str(out), *[a for t in d.tasks for a in ("--task", t)],
                   "--episodes", str(e.episodes), "--max-steps", str(e.max_steps), "--eval-seed", str(e.seed),
                   "--threads", str(plan.threads), "--strips", str(strips), "--json"],
-                 stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key))
+                 stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key, needs=(train,)))
     return steps
 
 
@@ -225,21 +235,53 @@ def git_commit(paths: list[Path], message: str) -> None:
         log.warning("git commit of %s failed: %s", rel, (e.stderr or b"").decode(errors="replace").strip())
 
 
+def select_steps(steps: list[Step], only: Sequence[str]) -> set[str]:
+    """The steps whose names match any of the `only` patterns (fnmatch: "stage1/*",
+    "*/lafp@5/*"), with every step they need, transitively. No patterns: every step.
+    Raises ValueError naming a pattern that matches no step."""
+    if not only:
+        return {s.name for s in steps}
+    by_name = {s.name: s for s in steps}
+    todo = []
+    for pattern in only:
+        hits = [s.name for s in steps if fnmatch.fnmatchcase(s.name, pattern)]
+        if not hits:
+            raise ValueError(f"--only {pattern!r} matches no step of the plan (see --dry-run for their names)")
+        todo += hits
+    chosen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name not in chosen:
+            chosen.add(name)
+            todo += by_name[name].needs
+    return chosen
+
+
 def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False, commit: bool = False,
-             stop_after: Optional[int] = None, on_event: Callable[[str], None] = print) -> dict:
+             stop_after: Optional[int] = None, on_event: Callable[[str], None] = print,
+             only: Sequence[str] = ()) -> dict:
     """Run every step not yet done, in order; returns {"steps": [{step, status, wall_s, command}], ...}.
-    stop_after: run at most this many steps in this call (tests stop a plan half way with it)."""
+    stop_after: run at most this many steps in this call (tests stop a plan half way with it).
+    only: run just the steps matching these patterns and what they need (select_steps); the
+    others are reported as "not selected" unless done."""
     lay = Layout(plan)
     steps = plan_steps(plan)
+    chosen = select_steps(steps, only)
     report, ran = [], 0
     for step in steps:
         row = {"step": step.name, "command": step.command}
         if is_done(lay, step):
             report.append({**row, "status": "done", "wall_s": json.loads(lay.marker(step.name).read_text())["wall_s"]})
             continue
+        if step.name not in chosen:
+            report.append({**row, "status": "not selected", "wall_s": None})
+            continue
         if dry_run or (stop_after is not None and ran >= stop_after):
             report.append({**row, "status": "todo", "wall_s": None})
             continue
+        missing = [n for n in step.needs if not lay.marker(n).exists()]
+        if missing:  # cannot happen in plan order; a guard against a plan built out of order
+            raise RuntimeError(f"step {step.name} needs {missing}, not done")
         on_event(f"[{time.strftime('%H:%M:%S')}] start {step.name}: {step.command}")
         wall = run_step(lay, step, execute)
         ran += 1
@@ -252,6 +294,6 @@ def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False,
     written = [] if dry_run else write_outputs(plan, steps)
     if commit and written:
         git_commit(written, f"motion-prior experiment: results after {ran} step(s) ({plan.results})")
-    done = sum(r["status"] != "todo" for r in report)
+    done = sum(r["status"] == "done" or r["status"] == "ran" for r in report)
     return {"plan": str(plan.path), "workdir": str(plan.workdir), "results": str(plan.results),
             "steps_done": done, "steps_total": len(steps), "ran": ran, "steps": report}

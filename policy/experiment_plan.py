@@ -224,6 +224,7 @@ class Step:
     stdout: Optional[Path] = None  # where the command's stdout goes (evaluation JSON), written atomically
     clean: Optional[Path] = None  # removed before a (re)run: a step that cannot resume starts over
     key: dict = field(default_factory=dict)  # variant / regime / seed of train and eval steps
+    needs: tuple = ()  # names of the steps whose outputs this one reads (all earlier in the plan)
 
     @property
     def command(self) -> str:

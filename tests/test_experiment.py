@@ -245,6 +245,28 @@ def test_cli_experiment_dry_run_and_bad_plan(tmp_path, capsys):
     assert "stage1 'nope'" in capsys.readouterr().err
 
 
+def test_only_runs_the_chosen_steps_and_what_they_need(tmp_path):
+    from policy.experiment import plan_steps, run_plan, select_steps
+    from policy.experiment_plan import load_plan
+
+    plan = load_plan(write_plan(tmp_path, seeds=[0, 1]))
+    steps = plan_steps(plan)
+    index = {s.name: i for i, s in enumerate(steps)}
+    assert all(index[n] < index[s.name] for s in steps for n in s.needs)  # needs come first
+    assert dict((s.name, s.needs) for s in steps)["train/lamp@1/s1"] == ("publish/demos1", "stage1/uvd")
+    assert select_steps(steps, ["stage1/*"]) == {"simulate/corpus", "curate/corpus-ours", "publish/corpus-ours",
+                                                  "stage1/uvd"}
+    rec = Recorder()
+    r = run_plan(plan, execute=rec, on_event=lambda s: None, only=["eval/lamp@1/s1"])
+    ran = [s["step"] for s in r["steps"] if s["status"] == "ran"]
+    assert ran == ["simulate/demos1", "curate/demos1", "publish/demos1", "simulate/corpus", "curate/corpus-ours",
+                   "publish/corpus-ours", "stage1/uvd", "train/lamp@1/s1", "eval/lamp@1/s1"] and len(rec.calls) == 9
+    assert {s["status"] for s in r["steps"] if s["step"] not in ran} == {"not selected"}
+    assert r["steps_done"] == 9 and r["steps_total"] == len(steps)
+    with pytest.raises(ValueError, match="'train/nope' matches no step"):
+        run_plan(plan, execute=rec, on_event=lambda s: None, only=["train/nope"])
+
+
 def test_runner_skips_finished_steps_and_reruns_a_failed_one(tmp_path):
     from policy.experiment import plan_steps, run_plan
     from policy.experiment_plan import Layout, load_plan

@@ -63,6 +63,9 @@ def add_commands(sub) -> None:
     x.add_argument("--dry-run", action="store_true", help="list the steps and which are done; run nothing")
     x.add_argument("--commit", action="store_true", help="git-commit the results files after every evaluation")
     x.add_argument("--results", default=None, help="results JSON to write instead of the plan's `results`")
+    x.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="run only the steps whose names match (fnmatch, e.g. 'stage1/*', '*/lafp@5/*'; repeatable) "
+                        "and the steps they need; the rest stay as they are")
     add_report_args(x)
     x.set_defaults(func=cmd_experiment)
 
@@ -190,7 +193,7 @@ def cmd_experiment(args) -> int:
         plan = load_plan(args.plan)
         if args.results:
             plan.results = Path(args.results)
-        result = run_plan(plan, dry_run=args.dry_run, commit=args.commit,
+        result = run_plan(plan, dry_run=args.dry_run, commit=args.commit, only=args.only,
                           on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
     except (ValueError, RuntimeError) as e:  # a bad plan, or a step that failed (the message names its log)
         print(f"curate policy experiment: error: {e}", file=sys.stderr)
