@@ -51,10 +51,10 @@ def _parse_summary(stdout: str) -> dict:
     return json.loads(stdout[start:])
 
 
-def run_local(source, out, shard_episodes: int = 3, timeout_s: float = 600) -> dict:
+def run_local(source, out, shard_episodes: int = 3, timeout_s: float = 600, extra_sets=()) -> dict:
     """The reference: `curate run --runner local` in a subprocess."""
     t0 = time.perf_counter()
-    res = subprocess.run(curate_cmd() + ["run", "--runner", "local"] + run_args(source, out, shard_episodes),
+    res = subprocess.run(curate_cmd() + ["run", "--runner", "local"] + run_args(source, out, shard_episodes, extra_sets),
                          capture_output=True, text=True, timeout=timeout_s)
     if res.returncode != 0:
         raise RuntimeError(f"local run failed ({res.returncode}): {res.stderr[-3000:]}")
@@ -95,14 +95,14 @@ def _unit_running_on(cluster, name: str, out: Path) -> Optional[int]:
 
 
 def run_cluster_job(cluster, source, out, shard_episodes: int = 3, kill: Optional[str] = None,
-                    label_resource: Optional[str] = None, timeout_s: float = 900) -> dict:
+                    label_resource: Optional[str] = None, timeout_s: float = 900, extra_sets=()) -> dict:
     """`curate run --runner ray --address` against `cluster` in a driver subprocess.
 
     kill: crash this node (every process of it frozen, then SIGKILLed) the moment it
     is seen running a unit whose shard is not committed (so there is work to lose).
     label_resource: run the
     labeler as one actor needing this custom resource (a stand-in GPU)."""
-    sets = ["engine.max_retries=5"]
+    sets = ["engine.max_retries=5", *extra_sets]
     if label_resource:
         sets += ["engine.label_actors=1", f"engine.label_resources={{{label_resource}: 1}}"]
     cmd = curate_cmd() + ["run", "--runner", "ray", "--address", cluster.address] + run_args(

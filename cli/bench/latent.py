@@ -24,7 +24,7 @@ SIM_DIMS = ("x", "y", "z", "grip")  # Meta-World actions: end-effector delta x y
 
 
 def add_bench(sub) -> None:
-    from labelers.latent.probe import PROBE_FEATURES
+    from labelers.latent.config import PROBE_FEATURES
 
     p = sub.add_parser(
         "latent", help="latent action tokens: codebook usage, PSNR, action probe vs a random model",

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 from schemas.config import strict_from_dict
 
+# What the action probe (labelers/latent/probe.py) reads of the tokens: ids one-hot per position,
+# the quantised code vectors, or both (here, not in probe.py, so the CLI lists them without torch).
+PROBE_FEATURES = ("onehot", "codes", "onehot+codes")
+
 
 @dataclass(frozen=True)
 class LAMConfig:

@@ -25,13 +25,13 @@ import math
 import numpy as np
 import torch
 
+from labelers.latent.config import PROBE_FEATURES
 from labelers.latent.data import FrameStore
 from labelers.latent.model import MOVING_THRESHOLD, LatentActionModel
 from labelers.latent.train import batch_tensors
 
 # What a probe reads: "onehot" token ids (L x V), "codes" the quantised code vectors (L x c),
 # "onehot+codes" both side by side.
-PROBE_FEATURES = ("onehot", "codes", "onehot+codes")
 CV_FOLDS = 3  # episode-grouped folds of the fitting half for cv_r2 (6-8 fitting episodes per task)
 
 
