@@ -43,6 +43,7 @@ and samples carry no state / action / action_valid.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -474,14 +475,51 @@ def dataset_version(ds) -> str:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """List of samples -> batch of tensors (language stays a list of str)."""
+    """List of samples -> batch of tensors (language, episode_id, anchor stay lists). In a
+    DataLoader worker the batch's arrays are stacked into one shared-memory buffer (see
+    collate_shared); in the main process each is its own tensor."""
+    if get_worker_info() is not None:
+        return collate_shared(samples)
     batch: dict[str, Any] = {}
     for key, first in samples[0].items():
         if isinstance(first, np.ndarray):
             batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
-        else:  # language, episode_id, anchor: kept as lists
+        else:
             batch[key] = [s[key] for s in samples]
     return batch
+
+
+_ALIGN = 64  # bytes: each array of a packed batch starts on a cache line (and any dtype's alignment)
+
+
+def collate_shared(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch of `collate`, every array a view of ONE tensor in shared memory. A worker hands
+    a batch to the main process by moving each tensor's storage to shared memory (a new segment,
+    a copy and a file descriptor sent per tensor); one storage per batch pays that once and
+    stacks the samples straight into it, about halving what a batch costs to cross processes."""
+    first, n = samples[0], len(samples)
+    keys = [k for k, v in first.items() if isinstance(v, np.ndarray)]
+    offsets, total = [], 0
+    for k in keys:
+        offsets.append(total)
+        total += -(-(n * first[k].nbytes) // _ALIGN) * _ALIGN
+    buf = torch.empty(total, dtype=torch.uint8).share_memory_()
+    raw = buf.numpy()
+    where = dict(zip(keys, offsets))
+    batch: dict[str, Any] = {}
+    for k, a in first.items():  # the keys in collate's order
+        if k not in where:
+            batch[k] = [s[k] for s in samples]
+            continue
+        off, size = where[k], n * a.nbytes
+        np.stack([s[k] for s in samples], out=raw[off:off + size].view(a.dtype).reshape((n, *a.shape)))
+        batch[k] = buf[off:off + size].view(_torch_dtype(a.dtype)).view((n, *a.shape))
+    return batch
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
 def make_loader(stream: TripletStream, batch_size: int, num_workers: int = 0, seed: int = 0):

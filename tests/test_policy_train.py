@@ -63,6 +63,39 @@ def test_loader_is_deterministic_for_a_seed(syn):
     assert d[: len(syn)] != d[len(syn):]
 
 
+def test_a_workers_batch_is_one_shared_buffer_with_the_same_values(syn):
+    """In a worker, collate packs the batch's arrays into one shared-memory storage (one segment
+    to hand over, not one per array); the batches that reach the main process equal 0 workers'."""
+    from policy.loader import collate_shared
+
+    cfg = LaMPConfig(image_size=(32, 32), **TINY)
+    samples = [next(iter(TripletStream(syn, cfg, seed=1, shuffle_buffer=1, epochs=1)))] * 3
+    samples = [dict(s, image=s["image"] + i, action_valid=s["action_valid"] ^ (i % 2 == 1)) for i, s in enumerate(samples)]
+    plain, packed = collate(samples), collate_shared(samples)
+    assert list(plain) == list(packed)
+    tensors = [k for k, v in plain.items() if torch.is_tensor(v)]
+    assert {"image", "motion", "motion_mask", "action_valid", "state"} <= set(tensors)
+    for k in plain:
+        if k in tensors:
+            assert packed[k].dtype == plain[k].dtype and packed[k].shape == plain[k].shape, k
+            assert torch.equal(packed[k], plain[k]), k
+        else:
+            assert packed[k] == plain[k], k
+    assert len({packed[k].untyped_storage().data_ptr() for k in tensors}) == 1 and packed["image"].is_shared()
+    assert all(packed[k].data_ptr() % 64 == 0 for k in tensors)
+    stream = TripletStream(syn, cfg, seed=1, shuffle_buffer=16, epochs=1)
+    in_main = {key: (b["motion"][i], b["image"][i], b["action"][i]) for b in make_loader(stream, 5, 0, seed=0)
+               for i, key in enumerate(zip(b["episode_id"], b["anchor"]))}
+    seen = 0
+    for b in make_loader(stream, 5, 2, seed=0):  # other batches than 0 workers': compare triplet by triplet
+        for i, key in enumerate(zip(b["episode_id"], b["anchor"])):
+            motion, image, action = in_main[key]
+            assert torch.equal(b["motion"][i], motion) and torch.equal(b["image"][i], image)
+            assert torch.equal(b["action"][i], action)
+            seen += 1
+    assert seen == len(in_main) == len(syn)
+
+
 def test_loader_normalises_with_dataset_stats(syn):
     cfg = LaMPConfig(image_size=(32, 32), normalization="mean_std", **TINY)
     stream = TripletStream(syn, cfg, seed=0, shuffle_buffer=1, epochs=1)
