@@ -62,6 +62,7 @@ class LabelConfig:
     fov_deg: float = 55.0  # assumed vertical field of view when the episode has no intrinsics
     edge_rel: float = 0.05  # depth sampling: relative jump treated as an occlusion edge
     max_depth_jump_rel: float = 0.2  # mask a 3D track from a relative depth jump this large on (0 = off)
+    max_depth_speed_rel: float = 1.6  # ... and from one above this per second at the episode's rate (0 = off)
     outlier_removal: bool = False  # open3d statistical outlier removal (16 neighbours, 3 std) on each anchor's 3D points
     camera: str = ""  # "" = the episode's primary camera
     latent_checkpoint: Optional[str] = None  # LAM checkpoint; None = no latent action tokens
@@ -200,7 +201,7 @@ class EpisodeLabeler:
         )
         if depth_res.depth_m is not None:
             labels.depth_m, labels.points_cam_m, labels.valid_3d = self._scene_flow(
-                tracks, visible, in_range, anchors, depth_res.depth_m, intr)
+                tracks, visible, in_range, anchors, depth_res.depth_m, intr, episode.control_hz)
         return labels
 
     def _tracks(self, frames, grays, textured, anchors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,15 +225,16 @@ class EpisodeLabeler:
         visible &= textured[anchors][:, None, None]
         return tracks, visible, in_range
 
-    def _scene_flow(self, tracks, visible, in_range, anchors, depth_m, intr):
+    def _scene_flow(self, tracks, visible, in_range, anchors, depth_m, intr, control_hz: float):
         """(depth N K T, points N K T 3, valid_3d N K T): tracks lifted to 3D with the depth."""
-        from labelers.sceneflow import lift_tracks, statistical_inliers
+        from labelers.sceneflow import depth_jump_threshold, lift_tracks, statistical_inliers
 
         c = self.config
         steps = anchors[:, None] + np.arange(c.horizon)[None, :]  # N T
         frame_index = np.where(in_range, steps, -1)[:, None, :]  # N 1 T
+        jump = depth_jump_threshold(c.max_depth_jump_rel, c.max_depth_speed_rel, control_hz)
         sf = lift_tracks(tracks, visible, depth_m, intr, frame_index=frame_index, edge_rel=c.edge_rel,
-                         max_depth_jump_rel=c.max_depth_jump_rel)
+                         max_depth_jump_rel=jump)
         valid, points, depth_track = sf.valid_3d, sf.points_cam_m, sf.depth_m
         if c.outlier_removal:
             for n in range(anchors.size):

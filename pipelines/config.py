@@ -242,7 +242,7 @@ RANGES: dict[str, tuple[Optional[float], Optional[float]]] = {
     "source.start": (0, None), "source.stop": (1, None),
     "labels.grid": (1, None), "labels.horizon": (1, None), "labels.stride": (1, None),
     "labels.flow_gap": (1, None), "labels.fov_deg": (1, 179), "labels.edge_rel": (0, None),
-    "labels.max_depth_jump_rel": (0, None), "labels.latent_gap": (1, None),
+    "labels.max_depth_jump_rel": (0, None), "labels.max_depth_speed_rel": (0, None), "labels.latent_gap": (1, None),
     "curation.filters.min_steps": (0, None), "curation.filters.static_motion_px": (0, None),
     "curation.filters.static_quantile": (0, 1), "curation.filters.static_pixel_delta": (0, 255),
     "curation.filters.static_changed_fraction": (0, 1), "curation.filters.min_track_visibility": (0, 1),

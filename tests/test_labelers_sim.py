@@ -119,6 +119,38 @@ def test_scene_flow_matches_ground_truth(labeled):
     assert covered / total > 0.8
 
 
+def test_depth_jump_limit_follows_the_frame_rate_and_cuts_depth_errors(sim_episodes, labeled):
+    """At the simulator's 80 Hz the per-step depth-jump limit is 1.6 / 80 = 2 % (the fixed 0.2
+    stays the limit at Open-X rates); against ground truth it removes depth-channel error
+    (d - d at the anchor, the uvd motion's third channel) while masking little that was right."""
+    from labelers.sceneflow import depth_jump_threshold
+
+    assert depth_jump_threshold(0.2, 1.6, 80.0) == pytest.approx(0.02)
+    assert depth_jump_threshold(0.2, 1.6, 5.0) == 0.2 and depth_jump_threshold(0.2, 1.6, float("nan")) == 0.2
+    assert depth_jump_threshold(0.0, 1.6, 80.0) == pytest.approx(0.02) and depth_jump_threshold(0.0, 0.0, 80.0) == 0.0
+    assert all(ep.control_hz == 80.0 for ep in sim_episodes)
+    fixed = EpisodeLabeler(LabelConfig(max_depth_speed_rel=0.0))
+    err_new, err_old, wrongly_masked, masked = [], [], 0, 0
+    for ep, lab in labeled:
+        old = fixed(ep)
+        t = _truth(ep, lab)
+        true_d = t["depth_m"] - t["depth_m"][..., :1]
+        for labels, out in ((lab, err_new), (old, err_old)):
+            ok = labels.valid_3d & labels.valid_3d[..., :1] & t["valid_3d"] & t["valid_3d"][..., :1]
+            out.append(np.abs((labels.depth_m - labels.depth_m[..., :1]) - true_d)[ok])
+        ok_old = old.valid_3d & old.valid_3d[..., :1] & t["valid_3d"] & t["valid_3d"][..., :1]
+        newly = ok_old & ~lab.valid_3d
+        good = np.abs((old.depth_m - old.depth_m[..., :1]) - true_d) < 0.005
+        masked += newly.sum()
+        wrongly_masked += (newly & good).sum()
+        assert not (lab.valid_3d & ~old.valid_3d).any()  # the tighter limit only masks
+    new, before = np.concatenate(err_new), np.concatenate(err_old)
+    print("depth channel rms mm", np.sqrt((before ** 2).mean()) * 1000, "->", np.sqrt((new ** 2).mean()) * 1000,
+          "masked", masked, "of which right", wrongly_masked, "kept", new.size, "of", before.size)
+    assert masked > 0 and np.sqrt((new ** 2).mean()) < 0.8 * np.sqrt((before ** 2).mean())
+    assert new.size > 0.97 * before.size
+
+
 def test_motion_images_decode_to_true_flow(labeled):
     errs = []
     for ep, lab in labeled:
