@@ -21,7 +21,7 @@ def test_damaged_records_of_a_flip_and_a_cut():
 
 
 def test_small_fault_campaign(bridge_dir, tmp_path):
-    r = bench_faults(bridge_dir, tmp_path, kills_local=1, kills_ray=0, corruptions=3, flips=3, seed=1)
+    r = bench_faults(bridge_dir, tmp_path, kills_local=1, kills_ray=0, corruptions=2, flips=2, seed=1)
     (kill,) = r["kills"]["trials"]
     assert kill["killed"] and kill["equal"] and kill["processes_left"] == 0 and kill["tmp_left"] == 0 and kill["episodes"] > 0
     for t in r["corruptions"]["trials"]:
