@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from s3_helpers import loopback_s3
 from test_pipeline_helpers import as_contract_3_0, cached_run, shard_index, write_shard_index
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,30 +93,14 @@ def test_any_episode_order_reads_the_same_triplets(bridge):
 def s3(bridge):
     """moto's S3 server on loopback with the AWS_* environment pointing at it; the Bridge dataset
     copied there as a directory and published there as a version."""
-    import boto3
     import fsspec
-    import s3fs
-    from moto.server import ThreadedMotoServer
 
     from curation.registry.publish import publish
 
-    s3fs.S3FileSystem.clear_instance_cache()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    try:
-        host, port = server.get_host_and_port()
-        for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "k",
-                     "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(k, v)
-        boto3.client("s3").create_bucket(Bucket="loader")
+    with loopback_s3("loader"):
         fsspec.filesystem("s3").put(str(bridge), "loader/dir/bridge", recursive=True)
         pv = publish(str(bridge), "bridge", "1.0.0", to_url="s3://loader/reg", progress=False)
         yield {"dir": "s3://loader/dir/bridge", "published": pv.ref}
-    finally:
-        mp.undo()
-        server.stop()
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_s3_streaming_equals_the_directory(bridge, s3):

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from cli.bench.cluster import curate_cmd
+from s3_helpers import loopback_s3
 from test_pipeline_helpers import cached_run
 
 BUCKET = "curated"
@@ -33,33 +34,8 @@ KEY_ID = "AKIATESTCURATE0001"
 def s3_env():
     """The moto server on 127.0.0.1 (free port) and the environment a user would
     export: endpoint and credentials as AWS_* variables."""
-    from moto.server import ThreadedMotoServer
-
-    import s3fs
-
-    # fsspec caches filesystem instances by their arguments, not by the environment: an s3fs
-    # made by an earlier test (another endpoint in AWS_ENDPOINT_URL) must not be reused here.
-    s3fs.S3FileSystem.clear_instance_cache()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    try:
-        host, port = server.get_host_and_port()
-        assert host == "127.0.0.1"
-        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": KEY_ID,
-               "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-        for k, v in env.items():
-            mp.setenv(k, v)
-        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(k, raising=False)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)  # endpoint and keys from the environment
+    with loopback_s3(BUCKET, key_id=KEY_ID, secret=SECRET):
         yield dict(os.environ)
-    finally:
-        mp.undo()
-        server.stop()
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
