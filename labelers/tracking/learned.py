@@ -109,12 +109,11 @@ class LearnedTracker:
 
     def _features(self, frames: np.ndarray, needed: np.ndarray) -> dict:
         """{frame index: C H W features} of the `needed` frames."""
-        import torch
+        from labelers.tracking.refiner import frames_input
 
         feats = {}
         for i in range(0, needed.size, FEATURE_BATCH):
             idx = needed[i:i + FEATURE_BATCH]
-            x = torch.from_numpy(frames[idx]).permute(0, 3, 1, 2).float() / 255.0  # B 3 H W
-            for f, fm in zip(idx, self.model.features(x)):
+            for f, fm in zip(idx, self.model.features(frames_input(frames[idx]))):  # B C H W
                 feats[int(f)] = fm
         return feats

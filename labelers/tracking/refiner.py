@@ -27,6 +27,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,6 +54,12 @@ class RefinerConfig:
         d["dilations"] = tuple(d["dilations"])
         d.setdefault("soft_argmax", False)  # weights written before the option had none
         return cls(**d)
+
+
+def frames_input(frames: np.ndarray) -> torch.Tensor:
+    """T H W 3 uint8 RGB frames -> T 3 H W float in [0, 1], what TrackRefiner.features takes
+    (the one conversion, for training and for tracking)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
 def _normalised(xy: torch.Tensor, H: int, W: int) -> torch.Tensor:

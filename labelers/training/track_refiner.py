@@ -97,7 +97,7 @@ def episode_samples(ep, index: int, settings: TrainSettings, rng: np.random.Gene
 
 
 def build_samples(episodes: Sequence, settings: TrainSettings) -> Samples:
-    import torch
+    from labelers.tracking.refiner import frames_input
 
     rng = np.random.default_rng(settings.seed)
     parts, frames = [], []
@@ -105,7 +105,7 @@ def build_samples(episodes: Sequence, settings: TrainSettings) -> Samples:
         if ep.ground_truth is None:
             raise ValueError(f"{ep.provenance.describe()}: no simulator ground truth to train the track refiner on")
         parts.append(episode_samples(ep, i, settings, rng))
-        frames.append(torch.from_numpy(ep.frames[ep.primary_camera]).permute(0, 3, 1, 2).float() / 255.0)
+        frames.append(frames_input(ep.frames[ep.primary_camera]))
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return Samples(frames=frames, **cat)
 
