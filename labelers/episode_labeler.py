@@ -78,6 +78,13 @@ class LabelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def depth_jump_rel(self, control_hz: float) -> float:
+        """The per-step relative depth jump that masks a 3D track at this rate
+        (labelers.sceneflow.depth_jump_threshold of the two limits; 0 = no mask)."""
+        from labelers.sceneflow import depth_jump_threshold
+
+        return depth_jump_threshold(self.max_depth_jump_rel, self.max_depth_speed_rel, control_hz)
+
     def loads_model(self) -> bool:
         """Whether building the labeler loads a model: a backend that declares one
         (labelers.backends), or the latent action model."""
@@ -227,14 +234,13 @@ class EpisodeLabeler:
 
     def _scene_flow(self, tracks, visible, in_range, anchors, depth_m, intr, control_hz: float):
         """(depth N K T, points N K T 3, valid_3d N K T): tracks lifted to 3D with the depth."""
-        from labelers.sceneflow import depth_jump_threshold, lift_tracks, statistical_inliers
+        from labelers.sceneflow import lift_tracks, statistical_inliers
 
         c = self.config
         steps = anchors[:, None] + np.arange(c.horizon)[None, :]  # N T
         frame_index = np.where(in_range, steps, -1)[:, None, :]  # N 1 T
-        jump = depth_jump_threshold(c.max_depth_jump_rel, c.max_depth_speed_rel, control_hz)
         sf = lift_tracks(tracks, visible, depth_m, intr, frame_index=frame_index, edge_rel=c.edge_rel,
-                         max_depth_jump_rel=jump)
+                         max_depth_jump_rel=c.depth_jump_rel(control_hz))
         valid, points, depth_track = sf.valid_3d, sf.points_cam_m, sf.depth_m
         if c.outlier_removal:
             for n in range(anchors.size):

@@ -390,7 +390,7 @@ def _score_tracker(pool: _Pool, ep, task: str, name: str, tracker, truth: dict, 
     from cli.bench import motion as bench_motion
     from labelers.eval import metrics
     from labelers.episode_labeler import LabelConfig
-    from labelers.sceneflow import depth_jump_threshold, lift_tracks
+    from labelers.sceneflow import lift_tracks
     from labelers.tracking.common import track_anchors
 
     frames = ep.frames[ep.primary_camera]
@@ -407,10 +407,8 @@ def _score_tracker(pool: _Pool, ep, task: str, name: str, tracker, truth: dict, 
     sf = None
     depth = ep.depth_m.get(ep.primary_camera)
     if depth is not None:
-        lc = LabelConfig()
         sf = lift_tracks(tracks, vis, depth, intr, frame_index=truth["frame_index"],
-                         max_depth_jump_rel=depth_jump_threshold(lc.max_depth_jump_rel, lc.max_depth_speed_rel,
-                                                                 ep.control_hz))
+                         max_depth_jump_rel=LabelConfig().depth_jump_rel(ep.control_hz))
         both = sf.valid_3d & gt_pts_valid
         err = metrics.scene_flow_errors_m(sf.points_cam_m, gt_pts, both)
         spec = {**spec, "depth": _spec("dataset", {})}
