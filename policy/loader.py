@@ -498,14 +498,13 @@ def collate_shared(samples: list[dict[str, Any]]) -> dict[str, Any]:
     a copy and a file descriptor sent per tensor); one storage per batch pays that once and
     stacks the samples straight into it, about halving what a batch costs to cross processes."""
     first, n = samples[0], len(samples)
-    keys = [k for k, v in first.items() if isinstance(v, np.ndarray)]
-    offsets, total = [], 0
-    for k in keys:
-        offsets.append(total)
-        total += -(-(n * first[k].nbytes) // _ALIGN) * _ALIGN
+    where, total = {}, 0  # array key -> its byte offset in the buffer
+    for k, v in first.items():
+        if isinstance(v, np.ndarray):
+            where[k] = total
+            total += -(-(n * v.nbytes) // _ALIGN) * _ALIGN
     buf = torch.empty(total, dtype=torch.uint8).share_memory_()
     raw = buf.numpy()
-    where = dict(zip(keys, offsets))
     batch: dict[str, Any] = {}
     for k, a in first.items():  # the keys in collate's order
         if k not in where:
