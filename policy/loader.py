@@ -134,7 +134,7 @@ class TripletTransform:
         sub = subsample_motion_many([tr.motion for tr in trs], self.k_idx, self.steps)
         motion, mask, anchor_px = relative_motion(sub, cfg.motion_repr)  # N k t+1 M, N k t+1 M, N k 2
         motion, mask = motion[:, :, 1:], mask[:, :, 1:]
-        motion = np.where(mask, (motion - self.motion_center) / self.motion_scale, 0.0).astype(np.float32)
+        motion = np.where(mask, (motion - self.motion_center) / self.motion_scale, np.float32(0))  # float32
         cam = self.camera_of(trs[0])
         Hd, Wd = img_size_of(trs[0], cam)
         uv = np.nan_to_num(anchor_px / np.array([Wd, Hd], np.float32) * 2.0 - 1.0).astype(np.float32)
@@ -175,11 +175,12 @@ class TripletTransform:
             chunk[i, : len(ac), : ac.shape[1]] = ac
             valid[i, : len(ac)] = np.asarray(tr.action_chunk_valid, bool)[: len(ac)]
         state = np.where(has_prop[:, None], (state - self.state_center[:P]) / self.state_scale[:P], 0.0)
+        state = np.nan_to_num(state).astype(np.float32, copy=False)
         valid &= np.all(np.isfinite(chunk), axis=-1)
         chunk = np.where(valid[..., None], (chunk - self.action_center[:A]) / self.action_scale[:A], 0.0)
-        for i, sample in enumerate(out):
-            sample.update(state=np.nan_to_num(state[i]).astype(np.float32), action=chunk[i].astype(np.float32),
-                          action_valid=valid[i])
+        chunk = chunk.astype(np.float32, copy=False)
+        for i, sample in enumerate(out):  # views: collate copies them into the batch
+            sample.update(state=state[i], action=chunk[i], action_valid=valid[i])
 
 
 def transform_samples(transform: TripletTransform, triplets: Iterator[Any]) -> Iterator[dict[str, Any]]:
@@ -241,42 +242,50 @@ def img_size_of(tr, cam: str) -> tuple[int, int]:
 def relative_motion(m: Mapping[str, np.ndarray], repr_: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Motion relative to the anchor step j = 0 -> (values ... K T M, mask ... K T M, anchor
     pixels ... K 2), for one triplet's arrays (K T ...) or N stacked ones (N K T ..., in_range N T).
+    Values are 0 where the mask is False.
 
     uvd: (u_j - u_0, v_j - v_0) pixels where the point is visible and in range at j and 0;
          depth_j - depth_0 metres where, in addition, both depths are valid (valid_3d).
     xyz: points_cam_m_j - points_cam_m_0 where valid_3d at j and 0 (all three channels).
-    uv:  the two pixel channels of uvd."""
+    uv:  the two pixel channels of uvd.
+    Each channel is computed as its own contiguous ... K T array and stacked once at the end:
+    the loader runs this for every sample, and strided writes into a last axis of 3 cost more
+    than the arithmetic."""
     tracks = np.asarray(m["tracks_px"], np.float32)  # ... K T 2
     T = tracks.shape[-2]
     vis = np.asarray(m["visible"], bool)  # ... K T
-    in_range = np.asarray(m["in_range"], bool)[..., :T] if m.get("in_range") is not None else np.ones(T, bool)
-    in_range = in_range[..., None, :]  # ... 1 T
-    ok2 = vis & in_range
-    ok2 = ok2 & ok2[..., :1] & np.all(np.isfinite(tracks), axis=-1)
+    in_range = np.asarray(m["in_range"], bool)[..., None, :T] if m.get("in_range") is not None else np.ones(T, bool)
+    ok2 = vis & in_range  # ... K T
+    ok2 = ok2 & ok2[..., :1]
+    ok2 &= np.isfinite(tracks[..., 0]) & np.isfinite(tracks[..., 1])
     v3 = m.get("valid_3d")
-    ok3 = (np.asarray(v3, bool) & in_range) if v3 is not None else np.zeros(vis.shape, bool)
+    ok3 = np.asarray(v3, bool) & in_range if v3 is not None else np.zeros(vis.shape, bool)
     ok3 = ok3 & ok3[..., :1]
-    out = np.zeros(vis.shape + (3,), np.float32)
-    mask = np.zeros(vis.shape + (3,), bool)
-    if repr_ in ("uvd", "uv"):
-        with np.errstate(invalid="ignore"):
-            out[..., :2] = tracks - tracks[..., :1, :]
-            depth = m.get("depth_track_m", m.get("depth_m"))
-            if depth is not None:
-                depth = np.asarray(depth, np.float32)
-                out[..., 2] = depth - depth[..., :1]
-        mask[..., :2] = ok2[..., None]
-        mask[..., 2] = ok3 & ok2 & np.isfinite(out[..., 2])
-    else:
+    zero = np.float32(0)
+    if repr_ == "xyz":
         pts = m.get("points_cam_m")
-        if pts is not None:
-            pts = np.asarray(pts, np.float32)
-            with np.errstate(invalid="ignore"):
-                out[:] = pts - pts[..., :1, :]
-            mask[:] = (ok3 & np.all(np.isfinite(out), axis=-1))[..., None]
-    out = np.where(mask, out, 0.0).astype(np.float32)
-    M = MOTION_CHANNELS[repr_]
-    return out[..., :M], mask[..., :M], tracks[..., 0, :]
+        if pts is None:
+            return np.zeros(vis.shape + (3,), np.float32), np.zeros(vis.shape + (3,), bool), tracks[..., 0, :]
+        pts = np.asarray(pts, np.float32)  # ... K T 3
+        with np.errstate(invalid="ignore"):
+            d = pts - pts[..., :1, :]
+        ok3 &= np.isfinite(d).all(-1)
+        chans, masks = [np.where(ok3, d[..., c], zero) for c in range(3)], [ok3] * 3
+    else:
+        with np.errstate(invalid="ignore"):
+            chans = [np.where(ok2, tracks[..., c] - tracks[..., :1, c], zero) for c in range(2)]
+        masks = [ok2, ok2]
+        if repr_ == "uvd":
+            depth = m.get("depth_track_m", m.get("depth_m"))
+            dz = np.zeros(vis.shape, np.float32)
+            if depth is not None:
+                depth = np.asarray(depth, np.float32)  # ... K T
+                with np.errstate(invalid="ignore"):
+                    dz = depth - depth[..., :1]
+            ok3 &= ok2 & np.isfinite(dz)
+            chans.append(np.where(ok3, dz, zero))
+            masks.append(ok3)
+    return np.stack(chans, -1), np.stack(masks, -1), tracks[..., 0, :]
 
 
 def motion_center_scale(entry: Mapping[str, Any], repr_: str, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -474,12 +483,12 @@ def dataset_version(ds) -> str:
         return "unknown"
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def collate(samples: list[dict[str, Any]]) -> Any:
     """List of samples -> batch of tensors (language, episode_id, anchor stay lists). In a
-    DataLoader worker the batch's arrays are stacked into one shared-memory buffer (see
-    collate_shared); in the main process each is its own tensor."""
+    DataLoader worker the batch is packed for the trip to the main process (pack: one buffer
+    through the pipe), which make_loader's iterator unpacks into the same tensors."""
     if get_worker_info() is not None:
-        return collate_shared(samples)
+        return pack(samples)
     batch: dict[str, Any] = {}
     for key, first in samples[0].items():
         if isinstance(first, np.ndarray):
@@ -492,28 +501,69 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 _ALIGN = 64  # bytes: each array of a packed batch starts on a cache line (and any dtype's alignment)
 
 
-def collate_shared(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """The batch of `collate`, every array a view of ONE tensor in shared memory. A worker hands
-    a batch to the main process by moving each tensor's storage to shared memory (a new segment,
-    a copy and a file descriptor sent per tensor); one storage per batch pays that once and
-    stacks the samples straight into it, about halving what a batch costs to cross processes."""
-    first, n = samples[0], len(samples)
-    where, total = {}, 0  # array key -> its byte offset in the buffer
-    for k, v in first.items():
+# Largest packed batch that travels through the worker's pipe; larger ones go in shared memory.
+# `curate bench loader`, 2 workers, interleaved A/B (bench-results/loader-pack-*): at 64 px (1.2 MB
+# batches of 32) the pipe was faster than shared memory, at 128 px (2.5 MB) slower.
+PIPE_BYTES = 2 << 20
+
+
+class PackedBatch:
+    """A worker's batch on its way to the main process: every array stacked into ONE contiguous
+    byte buffer (each at a 64-byte aligned offset), the other fields as lists.
+
+    A worker's tensor reaches the main process through a fresh shared-memory segment and a file
+    descriptor passed over a socket; a segment costs about 1.6 ms per MB here (creation and page
+    faults, then faults again in the main process). A small buffer is cheaper as a numpy array,
+    pickled as one blob through the worker's pipe (copies of memory already mapped); a large one
+    (> PIPE_BYTES) is one shared tensor: one segment per batch instead of one per array."""
+
+    __slots__ = ("buffer", "fields")
+
+    def __init__(self, buffer: np.ndarray | torch.Tensor, fields: list[tuple[str, Any]]):
+        self.buffer = buffer  # 1-D uint8: numpy (the pipe) or a shared tensor
+        self.fields = fields  # [(key, (offset, dtype, shape)) for arrays | (key, list) for the rest]
+
+    def __getstate__(self):
+        return self.buffer, self.fields
+
+    def __setstate__(self, state):
+        self.buffer, self.fields = state
+
+    def unpack(self) -> dict[str, Any]:
+        """The batch of `collate`: tensors are views of one tensor over the buffer (no copy)."""
+        whole = self.buffer if torch.is_tensor(self.buffer) else torch.from_numpy(self.buffer)
+        batch: dict[str, Any] = {}
+        for key, spec in self.fields:
+            if isinstance(spec, list):
+                batch[key] = spec
+                continue
+            off, dtype, shape = spec
+            size = int(np.prod(shape)) * dtype.itemsize
+            batch[key] = whole[off:off + size].view(_torch_dtype(dtype)).view(shape)
+        return batch
+
+
+def pack(samples: list[dict[str, Any]], pipe_bytes: int = PIPE_BYTES) -> PackedBatch:
+    """The samples' arrays stacked straight into one buffer (collate's order and dtypes), in
+    shared memory when it holds more than `pipe_bytes`."""
+    n, fields, total = len(samples), [], 0
+    for k, v in samples[0].items():
         if isinstance(v, np.ndarray):
-            where[k] = total
+            fields.append((k, (total, v.dtype, (n, *v.shape))))
             total += -(-(n * v.nbytes) // _ALIGN) * _ALIGN
-    buf = torch.empty(total, dtype=torch.uint8).share_memory_()
-    raw = buf.numpy()
-    batch: dict[str, Any] = {}
-    for k, a in first.items():  # the keys in collate's order
-        if k not in where:
-            batch[k] = [s[k] for s in samples]
-            continue
-        off, size = where[k], n * a.nbytes
-        np.stack([s[k] for s in samples], out=raw[off:off + size].view(a.dtype).reshape((n, *a.shape)))
-        batch[k] = buf[off:off + size].view(_torch_dtype(a.dtype)).view((n, *a.shape))
-    return batch
+        else:
+            fields.append((k, [s[k] for s in samples]))
+    if total <= pipe_bytes:
+        buffer = raw = np.empty(total, np.uint8)
+    else:
+        buffer = torch.empty(total, dtype=torch.uint8).share_memory_()
+        raw = buffer.numpy()
+    for k, spec in fields:
+        if not isinstance(spec, list):
+            off, dtype, shape = spec
+            out = raw[off:off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+            np.stack([s[k] for s in samples], out=out)
+    return PackedBatch(buffer, fields)
 
 
 @functools.lru_cache(maxsize=None)
@@ -521,10 +571,23 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
-def make_loader(stream: TripletStream, batch_size: int, num_workers: int = 0, seed: int = 0):
-    """A DataLoader over the stream; worker seeds derive from `seed` so runs repeat exactly."""
+class Batches:
+    """make_loader's iterable: the DataLoader's batches, a worker's PackedBatch unpacked into
+    tensors. `dataloader` is the torch DataLoader underneath."""
+
+    def __init__(self, dataloader):
+        self.dataloader = dataloader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.dataloader:
+            yield batch.unpack() if isinstance(batch, PackedBatch) else batch
+
+
+def make_loader(stream: TripletStream, batch_size: int, num_workers: int = 0, seed: int = 0) -> Batches:
+    """Batches of a DataLoader over the stream; worker seeds derive from `seed` so runs repeat
+    exactly."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=False,
-                      prefetch_factor=4 if num_workers else None)
+    return Batches(DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                              generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+                              prefetch_factor=4 if num_workers else None))

@@ -63,26 +63,37 @@ def test_loader_is_deterministic_for_a_seed(syn):
     assert d[: len(syn)] != d[len(syn):]
 
 
-def test_a_workers_batch_is_one_shared_buffer_with_the_same_values(syn):
-    """In a worker, collate packs the batch's arrays into one shared-memory storage (one segment
-    to hand over, not one per array); the batches that reach the main process equal 0 workers'."""
-    from policy.loader import collate_shared
+def test_a_workers_batch_travels_as_one_buffer_with_the_same_values(syn):
+    """In a worker, collate packs the batch's arrays into one numpy buffer (pickled as one blob,
+    no shared-memory segments); unpacked it equals collate's batch, and the batches that reach
+    the main process through make_loader equal 0 workers'."""
+    import pickle
+
+    from policy.loader import pack
 
     cfg = LaMPConfig(image_size=(32, 32), **TINY)
     samples = [next(iter(TripletStream(syn, cfg, seed=1, shuffle_buffer=1, epochs=1)))] * 3
     samples = [dict(s, image=s["image"] + i, action_valid=s["action_valid"] ^ (i % 2 == 1)) for i, s in enumerate(samples)]
-    plain, packed = collate(samples), collate_shared(samples)
-    assert list(plain) == list(packed)
+    plain = collate(samples)
     tensors = [k for k, v in plain.items() if torch.is_tensor(v)]
     assert {"image", "motion", "motion_mask", "action_valid", "state"} <= set(tensors)
-    for k in plain:
-        if k in tensors:
-            assert packed[k].dtype == plain[k].dtype and packed[k].shape == plain[k].shape, k
-            assert torch.equal(packed[k], plain[k]), k
-        else:
-            assert packed[k] == plain[k], k
-    assert len({packed[k].untyped_storage().data_ptr() for k in tensors}) == 1 and packed["image"].is_shared()
-    assert all(packed[k].data_ptr() % 64 == 0 for k in tensors)
+    packed = pack(samples)  # small: a numpy buffer, pickled whole through the pipe
+    wire = pickle.dumps(packed, protocol=4)  # what the worker's queue sends
+    assert isinstance(packed.buffer, np.ndarray) and len(wire) < packed.buffer.nbytes + 2000
+    large = pack(samples, pipe_bytes=1000)  # over the limit: one shared-memory tensor
+    assert torch.is_tensor(large.buffer) and large.buffer.is_shared() and large.buffer.numel() == packed.buffer.size
+    for unpacked, shared in ((pickle.loads(wire).unpack(), False), (large.unpack(), True)):
+        assert list(plain) == list(unpacked)
+        for k in plain:
+            if k in tensors:
+                assert unpacked[k].dtype == plain[k].dtype and unpacked[k].shape == plain[k].shape, k
+                assert torch.equal(unpacked[k], plain[k]), k
+            else:
+                assert unpacked[k] == plain[k], k
+        base = unpacked["image"].untyped_storage()
+        assert {unpacked[k].untyped_storage().data_ptr() for k in tensors} == {base.data_ptr()}
+        assert unpacked["image"].is_shared() == shared
+        assert all((unpacked[k].data_ptr() - base.data_ptr()) % 64 == 0 for k in tensors)
     stream = TripletStream(syn, cfg, seed=1, shuffle_buffer=16, epochs=1)
     in_main = {key: (b["motion"][i], b["image"][i], b["action"][i]) for b in make_loader(stream, 5, 0, seed=0)
                for i, key in enumerate(zip(b["episode_id"], b["anchor"]))}

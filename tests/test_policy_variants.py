@@ -370,8 +370,12 @@ def test_the_motion_prior_plan_lists_both_new_variants_after_the_existing_steps(
     old = names[:first_new]
     assert len(old) == 74 and not any("motion_image" in n or "action_prior" in n for n in old)
     assert {n for n in names[first_new:]} >= {"stage1/actions", "train/motion_image@5/s0", "eval/action_prior@20/s2"}
-    theirs = [n for n in names[first_new:] if "lafp" not in n and "latent" not in n]  # lafp's: tests/test_lafp.py
+    # lafp's: tests/test_lafp.py; lamp_rate's (lamp on the corpus curated again): below
+    rate = [n for n in names[first_new:] if "_rate" in n]
+    theirs = [n for n in names[first_new:] if "lafp" not in n and "latent" not in n and n not in rate]
     assert len(theirs) == 1 + 2 * 2 * 3 * 2
+    assert rate[:3] == ["curate/corpus-ours_rate", "publish/corpus-ours_rate", "stage1/uvd_rate"]
+    assert len(rate) == 3 + 2 * 3 * 2
 
 
 # ----------------------------------------------------------------------------- end to end
