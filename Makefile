@@ -31,7 +31,7 @@ setup-venv:
 	$(PIP) install --no-deps -e .
 
 test:
-	$(PY) -m pytest -q --durations=30 tests
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=30 tests
 
 demo:
 	$(CURATE) demo
