@@ -31,7 +31,8 @@ setup-venv:
 	$(PIP) install --no-deps -e .
 
 test:
-	$(PY) -m pytest -q -n auto --dist loadfile --durations=30 tests
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=30 -m "not serial" tests
+	$(PY) -m pytest -q --durations=5 -m serial tests
 
 demo:
 	$(CURATE) demo
