@@ -522,13 +522,7 @@ class PackedBatch:
 
     def __init__(self, buffer: np.ndarray | torch.Tensor, fields: list[tuple[str, Any]]):
         self.buffer = buffer  # 1-D uint8: numpy (the pipe) or a shared tensor
-        self.fields = fields  # [(key, (offset, dtype, shape)) for arrays | (key, list) for the rest]
-
-    def __getstate__(self):
-        return self.buffer, self.fields
-
-    def __setstate__(self, state):
-        self.buffer, self.fields = state
+        self.fields = fields  # [(key, (offset, nbytes, dtype, shape)) for arrays | (key, list) for the rest]
 
     def unpack(self) -> dict[str, Any]:
         """The batch of `collate`: tensors are views of one tensor over the buffer (no copy)."""
@@ -538,8 +532,7 @@ class PackedBatch:
             if isinstance(spec, list):
                 batch[key] = spec
                 continue
-            off, dtype, shape = spec
-            size = int(np.prod(shape)) * dtype.itemsize
+            off, size, dtype, shape = spec
             batch[key] = whole[off:off + size].view(_torch_dtype(dtype)).view(shape)
         return batch
 
@@ -550,7 +543,7 @@ def pack(samples: list[dict[str, Any]], pipe_bytes: int = PIPE_BYTES) -> PackedB
     n, fields, total = len(samples), [], 0
     for k, v in samples[0].items():
         if isinstance(v, np.ndarray):
-            fields.append((k, (total, v.dtype, (n, *v.shape))))
+            fields.append((k, (total, n * v.nbytes, v.dtype, (n, *v.shape))))
             total += -(-(n * v.nbytes) // _ALIGN) * _ALIGN
         else:
             fields.append((k, [s[k] for s in samples]))
@@ -561,8 +554,8 @@ def pack(samples: list[dict[str, Any]], pipe_bytes: int = PIPE_BYTES) -> PackedB
         raw = buffer.numpy()
     for k, spec in fields:
         if not isinstance(spec, list):
-            off, dtype, shape = spec
-            out = raw[off:off + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+            off, size, dtype, shape = spec
+            out = raw[off:off + size].view(dtype).reshape(shape)
             np.stack([s[k] for s in samples], out=out)
     return PackedBatch(buffer, fields)
 
