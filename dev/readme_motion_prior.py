@@ -1,7 +1,8 @@
-"""Regenerate the README's 5-demonstration motion-prior table from policy/results/motion_prior.json
-(run from the repository root after merging the experiment branch; prints the paired differences)."""
-import json, re
-d = json.load(open("policy/results/motion_prior.json"))
+"""Regenerate the README's 5-demonstration motion-prior table from a results JSON (default
+policy/results/motion_prior.json; run from the repository root after merging the experiment
+branch; prints the paired differences)."""
+import json, sys
+d = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "policy/results/motion_prior.json"))
 desc = {"scratch": "`scratch` (no stage 1)", "none": "`none` (stage-1 VL encoder, no motion features)",
         "lamp": "`lamp` (stage 1 + gated cross-attention on the motion)",
         "lamp_gt": "`lamp_gt` (as lamp, stage 1 on the simulator's true motion)",

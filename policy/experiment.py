@@ -13,8 +13,13 @@
           it again continues where it stopped. An interrupted step is simply run again: training
           resumes from its last checkpoint, `curate run` from its committed units, publishing
           the same content is a no-op; a simulation or an evaluation starts over.
-      └─► after every evaluation: the results file (policy/experiment_results.py), the training
-          curves and the rollout strips are rewritten, and (--commit) committed to git.
+      └─► an evaluation that landed in git (policy/experiment_landed.py) is done even when the
+          workdir is gone, and a step runs only while an evaluation still to run needs it: a
+          plan continued on a fresh machine rebuilds only the data and stage-1 runs that the
+          evaluations still missing read.
+      └─► after every evaluation: the landed records, the results file
+          (policy/experiment_results.py), the training curves and the rollout strips are
+          rewritten, and (--commit) committed to git.
 
 Subprocesses keep MuJoCo rendering and TensorFlow apart (they cannot share a process) and give
 each step its own log, WORKDIR/logs/<step>.log.
@@ -34,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from policy.experiment_landed import Landed
 from policy.experiment_plan import LATENT_LABEL_SET, Layout, Plan, Step
 from policy.experiment_results import write_outputs
 
@@ -173,17 +179,22 @@ def plan_steps(plan: Plan) -> list[Step]:
 
 
 # ----------------------------------------------------------------------------- running
-def run_command(argv: list[str], stdout: Optional[Path], log_path: Path) -> None:
+def run_command(argv: list[str], stdout: Optional[Path], log_path: Path, code: Optional[Path] = None) -> None:
     """`curate ARGV` in a subprocess (this interpreter), stderr to log_path, stdout to `stdout`
-    (or the log). Raises RuntimeError naming the command and the log on a non-zero exit."""
+    (or the log). code: a checkout whose packages the step imports instead of this one's (the
+    frozen code an experiment's wave started on). Raises RuntimeError naming the command and the
+    log on a non-zero exit."""
     env = {**os.environ, **{k: v for k, v in STEP_ENV.items() if k not in os.environ}}
+    if code is not None:  # `python -m` puts the working directory first on sys.path
+        env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as lf:
         lf.write(f"\n$ curate {shlex.join(argv)}\n".encode())
         lf.flush()
         out = open(stdout, "wb") if stdout is not None else lf
         try:
-            rc = subprocess.call([sys.executable, "-m", "cli.main", *argv], stdout=out, stderr=lf, env=env)
+            rc = subprocess.call([sys.executable, "-m", "cli.main", *argv], stdout=out, stderr=lf, env=env,
+                                 cwd=code)
         finally:
             if stdout is not None:
                 out.close()
@@ -195,9 +206,22 @@ def is_done(lay: Layout, step: Step) -> bool:
     return lay.marker(step.name).exists() and (step.stdout is None or step.stdout.exists())
 
 
-def run_step(lay: Layout, step: Step, execute: Callable) -> float:
-    """Run one step and mark it done; returns its wall seconds. Nothing is marked done, and no
-    evaluation file appears, unless the command succeeded."""
+def code_revision(code: Optional[Path]) -> Optional[str]:
+    """The git commit the steps run on (`+dirty` with uncommitted changes); None outside git."""
+    where = str(code or Path(__file__).resolve().parents[1])
+    try:
+        head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def run_step(lay: Layout, step: Step, execute: Callable, code: Optional[Path] = None) -> float:
+    """Run one step (in the checkout `code`, see run_command) and mark it done, with the commit it
+    ran on; returns its wall seconds. Nothing is marked done, and no evaluation file appears,
+    unless the command succeeded."""
     if step.clean is not None and step.clean.exists():
         shutil.rmtree(step.clean)
     tmp = None
@@ -205,7 +229,7 @@ def run_step(lay: Layout, step: Step, execute: Callable) -> float:
         step.stdout.parent.mkdir(parents=True, exist_ok=True)
         tmp = step.stdout.with_name(step.stdout.name + ".partial")
     t0 = time.time()
-    execute(step.argv, tmp, lay.log(step.name))
+    execute(step.argv, tmp, lay.log(step.name), **({"code": code} if code is not None else {}))
     wall = time.time() - t0
     if tmp is not None:
         json.loads(tmp.read_text())  # a report that does not parse is a failed step
@@ -213,7 +237,7 @@ def run_step(lay: Layout, step: Step, execute: Callable) -> float:
     m = lay.marker(step.name)
     m.parent.mkdir(parents=True, exist_ok=True)
     rec = {"step": step.name, "command": step.command, "wall_s": wall,
-           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code_revision(code)}
     m.with_name(m.name + ".partial").write_text(json.dumps(rec, indent=1) + "\n")
     os.replace(m.with_name(m.name + ".partial"), m)
     return wall
@@ -257,33 +281,62 @@ def select_steps(steps: list[Step], only: Sequence[str]) -> set[str]:
     return chosen
 
 
+def required_steps(steps: list[Step], chosen: set[str], lay: Layout, landed: Landed) -> set[str]:
+    """The chosen steps still to run: an evaluation neither done nor landed, and every step not
+    done that such an evaluation needs (directly or through another required step). A step with
+    nothing after it that needs it (a dataset published for its own sake) runs when not done."""
+    dependents: dict[str, list[str]] = {s.name: [] for s in steps}
+    for s in steps:
+        for n in s.needs:
+            dependents[n].append(s.name)
+    required: set[str] = set()
+    for s in reversed(steps):  # needs come before their dependents: walk from the evaluations back
+        if s.name not in chosen or is_done(lay, s) or landed.has_eval(s):
+            continue
+        if s.kind == "eval" or not dependents[s.name] or any(d in required for d in dependents[s.name]):
+            required.add(s.name)
+    return required
+
+
+def _skipped_status(lay: Layout, landed: Landed, step: Step, chosen: set[str]) -> Optional[dict]:
+    """The report row's status of a step that does not run, or None for one that runs."""
+    if is_done(lay, step):
+        return {"status": "done", "wall_s": json.loads(lay.marker(step.name).read_text())["wall_s"]}
+    if landed.has_eval(step):
+        return {"status": "landed", "wall_s": None}
+    if step.name not in chosen:
+        return {"status": "not selected", "wall_s": None}
+    return {"status": "not needed", "wall_s": None}
+
+
 def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False, commit: bool = False,
              stop_after: Optional[int] = None, on_event: Callable[[str], None] = print,
-             only: Sequence[str] = ()) -> dict:
-    """Run every step not yet done, in order; returns {"steps": [{step, status, wall_s, command}], ...}.
+             only: Sequence[str] = (), collect: bool = False, code: Optional[Path] = None) -> dict:
+    """Run every step still required (required_steps), in order; returns {"steps": [{step, status,
+    wall_s, command}], ...}. Status: ran, done (its marker exists), landed (an evaluation in git),
+    not needed (every evaluation that needs it landed), not selected (outside `only`), todo.
     stop_after: run at most this many steps in this call (tests stop a plan half way with it).
-    only: run just the steps matching these patterns and what they need (select_steps); the
-    others are reported as "not selected" unless done."""
-    lay = Layout(plan)
+    only: run just the steps matching these patterns and what they need (select_steps).
+    collect: run nothing; land the workdir's records and rewrite the results (and commit them).
+    code: run the steps on this checkout's code (run_command); results and records stay here."""
+    lay, landed = Layout(plan), Landed(plan)
     steps = plan_steps(plan)
     chosen = select_steps(steps, only)
+    required = required_steps(steps, chosen, lay, landed)
     report, ran = [], 0
     for step in steps:
         row = {"step": step.name, "command": step.command}
-        if is_done(lay, step):
-            report.append({**row, "status": "done", "wall_s": json.loads(lay.marker(step.name).read_text())["wall_s"]})
+        if step.name not in required:
+            report.append({**row, **_skipped_status(lay, landed, step, chosen)})
             continue
-        if step.name not in chosen:
-            report.append({**row, "status": "not selected", "wall_s": None})
-            continue
-        if dry_run or (stop_after is not None and ran >= stop_after):
+        if dry_run or collect or (stop_after is not None and ran >= stop_after):
             report.append({**row, "status": "todo", "wall_s": None})
             continue
         missing = [n for n in step.needs if not lay.marker(n).exists()]
         if missing:  # cannot happen in plan order; a guard against a plan built out of order
             raise RuntimeError(f"step {step.name} needs {missing}, not done")
         on_event(f"[{time.strftime('%H:%M:%S')}] start {step.name}: {step.command}")
-        wall = run_step(lay, step, execute)
+        wall = run_step(lay, step, execute, code)
         ran += 1
         on_event(f"[{time.strftime('%H:%M:%S')}] done  {step.name} in {wall / 60:.1f} min")
         report.append({**row, "status": "ran", "wall_s": wall})
@@ -294,6 +347,6 @@ def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False,
     written = [] if dry_run else write_outputs(plan, steps)
     if commit and written:
         git_commit(written, f"motion-prior experiment: results after {ran} step(s) ({plan.results})")
-    done = sum(r["status"] == "done" or r["status"] == "ran" for r in report)
+    done = sum(r["status"] in ("done", "ran", "landed") for r in report)
     return {"plan": str(plan.path), "workdir": str(plan.workdir), "results": str(plan.results),
             "steps_done": done, "steps_total": len(steps), "ran": ran, "steps": report}

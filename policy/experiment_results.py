@@ -1,9 +1,10 @@
-"""The results of an experiment plan, rebuilt from its evaluation reports whenever one lands.
+"""The results of an experiment plan, rebuilt from its landed records whenever an evaluation lands.
 
     WORKDIR/evals/<variant>@<regime>-s<seed>.json  (curate policy eval --json: outcome per layout)
+      ─► landed records beside the results JSON (policy/experiment_landed.py, kept in git)
       ─► results JSON (plan.results):
-           protocol  the plan, the datasets as curated (episodes per task), the command and
-                     wall time of every finished step
+           protocol  the plan, the datasets as curated (episodes per task), the command,
+                     wall time and code commit of every finished step
            variants  "<variant>@<regime>": successes / trials over seeds and tasks, Wilson 95 %,
                      per task, per seed, the seeds evaluated so far
            paired    "<a> - <b>@<regime>" for b in plan.paired_against: the success difference
@@ -21,18 +22,19 @@ from typing import Optional
 
 import numpy as np
 
+from policy.experiment_landed import Landed, land
 from policy.experiment_plan import Layout, Plan, Step
 from policy.paired_stats import paired_difference, rate_summary
 
 
 def load_evals(plan: Plan) -> dict[tuple[str, int], dict[int, dict[str, np.ndarray]]]:
-    """(variant, regime) -> seed -> task -> outcomes L (0/1) of every finished evaluation."""
-    lay = Layout(plan)
+    """(variant, regime) -> seed -> task -> outcomes L (0/1) of every landed evaluation."""
+    landed = Landed(plan)
     out: dict[tuple[str, int], dict[int, dict[str, np.ndarray]]] = {}
     for regime in plan.regimes:
         for vname in plan.variants:
             for seed in plan.seeds:
-                p = lay.eval_json(vname, regime, seed)
+                p = landed.eval_json(vname, regime, seed)
                 if not p.exists():
                     continue
                 rep = json.loads(p.read_text())
@@ -71,18 +73,6 @@ def paired_table(plan: Plan, evals: dict) -> dict:
     return out
 
 
-def dataset_summary(ref: str) -> dict:
-    """Episodes (per task) and triplets of a published dataset, as the trainer's reader sees them."""
-    from collections import Counter
-
-    from curation import open_dataset
-
-    ds = open_dataset(ref)
-    rows = ds.manifest.to_pylist()
-    per_task = Counter(str(r.get("language") or "") for r in rows)
-    return {"ref": ref, "episodes": len(rows), "triplets": ds.num_triplets(), "episodes_per_instruction": dict(sorted(per_task.items()))}
-
-
 def layout_overlap(plan: Plan) -> dict:
     """How many layout seeds the corpus, the demos and the evaluation share (0 = disjoint layouts)."""
     from curation.sources.metaworld.rollout import episode_seed
@@ -97,24 +87,17 @@ def layout_overlap(plan: Plan) -> dict:
 
 
 def protocol(plan: Plan, steps: list[Step]) -> dict:
-    lay = Layout(plan)
-    done = [s for s in steps if lay.marker(s.name).exists()]
-    datasets = {}
-    for s in done:
-        if s.kind == "publish":
-            name, version = s.argv[s.argv.index("--name") + 1], s.argv[s.argv.index("--version") + 1]
-            try:
-                datasets[name] = dataset_summary(lay.ref(name, version))
-            except Exception as e:  # noqa: BLE001 - the summary is a record, not a step: note why, go on
-                datasets[name] = {"ref": lay.ref(name, version), "error": f"{type(e).__name__}: {e}"}
-    finished = {s.name: json.loads(lay.marker(s.name).read_text()) for s in done}
+    finished = Landed(plan).records(steps)
+    datasets = {r["dataset"]["name"]: {k: v for k, v in r["dataset"].items() if k != "name"}
+                for r in finished.values() if "dataset" in r}
     return {"plan": str(plan.path), "plan_content": plan.raw, "model_config": str(plan.config),
             "model_config_content": plan.config.read_text() if plan.config.exists() else None,
             "eval_layouts": f"curation.sources.metaworld.rollout.episode_seed({plan.eval.seed}, task, i), i < {plan.eval.episodes}",
             "bootstrap": "paired over layouts, stratified by task, 10000 resamples, percentile 95 %",
             "shared_layout_seeds": layout_overlap(plan),
-            "datasets": datasets, "steps_done": len(done), "steps_total": len(steps),
-            "steps": {k: {"command": v["command"], "wall_s": v["wall_s"], "finished_utc": v["finished_utc"]}
+            "datasets": datasets, "steps_done": len(finished), "steps_total": len(steps),
+            "steps": {k: {"command": v["command"], "wall_s": v["wall_s"], "finished_utc": v["finished_utc"],
+                          "code": v.get("code")}
                       for k, v in finished.items()}}
 
 
@@ -124,26 +107,36 @@ def build_results(plan: Plan, steps: list[Step]) -> dict:
     return {"protocol": protocol(plan, steps), "variants": variants, "paired": paired_table(plan, evals)}
 
 
+def curve_runs(plan: Plan) -> dict[str, Path]:
+    """Run name -> run directory of every run a curves PNG plots: the stage-1 runs and seed 0's
+    action runs of every variant and regime."""
+    lay = Layout(plan)
+    runs = {f"stage1-{n}": lay.stage1_dir(n) for n in plan.stage1}
+    runs.update({f"{v}@{r}-s{plan.seeds[0]}": lay.run_dir(v, r, plan.seeds[0]) for r in plan.regimes for v in plan.variants})
+    return runs
+
+
 def plot_regime_curves(plan: Plan, regime: int, png: Path) -> Optional[Path]:
     from policy.train import plot_curves
 
-    lay = Layout(plan)
-    seed = plan.seeds[0]
-    runs = {f"stage1 {n}": lay.stage1_dir(n) for n in plan.stage1 if (lay.stage1_dir(n) / "metrics.jsonl").exists()}
-    runs.update({f"{v}@{regime} s{seed}": lay.run_dir(v, regime, seed) for v in plan.variants
-                 if (lay.run_dir(v, regime, seed) / "metrics.jsonl").exists()})
+    landed, seed = Landed(plan), plan.seeds[0]
+    runs = {f"stage1 {n}": landed.metrics(f"stage1-{n}") for n in plan.stage1}
+    runs.update({f"{v}@{regime} s{seed}": landed.metrics(f"{v}@{regime}-s{seed}") for v in plan.variants})
+    runs = {label: path for label, path in runs.items() if path.exists()}
     return plot_curves(runs, png) if runs else None
 
 
 def write_outputs(plan: Plan, steps: list[Step]) -> list[Path]:
-    """Rewrite the results JSON, the curves and the strips; returns the paths written."""
+    """Land the workdir's new records, then rewrite the results JSON, the curves and the strips from
+    the landed records; returns the paths written."""
     lay = Layout(plan)
+    written = land(plan, steps, curve_runs(plan))
     res = build_results(plan, steps)
     plan.results.parent.mkdir(parents=True, exist_ok=True)
     tmp = plan.results.with_name(plan.results.name + ".partial")
     tmp.write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
     tmp.replace(plan.results)
-    written = [plan.results]
+    written.append(plan.results)
     stem = plan.results.with_suffix("")
     for regime in plan.regimes:
         png = plot_regime_curves(plan, regime, Path(f"{stem}_curves_{regime}.png"))

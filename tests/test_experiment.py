@@ -298,6 +298,58 @@ def test_runner_skips_finished_steps_and_reruns_a_failed_one(tmp_path):
     assert res["protocol"]["shared_layout_seeds"] == {"corpus_eval": 0, "demos_eval": 0, "corpus_demos": 0}
 
 
+def test_a_plan_whose_workdir_is_lost_keeps_its_results_and_reruns_only_what_a_missing_evaluation_needs(
+        tmp_path, caplog):
+    from policy.experiment import plan_steps, run_plan
+    from policy.experiment_landed import Landed
+    from policy.experiment_plan import Layout, load_plan
+
+    plan = load_plan(write_plan(tmp_path, seeds=[0, 1]))
+    run_plan(plan, execute=Recorder(), on_event=lambda s: None)
+    before = json.loads(plan.results.read_text())
+    landed = Landed(plan)
+    assert json.loads(landed.eval_json("lamp", 1, 1).read_text())["tasks"][0]["outcomes"] == [1, 1]
+    assert len(list((landed.root / "done").iterdir())) == len(plan_steps(plan))
+    shutil.rmtree(plan.workdir)  # the machine is gone: data, checkpoints, markers
+    landed.eval_json("lamp", 1, 1).unlink()  # one evaluation never landed
+    rec = Recorder()
+    r = run_plan(plan, execute=rec, on_event=lambda s: None)
+    status = {s["step"]: s["status"] for s in r["steps"]}
+    assert [s for s, v in status.items() if v == "ran"] == [
+        "simulate/demos1", "curate/demos1", "publish/demos1", "simulate/corpus", "curate/corpus-ours",
+        "publish/corpus-ours", "stage1/uvd", "train/lamp@1/s1", "eval/lamp@1/s1"] and len(rec.calls) == 9
+    assert status["eval/scratch@1/s0"] == status["eval/lamp@1/s0"] == "landed"
+    assert status["train/scratch@1/s0"] == status["train/lamp@1/s0"] == "not needed"
+    after = json.loads(plan.results.read_text())
+    assert after["variants"] == before["variants"] and after["paired"] == before["paired"]
+    assert after["protocol"]["steps_done"] == before["protocol"]["steps_done"] == len(plan_steps(plan))
+    assert after["protocol"]["datasets"] == before["protocol"]["datasets"]
+    # an evaluation run again elsewhere with other outcomes does not replace the landed one
+    lay = Layout(plan)
+    lay.eval_json("lamp", 1, 1).write_text(json.dumps({"tasks": [{"task": "button-press-topdown-v3", "outcomes": [0, 0]}]}))
+    r = run_plan(plan, execute=Recorder(), on_event=lambda s: None, collect=True)
+    assert r["ran"] == 0 and "evaluated again with different outcomes" in caplog.text
+    assert json.loads(landed.eval_json("lamp", 1, 1).read_text())["tasks"][0]["outcomes"] == [1, 1]
+    assert json.loads(plan.results.read_text())["variants"] == before["variants"]
+
+
+def test_steps_run_on_the_code_of_the_checkout_they_are_given(tmp_path):
+    """--code DIR: a step imports DIR's packages (a frozen worktree), not the runner's."""
+    from policy.experiment import code_revision, run_command
+
+    frozen = tmp_path / "frozen"
+    (frozen / "cli").mkdir(parents=True)
+    (frozen / "cli" / "__init__.py").write_text("")
+    (frozen / "cli" / "main.py").write_text("import sys\nprint('frozen code', sys.argv[1:])\n")
+    out = tmp_path / "out.txt"
+    run_command(["policy", "eval"], out, tmp_path / "log.txt", code=frozen)
+    assert out.read_text().strip() == "frozen code ['policy', 'eval']"
+    with pytest.raises(RuntimeError, match=r"exit 2\): curate nope"):
+        run_command(["nope"], None, tmp_path / "log.txt")  # this checkout's curate: an unknown command
+    assert code_revision(frozen) is None  # not a git checkout
+    assert len(code_revision(None).split("+")[0]) == 40
+
+
 def test_tiny_plan_runs_for_real_and_resumes(tmp_path):
     """Real commands end to end (simulate, curate run, publish, stage 1 motion-only, action runs,
     evaluation), stopped after the scratch run and continued."""

@@ -62,7 +62,14 @@ def add_commands(sub) -> None:
     x.add_argument("plan", help="plan YAML (policy/experiment_plan.py), e.g. policy/experiments/motion_prior.yaml")
     x.add_argument("--dry-run", action="store_true", help="list the steps and which are done; run nothing")
     x.add_argument("--commit", action="store_true", help="git-commit the results files after every evaluation")
-    x.add_argument("--results", default=None, help="results JSON to write instead of the plan's `results`")
+    x.add_argument("--results", default=None, help="results JSON to write instead of the plan's `results` "
+                                                   "(its landed records go beside it)")
+    x.add_argument("--code", default=None, metavar="DIR",
+                   help="run every step on the code of this checkout (e.g. a worktree frozen at the commit the "
+                        "plan's first wave started on); the plan runner, results and records are this one's")
+    x.add_argument("--collect", action="store_true",
+                   help="run nothing: land the evaluations and step records found in the workdir (e.g. of a "
+                        "runner on other code) and rewrite the results; with --commit, commit them")
     x.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="run only the steps whose names match (fnmatch, e.g. 'stage1/*', '*/lafp@5/*'; repeatable) "
                         "and the steps they need; the rest stay as they are")
@@ -194,7 +201,8 @@ def cmd_experiment(args) -> int:
         plan = load_plan(args.plan)
         if args.results:
             plan.results = Path(args.results)
-        result = run_plan(plan, dry_run=args.dry_run, commit=args.commit, only=args.only,
+        result = run_plan(plan, dry_run=args.dry_run, commit=args.commit, only=args.only, collect=args.collect,
+                          code=Path(args.code).resolve() if args.code else None,
                           on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
     except (ValueError, RuntimeError) as e:  # a bad plan, or a step that failed (the message names its log)
         print(f"curate policy experiment: error: {e}", file=sys.stderr)
