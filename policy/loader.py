@@ -2,7 +2,8 @@
 
     open_dataset(ref) ─► shards, permuted per epoch (seed) ─► this rank/worker's share
         ─► iter_triplets(shards) ─► TripletTransform (pure: normalise, subsample, chunk)
-        ─► shuffle buffer (seed, epoch, worker) ─► samples ─► DataLoader(collate_fn=collate)
+        ─► shuffle buffer (seed, epoch, worker) ─► samples ─► DataLoader(collate_fn=collate; in a
+            worker the batch goes into a reused shared slot, policy/batch_transport.py)
 
 Work split. Global worker g = rank * num_workers + worker_id of G = world_size * num_workers.
 With at least G shards each worker reads shards g, g + G, ... of the epoch's permutation
@@ -43,7 +44,6 @@ and samples carry no state / action / action_valid.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from policy.batch_transport import Batches, SlotCollate
 from policy.config import MOTION_CHANNELS, LaMPConfig
 from schemas.triplet import PRIMARY_CAMERA
 from policy.action_history import with_action_history
@@ -484,12 +485,9 @@ def dataset_version(ds) -> str:
 
 
 def collate(samples: list[dict[str, Any]]) -> Any:
-    """List of samples -> batch of tensors (language, episode_id, anchor stay lists). In a
-    DataLoader worker the batch is packed for the trip to the main process (pack: one buffer,
-    through the pipe or in shared memory), which make_loader's iterator unpacks into the same
-    tensors."""
-    if get_worker_info() is not None:
-        return pack(samples)
+    """List of samples -> batch of tensors (language, episode_id, anchor stay lists). In
+    make_loader's workers the same batch is packed into a shared slot instead
+    (policy/batch_transport.py) and reaches the trainer as these tensors."""
     batch: dict[str, Any] = {}
     for key, first in samples[0].items():
         if isinstance(first, np.ndarray):
@@ -499,82 +497,7 @@ def collate(samples: list[dict[str, Any]]) -> Any:
     return batch
 
 
-_ALIGN = 64  # bytes: each array of a packed batch starts on a cache line (and any dtype's alignment)
-
-
-# Largest packed batch that travels through the worker's pipe; larger ones go in shared memory.
-# `curate bench loader`, 2 workers, interleaved A/B (bench-results/loader-pack-*): at 64 px (1.2 MB
-# batches of 32) the pipe was faster than shared memory, at 128 px (2.5 MB) slower.
-PIPE_BYTES = 2 << 20
-
-
-class PackedBatch:
-    """A worker's batch on its way to the main process: every array stacked into ONE contiguous
-    byte buffer (each at a 64-byte aligned offset), the other fields as lists.
-
-    A worker's tensor reaches the main process through a fresh shared-memory segment and a file
-    descriptor passed over a socket; a segment costs about 1.6 ms for a 1.3 MB batch here (0.85 ms
-    to create, the rest page faults; the main process faults its pages in again). A small buffer is cheaper as a numpy array,
-    pickled as one blob through the worker's pipe (copies of memory already mapped); a large one
-    (> PIPE_BYTES) is one shared tensor: one segment per batch instead of one per array."""
-
-    __slots__ = ("buffer", "fields")
-
-    def __init__(self, buffer: np.ndarray | torch.Tensor, fields: list[tuple[str, Any]]):
-        self.buffer = buffer  # 1-D uint8: numpy (the pipe) or a shared tensor
-        self.fields = fields  # [(key, (offset, nbytes, dtype, shape)) for arrays | (key, list) for the rest]
-
-    def unpack(self) -> dict[str, Any]:
-        """The batch of `collate`: tensors are views of one tensor over the buffer (no copy)."""
-        whole = self.buffer if torch.is_tensor(self.buffer) else torch.from_numpy(self.buffer)
-        batch: dict[str, Any] = {}
-        for key, spec in self.fields:
-            if isinstance(spec, list):
-                batch[key] = spec
-                continue
-            off, size, dtype, shape = spec
-            batch[key] = whole[off:off + size].view(_torch_dtype(dtype)).view(shape)
-        return batch
-
-
-def pack(samples: list[dict[str, Any]], pipe_bytes: int = PIPE_BYTES) -> PackedBatch:
-    """The samples' arrays stacked straight into one buffer (collate's order and dtypes), in
-    shared memory when it holds more than `pipe_bytes`."""
-    n, fields, total = len(samples), [], 0
-    for k, v in samples[0].items():
-        if isinstance(v, np.ndarray):
-            fields.append((k, (total, n * v.nbytes, v.dtype, (n, *v.shape))))
-            total += -(-(n * v.nbytes) // _ALIGN) * _ALIGN
-        else:
-            fields.append((k, [s[k] for s in samples]))
-    if total <= pipe_bytes:
-        buffer = raw = np.empty(total, np.uint8)
-    else:
-        buffer = torch.empty(total, dtype=torch.uint8).share_memory_()
-        raw = buffer.numpy()
-    for k, spec in fields:
-        if not isinstance(spec, list):
-            off, size, dtype, shape = spec
-            out = raw[off:off + size].view(dtype).reshape(shape)
-            np.stack([s[k] for s in samples], out=out)
-    return PackedBatch(buffer, fields)
-
-
-@functools.lru_cache(maxsize=None)
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    return torch.from_numpy(np.empty(0, dtype)).dtype
-
-
-class Batches:
-    """make_loader's iterable: the DataLoader's batches, a worker's PackedBatch unpacked into
-    tensors. `dataloader` is the torch DataLoader underneath."""
-
-    def __init__(self, dataloader):
-        self.dataloader = dataloader
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.dataloader:
-            yield batch.unpack() if isinstance(batch, PackedBatch) else batch
+PREFETCH_FACTOR = 4  # batches a worker has outstanding; its ring of shared slots holds 2 more
 
 
 def make_loader(stream: TripletStream, batch_size: int, num_workers: int = 0, seed: int = 0) -> Batches:
@@ -582,6 +505,7 @@ def make_loader(stream: TripletStream, batch_size: int, num_workers: int = 0, se
     exactly."""
     from torch.utils.data import DataLoader
 
-    return Batches(DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+    slots = SlotCollate(collate, slots=PREFETCH_FACTOR + 2) if num_workers else None
+    return Batches(DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=slots or collate,
                               generator=torch.Generator().manual_seed(seed), persistent_workers=False,
-                              prefetch_factor=4 if num_workers else None))
+                              prefetch_factor=PREFETCH_FACTOR if num_workers else None), slots)

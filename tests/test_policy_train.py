@@ -63,48 +63,92 @@ def test_loader_is_deterministic_for_a_seed(syn):
     assert d[: len(syn)] != d[len(syn):]
 
 
-def test_a_workers_batch_travels_as_one_buffer_with_the_same_values(syn):
-    """In a worker, collate packs the batch's arrays into one numpy buffer (pickled as one blob,
-    no shared-memory segments); unpacked it equals collate's batch, and the batches that reach
-    the main process through make_loader equal 0 workers'."""
+def _assert_same_batch(unpacked, plain, tensors):
+    assert list(plain) == list(unpacked)
+    for k in plain:
+        if k in tensors:
+            assert unpacked[k].dtype == plain[k].dtype and unpacked[k].shape == plain[k].shape, k
+            assert torch.equal(unpacked[k], plain[k]), k
+        else:
+            assert unpacked[k] == plain[k], k
+    base = unpacked["image"].untyped_storage()
+    assert {unpacked[k].untyped_storage().data_ptr() for k in tensors} == {base.data_ptr()}
+    assert all((unpacked[k].data_ptr() - base.data_ptr()) % 64 == 0 for k in tensors)
+
+
+def _tiny_samples(syn, n=3):
+    cfg = LaMPConfig(image_size=(32, 32), **TINY)
+    samples = [next(iter(TripletStream(syn, cfg, seed=1, shuffle_buffer=1, epochs=1)))] * n
+    return [dict(s, image=s["image"] + i, action_valid=s["action_valid"] ^ (i % 2 == 1)) for i, s in enumerate(samples)]
+
+
+def test_a_packed_batch_is_one_aligned_buffer_with_collates_values(syn):
     import pickle
 
-    from policy.loader import pack
+    from policy.batch_transport import pack
 
-    cfg = LaMPConfig(image_size=(32, 32), **TINY)
-    samples = [next(iter(TripletStream(syn, cfg, seed=1, shuffle_buffer=1, epochs=1)))] * 3
-    samples = [dict(s, image=s["image"] + i, action_valid=s["action_valid"] ^ (i % 2 == 1)) for i, s in enumerate(samples)]
+    samples = _tiny_samples(syn)
     plain = collate(samples)
     tensors = [k for k, v in plain.items() if torch.is_tensor(v)]
     assert {"image", "motion", "motion_mask", "action_valid", "state"} <= set(tensors)
-    packed = pack(samples)  # small: a numpy buffer, pickled whole through the pipe
-    wire = pickle.dumps(packed, protocol=4)  # what the worker's queue sends
-    assert isinstance(packed.buffer, np.ndarray) and len(wire) < packed.buffer.nbytes + 2000
-    large = pack(samples, pipe_bytes=1000)  # over the limit: one shared-memory tensor
-    assert torch.is_tensor(large.buffer) and large.buffer.is_shared() and large.buffer.numel() == packed.buffer.size
-    for unpacked, shared in ((pickle.loads(wire).unpack(), False), (large.unpack(), True)):
-        assert list(plain) == list(unpacked)
-        for k in plain:
-            if k in tensors:
-                assert unpacked[k].dtype == plain[k].dtype and unpacked[k].shape == plain[k].shape, k
-                assert torch.equal(unpacked[k], plain[k]), k
-            else:
-                assert unpacked[k] == plain[k], k
-        base = unpacked["image"].untyped_storage()
-        assert {unpacked[k].untyped_storage().data_ptr() for k in tensors} == {base.data_ptr()}
-        assert unpacked["image"].is_shared() == shared
-        assert all((unpacked[k].data_ptr() - base.data_ptr()) % 64 == 0 for k in tensors)
+    shared = pack(samples)
+    assert torch.is_tensor(shared.buffer) and shared.buffer.is_shared() and shared.slot is None
+    piped = pickle.loads(pickle.dumps(pack(samples, shared=False), protocol=4))
+    assert piped.nbytes == shared.nbytes == shared.buffer.numel()
+    for unpacked in (shared.unpack(), piped.unpack()):
+        _assert_same_batch(unpacked, plain, tensors)
+
+
+def test_a_worker_reuses_its_slots_and_never_overwrites_a_batch_the_trainer_holds(syn, monkeypatch):
+    """SlotCollate as a worker (worker 0 of 1) runs it: slot after slot of a ring of 2, the slot's
+    tensor sent once; a slot the main process has not freed is never written: that batch goes in
+    a fresh segment instead."""
+    import types
+
+    import policy.batch_transport as bt
+
+    monkeypatch.setattr(bt, "get_worker_info", lambda: types.SimpleNamespace(id=0))
+    monkeypatch.setattr(bt, "SLOT_WAIT_S", 0.05)
+    samples = _tiny_samples(syn)
+    plain = collate(samples)
+    tensors = [k for k, v in plain.items() if torch.is_tensor(v)]
+    c = bt.SlotCollate(collate, slots=2)
+    c.busy = torch.zeros(1, 2, dtype=torch.int32)
+    first, second = c(samples), c(samples)
+    assert (first.slot, second.slot) == ((0, 0), (0, 1)) and c.busy.tolist() == [[1, 1]]
+    assert first.buffer.is_shared() and first.buffer.data_ptr() != second.buffer.data_ptr()
+    held = {first.slot: first.buffer, second.slot: second.buffer}
+    third = c(samples)  # slot 0 still busy: not touched, a fresh segment
+    assert third.slot is None and third.buffer.is_shared() and c.busy.tolist() == [[1, 1]]
+    _assert_same_batch(third.unpack(), plain, tensors)
+    c.busy[0, 0] = 0  # the main process copied the first batch out
+    fourth = c([dict(s, image=s["image"] + 10) for s in samples])
+    assert fourth.slot == (0, 0) and fourth.buffer is None  # reused: the main process holds its tensor
+    got = fourth.unpack(held[fourth.slot][:fourth.nbytes].clone())
+    assert torch.equal(got["image"], plain["image"] + 10) and torch.equal(got["motion"], plain["motion"])
+
+
+def test_batches_from_workers_equal_in_process_batches_even_when_all_are_kept(syn):
+    """make_loader with 2 workers: every triplet equals the 0-worker loader's, with all batches of
+    the pass kept at once (a slot reused under a batch still held would change it), the slots'
+    tensors sent once per slot, and two passes alike."""
+    cfg = LaMPConfig(image_size=(32, 32), **TINY)
     stream = TripletStream(syn, cfg, seed=1, shuffle_buffer=16, epochs=1)
-    in_main = {key: (b["motion"][i], b["image"][i], b["action"][i]) for b in make_loader(stream, 5, 0, seed=0)
+    in_main = {key: (b["motion"][i], b["image"][i], b["action"][i]) for b in make_loader(stream, 2, 0, seed=0)
                for i, key in enumerate(zip(b["episode_id"], b["anchor"]))}
-    seen = 0
-    for b in make_loader(stream, 5, 2, seed=0):  # other batches than 0 workers': compare triplet by triplet
-        for i, key in enumerate(zip(b["episode_id"], b["anchor"])):
-            motion, image, action = in_main[key]
-            assert torch.equal(b["motion"][i], motion) and torch.equal(b["image"][i], image)
-            assert torch.equal(b["action"][i], action)
-            seen += 1
-    assert seen == len(in_main) == len(syn)
+    loader = make_loader(stream, 2, 2, seed=0)
+    for _ in range(2):
+        kept = list(loader)
+        assert len(kept) > 2 * loader.collate.slots  # enough batches that every slot was reused
+        assert loader.stats["slot_tensors"] <= 2 * loader.collate.slots and loader.stats["fresh"] == 0
+        seen = 0
+        for b in kept:
+            for i, key in enumerate(zip(b["episode_id"], b["anchor"])):
+                motion, image, action = in_main[key]
+                assert torch.equal(b["motion"][i], motion) and torch.equal(b["image"][i], image)
+                assert torch.equal(b["action"][i], action)
+                seen += 1
+        assert seen == len(in_main) == len(syn)
 
 
 def test_loader_normalises_with_dataset_stats(syn):
