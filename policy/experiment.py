@@ -17,7 +17,9 @@
           workdir is gone, and a step runs only while an evaluation still to run needs it: a
           plan continued on a fresh machine rebuilds only the data and stage-1 runs that the
           evaluations still missing read.
-      └─► after every evaluation: the landed records, the results file
+      └─► a stage-1 run's weights (and the latent model) land in git too, and stand in for the
+          step on a fresh machine: the corpus behind them is not simulated or curated again.
+      └─► after every evaluation and stage-1 run: the landed records, the results file
           (policy/experiment_results.py), the training curves and the rollout strips are
           rewritten, and (--commit) committed to git.
 
@@ -39,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from policy.experiment_landed import Landed
+from policy.experiment_landed import ARTIFACT_KINDS, Landed, restore_artifact
 from policy.experiment_plan import LATENT_LABEL_SET, Layout, Plan, Step
 from policy.experiment_results import write_outputs
 
@@ -79,7 +81,7 @@ def _latent_train(plan: Plan, sim_out: Path, out: Path, needs: tuple) -> Step:
     argv = ["latent", "train", "--source", str(sim_out / "metaworld_sim" / "1.0.0"), "--out", str(out),
             "--steps", str(la.steps), "--gap", str(la.gap), "--seed", str(la.seed), "--threads", str(plan.threads),
             "--json"]
-    return Step("latent/train", "latent", argv, needs=needs)
+    return Step("latent/train", "latent", argv, needs=needs, out=out)
 
 
 def run_config(plan: Plan, name: str, policy: dict, train: dict) -> Path:
@@ -150,7 +152,7 @@ def plan_steps(plan: Plan) -> list[Step]:
             argv += ["--latent-checkpoint", str(lay.latent_model_dir())]
             needs += need_latent_model()[1]
         step = add(Step(f"stage1/{name}", "stage1", argv + (["--init", str(init)] if init is not None else []),
-                        needs=needs))
+                        needs=needs, out=out))
         return out, (step,)
 
     e = plan.eval
@@ -291,18 +293,29 @@ def required_steps(steps: list[Step], chosen: set[str], lay: Layout, landed: Lan
             dependents[n].append(s.name)
     required: set[str] = set()
     for s in reversed(steps):  # needs come before their dependents: walk from the evaluations back
-        if s.name not in chosen or is_done(lay, s) or landed.has_eval(s):
+        if s.name not in chosen or is_done(lay, s) or landed.has_eval(s) or landed.has_artifact(s):
             continue
         if s.kind == "eval" or not dependents[s.name] or any(d in required for d in dependents[s.name]):
             required.add(s.name)
     return required
 
 
+def restore_needed(lay: Layout, landed: Landed, steps: list[Step], required: set[str],
+                   on_event: Callable[[str], None]) -> None:
+    """Put back the landed artifacts (stage-1 weights, the latent model) that a required step reads
+    and the workdir lacks (policy/experiment_landed.py)."""
+    read = {n for s in steps if s.name in required for n in s.needs}
+    for s in steps:
+        if s.name in read and not is_done(lay, s) and landed.has_artifact(s):
+            restore_artifact(lay, landed, s)
+            on_event(f"[{time.strftime('%H:%M:%S')}] restored {s.name} from {landed.artifact(s.name)}")
+
+
 def _skipped_status(lay: Layout, landed: Landed, step: Step, chosen: set[str]) -> Optional[dict]:
     """The report row's status of a step that does not run, or None for one that runs."""
     if is_done(lay, step):
         return {"status": "done", "wall_s": json.loads(lay.marker(step.name).read_text())["wall_s"]}
-    if landed.has_eval(step):
+    if landed.has_eval(step) or landed.has_artifact(step):
         return {"status": "landed", "wall_s": None}
     if step.name not in chosen:
         return {"status": "not selected", "wall_s": None}
@@ -323,6 +336,8 @@ def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False,
     steps = plan_steps(plan)
     chosen = select_steps(steps, only)
     required = required_steps(steps, chosen, lay, landed)
+    if not (dry_run or collect):
+        restore_needed(lay, landed, steps, required, on_event)
     report, ran = [], 0
     for step in steps:
         row = {"step": step.name, "command": step.command}
@@ -340,7 +355,7 @@ def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False,
         ran += 1
         on_event(f"[{time.strftime('%H:%M:%S')}] done  {step.name} in {wall / 60:.1f} min")
         report.append({**row, "status": "ran", "wall_s": wall})
-        if step.kind == "eval":
+        if step.kind == "eval" or step.kind in ARTIFACT_KINDS:
             written = write_outputs(plan, steps)
             if commit:
                 git_commit(written, f"motion-prior experiment: {step.name} landed ({plan.results})")

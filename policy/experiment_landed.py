@@ -10,23 +10,35 @@ gone, is copied beside the results JSON after every evaluation and committed wit
       done/<step>.json                        every finished step's marker (command, wall time);
                                               a publish step's also holds the dataset's summary
       curves/<run>.jsonl                      the training metrics of every run the curves plot
+      artifacts/<step>.json, artifacts/<step>/  what a stage-1 run or the latent action model left
+                                              for the steps after it (the newest weights, no
+                                              optimizer state: a few MB), with a sha256 per file
 
 The results JSON, the curves and the strips are built from these records only, so a plan whose
 workdir was lost rebuilds the same results file and re-runs only what a missing evaluation needs.
 An evaluation that landed is never overwritten: one evaluated again with a different outcome is
 reported and kept out (delete the landed file to replace it on purpose).
+
+A landed artifact stands in for its step on a fresh machine: the runner copies it back into the
+workdir (checking every file's sha256) and marks the step done, so the corpus behind a stage-1
+run is neither simulated nor curated again just to retrain the same weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
 from policy.experiment_plan import Layout, Plan, Step
+from schemas.checkpoint import CHECKPOINT_DIR, LAST, read_last
 
 log = logging.getLogger(__name__)
+
+ARTIFACT_KINDS = ("stage1", "latent")  # steps whose outputs later steps read and that cost CPU-hours
+MAX_ARTIFACT_BYTES = 64 << 20  # larger outputs are not put in git (logged); the plan rebuilds them
 
 
 class Landed:
@@ -43,6 +55,15 @@ class Landed:
 
     def metrics(self, run: str) -> Path:
         return self.root / "curves" / f"{run}.jsonl"
+
+    def artifact(self, step: str) -> Path:
+        return self.root / "artifacts" / step.replace("/", "__")
+
+    def manifest(self, step: str) -> Path:
+        return self.root / "artifacts" / (step.replace("/", "__") + ".json")
+
+    def has_artifact(self, step: Step) -> bool:
+        return step.kind in ARTIFACT_KINDS and self.manifest(step.name).exists()
 
     def has_eval(self, step: Step) -> bool:
         return step.kind == "eval" and self.eval_json(**step.key).exists()
@@ -90,6 +111,8 @@ def _land_marker(lay: Layout, landed: Landed, step: Step) -> list[Path]:
     if not src.exists():
         return []
     rec = json.loads(src.read_text())
+    if "restored_from" in rec:  # put back from the landed records: nothing new to land
+        return []
     if step.kind == "publish":
         name, version = step.argv[step.argv.index("--name") + 1], step.argv[step.argv.index("--version") + 1]
         ref = lay.ref(name, version)
@@ -106,6 +129,79 @@ def _land_marker(lay: Layout, landed: Landed, step: Step) -> list[Path]:
     return [dst]
 
 
+def artifact_files(out: Path) -> list[Path]:
+    """The files of a step's output that later steps read: everything outside OUT/checkpoints, and
+    of the checkpoints the LAST pointer and the entry it names, less its optimizer state (stage 2
+    and the labeler load weights only). Temporary files of an interrupted write are left out."""
+    newest = read_last(out)
+    files = []
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out)
+        if not p.is_file() or p.name.startswith(".") or p.name.endswith(".partial"):
+            continue
+        if rel.parts[0] == CHECKPOINT_DIR and rel.parts[1] != LAST:
+            if newest is None or out / CHECKPOINT_DIR / rel.parts[1] != newest or p.name == "optimizer.safetensors":
+                continue
+        files.append(p)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _land_artifact(lay: Layout, landed: Landed, step: Step) -> list[Path]:
+    """Copy a finished stage-1 / latent step's artifact_files into git's landed directory; the
+    manifest (file -> bytes, sha256) is written last, so an artifact without one is incomplete."""
+    if step.kind not in ARTIFACT_KINDS or step.out is None or not lay.marker(step.name).exists() or not step.out.is_dir():
+        return []
+    files = {str(p.relative_to(step.out)): p for p in artifact_files(step.out)}
+    manifest = {"step": step.name, "source": str(step.out),
+                "files": {rel: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for rel, p in files.items()}}
+    dst_manifest = landed.manifest(step.name)
+    if dst_manifest.exists() and json.loads(dst_manifest.read_text())["files"] == manifest["files"]:
+        return []
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    if total > MAX_ARTIFACT_BYTES:
+        log.warning("%s: %d bytes of artifacts, over the %d kept in git; not landed", step.name, total, MAX_ARTIFACT_BYTES)
+        return []
+    root = landed.artifact(step.name)
+    written = [root / rel for rel, src in files.items() if _copy_if_changed(src, root / rel)]
+    tmp = dst_manifest.with_name(dst_manifest.name + ".partial")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(dst_manifest)
+    return [*written, dst_manifest]
+
+
+def restore_artifact(lay: Layout, landed: Landed, step: Step) -> None:
+    """Put a landed artifact back in the workdir as the output of `step` and mark the step done
+    (its landed marker, plus where it came from). Raises ValueError naming the file when a landed
+    file is missing or its sha256 differs from the manifest; the workdir is not touched then."""
+    manifest = json.loads(landed.manifest(step.name).read_text())
+    root = landed.artifact(step.name)
+    for rel, want in manifest["files"].items():
+        if not (root / rel).is_file() or _sha256(root / rel) != want["sha256"]:
+            raise ValueError(f"landed artifact {root / rel} of step {step.name} is missing or does not match its "
+                             f"sha256 in {landed.manifest(step.name)}; delete the manifest to run the step again")
+    tmp = step.out.with_name(step.out.name + ".restoring")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in manifest["files"]:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, tmp / rel)
+    shutil.rmtree(step.out, ignore_errors=True)  # an unfinished run of the step: the landed one replaces it
+    tmp.replace(step.out)
+    marker = landed.marker(step.name)
+    rec = json.loads(marker.read_text()) if marker.exists() else {"step": step.name, "command": step.command}
+    m = lay.marker(step.name)
+    m.parent.mkdir(parents=True, exist_ok=True)
+    m.with_name(m.name + ".partial").write_text(json.dumps({**rec, "restored_from": str(root)}, indent=1) + "\n")
+    m.with_name(m.name + ".partial").replace(m)
+
+
 def land(plan: Plan, steps: list[Step], curve_runs: dict[str, Path]) -> list[Path]:
     """Copy the workdir's new records into the landed directory; returns the files written.
     curve_runs: run name -> run directory whose metrics.jsonl the curves plot."""
@@ -115,6 +211,7 @@ def land(plan: Plan, steps: list[Step], curve_runs: dict[str, Path]) -> list[Pat
         if step.kind == "eval":
             written += _land_eval(lay, landed, step)
         written += _land_marker(lay, landed, step)
+        written += _land_artifact(lay, landed, step)
     for run, run_dir in curve_runs.items():
         src = run_dir / "metrics.jsonl"
         if src.exists() and _copy_if_changed(src, landed.metrics(run)):

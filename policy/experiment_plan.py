@@ -225,6 +225,7 @@ class Step:
     clean: Optional[Path] = None  # removed before a (re)run: a step that cannot resume starts over
     key: dict = field(default_factory=dict)  # variant / regime / seed of train and eval steps
     needs: tuple = ()  # names of the steps whose outputs this one reads (all earlier in the plan)
+    out: Optional[Path] = None  # the output directory later steps read (stage-1 runs, the latent model)
 
     @property
     def command(self) -> str:

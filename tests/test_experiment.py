@@ -333,6 +333,62 @@ def test_a_plan_whose_workdir_is_lost_keeps_its_results_and_reruns_only_what_a_m
     assert json.loads(plan.results.read_text())["variants"] == before["variants"]
 
 
+class TrainingRecorder(Recorder):
+    """A Recorder whose `policy train` steps leave what a real run leaves in --out: two
+    checkpoints with optimizer state, the LAST pointer, the metrics."""
+
+    def __call__(self, argv, stdout, log_path):
+        super().__call__(argv, stdout, log_path)
+        if argv[:2] == ["policy", "train"]:
+            out = Path(argv[argv.index("--out") + 1])
+            for step in (1, 2):
+                d = out / "checkpoints" / f"step-{step:07d}"
+                d.mkdir(parents=True, exist_ok=True)
+                for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+                    (d / name).write_bytes(f"{out.name} {step} {name}".encode())
+            (out / "checkpoints" / "LAST").write_text("step-0000002\n")
+            (out / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+
+
+def test_a_landed_stage1_run_stands_in_for_its_corpus_and_training_on_a_fresh_machine(tmp_path):
+    from policy.experiment import run_plan
+    from policy.experiment_landed import Landed
+    from policy.experiment_plan import Layout, load_plan
+
+    plan = load_plan(write_plan(tmp_path, seeds=[0, 1]))
+    run_plan(plan, execute=TrainingRecorder(), on_event=lambda s: None)
+    landed, lay = Landed(plan), Layout(plan)
+    files = json.loads(landed.manifest("stage1/uvd").read_text())["files"]
+    assert sorted(files) == ["checkpoints/LAST", "checkpoints/step-0000002/model.safetensors",
+                             "checkpoints/step-0000002/state.json", "metrics.jsonl"]  # newest weights only
+    weights = (lay.stage1_dir("uvd") / "checkpoints/step-0000002/model.safetensors").read_bytes()
+    landed_marker = landed.marker("stage1/uvd").read_text()
+    shutil.rmtree(plan.workdir)
+    landed.eval_json("lamp", 1, 1).unlink()
+    events: list[str] = []
+    r = run_plan(plan, execute=(rec := TrainingRecorder()), on_event=events.append)
+    status = {s["step"]: s["status"] for s in r["steps"]}
+    assert [s for s, v in status.items() if v == "ran"] == [
+        "simulate/demos1", "curate/demos1", "publish/demos1", "train/lamp@1/s1", "eval/lamp@1/s1"]
+    assert len(rec.calls) == 5 and status["stage1/uvd"] == "done" and status["simulate/corpus"] == "not needed"
+    assert any("restored stage1/uvd" in e for e in events)
+    restored = lay.stage1_dir("uvd")
+    assert (restored / "checkpoints/step-0000002/model.safetensors").read_bytes() == weights
+    assert not (restored / "checkpoints/step-0000002/optimizer.safetensors").exists()
+    assert "restored_from" in lay.marker("stage1/uvd").read_text()
+    assert landed.marker("stage1/uvd").read_text() == landed_marker  # the landed record is not rewritten
+    # dry run on another fresh machine: the artifact counts as landed, nothing is copied
+    shutil.rmtree(plan.workdir)
+    landed.eval_json("lamp", 1, 1).unlink()
+    r = run_plan(plan, execute=Recorder(), dry_run=True, on_event=lambda s: None)
+    assert {s["step"]: s["status"] for s in r["steps"]}["stage1/uvd"] == "landed" and not lay.stage1_dir("uvd").exists()
+    # a damaged landed file is refused by name, before the workdir is touched
+    (landed.artifact("stage1/uvd") / "checkpoints/step-0000002/model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match=r"step-0000002/model.safetensors of step stage1/uvd .*sha256"):
+        run_plan(plan, execute=Recorder(), on_event=lambda s: None)
+    assert not lay.stage1_dir("uvd").exists()
+
+
 def test_steps_run_on_the_code_of_the_checkout_they_are_given(tmp_path):
     """--code DIR: a step imports DIR's packages (a frozen worktree), not the runner's."""
     from policy.experiment import code_revision, run_command
