@@ -261,19 +261,25 @@ def git_commit(paths: list[Path], message: str) -> None:
         log.warning("git commit of %s failed: %s", rel, (e.stderr or b"").decode(errors="replace").strip())
 
 
-def select_steps(steps: list[Step], only: Sequence[str]) -> set[str]:
+def matching_steps(steps: list[Step], only: Sequence[str]) -> list[str]:
     """The steps whose names match any of the `only` patterns (fnmatch: "stage1/*",
-    "*/lafp@5/*"), with every step they need, transitively. No patterns: every step.
-    Raises ValueError naming a pattern that matches no step."""
-    if not only:
-        return {s.name for s in steps}
-    by_name = {s.name: s for s in steps}
+    "*/lafp@5/*"). Raises ValueError naming a pattern that matches no step."""
     todo = []
     for pattern in only:
         hits = [s.name for s in steps if fnmatch.fnmatchcase(s.name, pattern)]
         if not hits:
             raise ValueError(f"--only {pattern!r} matches no step of the plan (see --dry-run for their names)")
         todo += hits
+    return todo
+
+
+def select_steps(steps: list[Step], only: Sequence[str]) -> set[str]:
+    """The steps matching the `only` patterns (matching_steps), with every step they need,
+    transitively. No patterns: every step."""
+    if not only:
+        return {s.name for s in steps}
+    by_name = {s.name: s for s in steps}
+    todo = matching_steps(steps, only)
     chosen: set[str] = set()
     while todo:
         name = todo.pop()
@@ -283,10 +289,13 @@ def select_steps(steps: list[Step], only: Sequence[str]) -> set[str]:
     return chosen
 
 
-def required_steps(steps: list[Step], chosen: set[str], lay: Layout, landed: Landed) -> set[str]:
-    """The chosen steps still to run: an evaluation neither done nor landed, and every step not
-    done that such an evaluation needs (directly or through another required step). A step with
-    nothing after it that needs it (a dataset published for its own sake) runs when not done."""
+def required_steps(steps: list[Step], chosen: set[str], lay: Layout, landed: Landed,
+                   targets: Sequence[str] = ()) -> set[str]:
+    """The chosen steps still to run: an evaluation neither done nor landed, a step named by
+    `targets` (what --only matched: "stage1/uv" runs it even before an evaluation needs it), and
+    every step not done that one of those needs (directly or through another required step). A
+    step with nothing after it that needs it (a dataset published for its own sake) runs when not
+    done. Nothing done or landed runs again."""
     dependents: dict[str, list[str]] = {s.name: [] for s in steps}
     for s in steps:
         for n in s.needs:
@@ -295,7 +304,8 @@ def required_steps(steps: list[Step], chosen: set[str], lay: Layout, landed: Lan
     for s in reversed(steps):  # needs come before their dependents: walk from the evaluations back
         if s.name not in chosen or is_done(lay, s) or landed.has_eval(s) or landed.has_artifact(s):
             continue
-        if s.kind == "eval" or not dependents[s.name] or any(d in required for d in dependents[s.name]):
+        if (s.kind == "eval" or s.name in targets or not dependents[s.name]
+                or any(d in required for d in dependents[s.name])):
             required.add(s.name)
     return required
 
@@ -335,7 +345,7 @@ def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False,
     lay, landed = Layout(plan), Landed(plan)
     steps = plan_steps(plan)
     chosen = select_steps(steps, only)
-    required = required_steps(steps, chosen, lay, landed)
+    required = required_steps(steps, chosen, lay, landed, set(matching_steps(steps, only)))
     if not (dry_run or collect):
         restore_needed(lay, landed, steps, required, on_event)
     report, ran = [], 0

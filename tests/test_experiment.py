@@ -267,6 +267,21 @@ def test_only_runs_the_chosen_steps_and_what_they_need(tmp_path):
         run_plan(plan, execute=rec, on_event=lambda s: None, only=["train/nope"])
 
 
+def test_a_step_named_by_only_runs_even_when_every_evaluation_after_it_landed(tmp_path):
+    """--only stage1/uvd on a fresh machine whose evaluations all landed: the stage-1 run (and
+    what it needs) runs, to land its weights; without --only nothing runs."""
+    from policy.experiment import run_plan
+    from policy.experiment_plan import load_plan
+
+    plan = load_plan(write_plan(tmp_path))
+    run_plan(plan, execute=Recorder(), on_event=lambda s: None)
+    shutil.rmtree(plan.workdir)
+    assert run_plan(plan, execute=Recorder(), on_event=lambda s: None)["ran"] == 0
+    r = run_plan(plan, execute=(rec := Recorder()), on_event=lambda s: None, only=["stage1/uvd"])
+    assert [s["step"] for s in r["steps"] if s["status"] == "ran"] == [
+        "simulate/corpus", "curate/corpus-ours", "publish/corpus-ours", "stage1/uvd"] and len(rec.calls) == 4
+
+
 def test_runner_skips_finished_steps_and_reruns_a_failed_one(tmp_path):
     from policy.experiment import plan_steps, run_plan
     from policy.experiment_plan import Layout, load_plan

@@ -83,7 +83,7 @@ def fsync_cost(dataset: Path, workdir: Path, repeats: int = 5) -> dict:
     as commit_unit does before its rename) against writing it, per 1,000 frames (median of
     `repeats`; the same shard arrays each time)."""
     from curation import open_dataset
-    from curation.store.durable import fsync_tree
+    from schemas.durable import fsync_tree
     from curation.store.writer import EpisodePayload, write_shard_group
 
     ds = open_dataset(str(dataset))
