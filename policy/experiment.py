@@ -38,9 +38,11 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from policy.experiment_code import StepCode
 from policy.experiment_landed import ARTIFACT_KINDS, Landed, restore_artifact
 from policy.experiment_plan import LATENT_LABEL_SET, Layout, Plan, Step
 from policy.experiment_results import write_outputs
@@ -104,10 +106,12 @@ def plan_steps(plan: Plan) -> list[Step]:
     lay, w, c, d = Layout(plan), plan.workdir, plan.corpus, plan.demos
     steps: list[Step] = []
     seen: set[str] = set()
+    wave = [0]  # the wave of the variant whose steps are being added
 
     def add(step: Step) -> str:
         if step.name not in seen:
             seen.add(step.name)
+            step.wave = wave[0]
             steps.append(step)
         return step.name
 
@@ -159,6 +163,7 @@ def plan_steps(plan: Plan) -> list[Step]:
     order = [(regime, seed, vname, v) for wave in sorted({v.wave for v in plan.variants.values()})
              for regime in plan.regimes for seed in plan.seeds for vname, v in plan.variants.items() if v.wave == wave]
     for regime, seed, vname, v in order:
+        wave[0] = v.wave
         latent = v.stage1 is not None and plan.stage1[v.stage1].label_set == LATENT_LABEL_SET
         ref, demos = need_demos(regime, latent)
         init, stage1 = need_stage1(v.stage1) if v.stage1 else (None, ())
@@ -181,11 +186,12 @@ def plan_steps(plan: Plan) -> list[Step]:
 
 
 # ----------------------------------------------------------------------------- running
-def run_command(argv: list[str], stdout: Optional[Path], log_path: Path, code: Optional[Path] = None) -> None:
+def run_command(argv: list[str], stdout: Optional[Path], log_path: Path, code: Optional[Path] = None,
+                cpu: Optional[int] = None) -> None:
     """`curate ARGV` in a subprocess (this interpreter), stderr to log_path, stdout to `stdout`
     (or the log). code: a checkout whose packages the step imports instead of this one's (the
-    frozen code an experiment's wave started on). Raises RuntimeError naming the command and the
-    log on a non-zero exit."""
+    frozen code an experiment's wave started on). cpu: the one core the step runs on. Raises
+    RuntimeError naming the command and the log on a non-zero exit."""
     env = {**os.environ, **{k: v for k, v in STEP_ENV.items() if k not in os.environ}}
     if code is not None:  # `python -m` puts the working directory first on sys.path
         env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
@@ -195,8 +201,9 @@ def run_command(argv: list[str], stdout: Optional[Path], log_path: Path, code: O
         lf.flush()
         out = open(stdout, "wb") if stdout is not None else lf
         try:
+            pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
             rc = subprocess.call([sys.executable, "-m", "cli.main", *argv], stdout=out, stderr=lf, env=env,
-                                 cwd=code)
+                                 cwd=code, preexec_fn=pin)
         finally:
             if stdout is not None:
                 out.close()
@@ -220,9 +227,10 @@ def code_revision(code: Optional[Path]) -> Optional[str]:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def run_step(lay: Layout, step: Step, execute: Callable, code: Optional[Path] = None) -> float:
-    """Run one step (in the checkout `code`, see run_command) and mark it done, with the commit it
-    ran on; returns its wall seconds. Nothing is marked done, and no evaluation file appears,
+def run_step(lay: Layout, step: Step, execute: Callable, code: Optional[Path] = None,
+             cpu: Optional[int] = None) -> float:
+    """Run one step (in the checkout `code`, on core `cpu`, see run_command) and mark it done,
+    with the commit it ran on; returns its wall seconds. Nothing is marked done, and no evaluation file appears,
     unless the command succeeded."""
     if step.clean is not None and step.clean.exists():
         shutil.rmtree(step.clean)
@@ -231,7 +239,8 @@ def run_step(lay: Layout, step: Step, execute: Callable, code: Optional[Path] = 
         step.stdout.parent.mkdir(parents=True, exist_ok=True)
         tmp = step.stdout.with_name(step.stdout.name + ".partial")
     t0 = time.time()
-    execute(step.argv, tmp, lay.log(step.name), **({"code": code} if code is not None else {}))
+    where = {k: v for k, v in (("code", code), ("cpu", cpu)) if v is not None}
+    execute(step.argv, tmp, lay.log(step.name), **where)
     wall = time.time() - t0
     if tmp is not None:
         json.loads(tmp.read_text())  # a report that does not parse is a failed step
@@ -332,43 +341,92 @@ def _skipped_status(lay: Layout, landed: Landed, step: Step, chosen: set[str]) -
     return {"status": "not needed", "wall_s": None}
 
 
+def _start_line(step: Step, cpu: Optional[int], code: Optional[Path]) -> str:
+    where = "".join([f" on core {cpu}" if cpu is not None else "", f" in {code}" if code is not None else ""])
+    return f"[{time.strftime('%H:%M:%S')}] start {step.name}{where}: {step.command}"
+
+
+def run_steps(plan: Plan, steps: list[Step], todo: list[Step], execute: Callable, step_code: Callable[[Step], Optional[Path]],
+              jobs: int, commit: bool, on_event: Callable[[str], None]) -> dict[str, float]:
+    """Run `todo` (steps of the plan `steps`, in plan order) with up to `jobs` steps at once: a step starts when every step
+    it needs is done, the earliest in plan order first, each pinned to a core of its own (of this
+    process's, os.sched_getaffinity; jobs 1: not pinned, the plan order exactly). After an
+    evaluation or a stage-1 run its records land, the results are rewritten and (commit) committed,
+    in this thread only. A failed step starts nothing new; the running ones finish and land, then
+    its error is raised. Returns step name -> wall seconds of the steps that ran."""
+    cores = sorted(os.sched_getaffinity(0))
+    if jobs > len(cores):
+        raise ValueError(f"--jobs {jobs}: this process may run on {len(cores)} core(s) ({cores})")
+    lay, free = Layout(plan), (cores[:jobs] if jobs > 1 else [None])
+    pending, running, walls, error = list(todo), {}, {}, None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while running or (pending and error is None):
+            busy = {s.name for s, _ in running.values()}
+            for step in list(pending):
+                if not free or error is not None:
+                    break
+                if any(n in busy or not lay.marker(n).exists() for n in step.needs):
+                    continue
+                cpu, code = free.pop(0), step_code(step)
+                on_event(_start_line(step, cpu, code))
+                running[pool.submit(run_step, lay, step, execute, code, cpu)] = (step, cpu)
+                pending.remove(step)
+                busy.add(step.name)
+            if not running:  # cannot happen in plan order; a guard against a plan built out of order
+                raise RuntimeError(f"steps {[s.name for s in pending]} need steps that are not done")
+            for fut in wait(running, return_when=FIRST_COMPLETED).done:
+                step, cpu = running.pop(fut)
+                free.append(cpu)
+                try:
+                    walls[step.name] = fut.result()
+                except Exception as e:  # noqa: BLE001 - raised once the running steps are done
+                    error = error or e
+                    on_event(f"[{time.strftime('%H:%M:%S')}] failed {step.name}: {e}")
+                    continue
+                on_event(f"[{time.strftime('%H:%M:%S')}] done  {step.name} in {walls[step.name] / 60:.1f} min")
+                if step.kind == "eval" or step.kind in ARTIFACT_KINDS:
+                    written = write_outputs(plan, steps)
+                    if commit:
+                        git_commit(written, f"motion-prior experiment: {step.name} landed ({plan.results})")
+    if error is not None:
+        raise error
+    return walls
+
+
 def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False, commit: bool = False,
              stop_after: Optional[int] = None, on_event: Callable[[str], None] = print,
-             only: Sequence[str] = (), collect: bool = False, code: Optional[Path] = None) -> dict:
+             only: Sequence[str] = (), collect: bool = False, code: Optional[Path] = None, jobs: int = 1) -> dict:
     """Run every step still required (required_steps), in order; returns {"steps": [{step, status,
     wall_s, command}], ...}. Status: ran, done (its marker exists), landed (an evaluation in git),
     not needed (every evaluation that needs it landed), not selected (outside `only`), todo.
     stop_after: run at most this many steps in this call (tests stop a plan half way with it).
     only: run just the steps matching these patterns and what they need (select_steps).
     collect: run nothing; land the workdir's records and rewrite the results (and commit them).
-    code: run the steps on this checkout's code (run_command); results and records stay here."""
+    code: run every step on this checkout's code (run_command; else the plan's `code` per wave,
+    policy/experiment_code.py); results and records stay here.
+    jobs: steps run at once, each on a core of its own (run_steps)."""
     lay, landed = Layout(plan), Landed(plan)
     steps = plan_steps(plan)
     chosen = select_steps(steps, only)
     required = required_steps(steps, chosen, lay, landed, set(matching_steps(steps, only)))
     if not (dry_run or collect):
         restore_needed(lay, landed, steps, required, on_event)
-    report, ran = [], 0
+    todo = [s for s in steps if s.name in required]
+    if dry_run or collect:
+        todo = []
+    elif stop_after is not None:
+        todo = todo[:stop_after]
+    walls = run_steps(plan, steps, todo, execute, StepCode(plan, code), jobs, commit, on_event)
+    report = []
     for step in steps:
         row = {"step": step.name, "command": step.command}
-        if step.name not in required:
-            report.append({**row, **_skipped_status(lay, landed, step, chosen)})
-            continue
-        if dry_run or collect or (stop_after is not None and ran >= stop_after):
+        if step.name in walls:
+            report.append({**row, "status": "ran", "wall_s": walls[step.name]})
+        elif step.name in required:
             report.append({**row, "status": "todo", "wall_s": None})
-            continue
-        missing = [n for n in step.needs if not lay.marker(n).exists()]
-        if missing:  # cannot happen in plan order; a guard against a plan built out of order
-            raise RuntimeError(f"step {step.name} needs {missing}, not done")
-        on_event(f"[{time.strftime('%H:%M:%S')}] start {step.name}: {step.command}")
-        wall = run_step(lay, step, execute, code)
-        ran += 1
-        on_event(f"[{time.strftime('%H:%M:%S')}] done  {step.name} in {wall / 60:.1f} min")
-        report.append({**row, "status": "ran", "wall_s": wall})
-        if step.kind == "eval" or step.kind in ARTIFACT_KINDS:
-            written = write_outputs(plan, steps)
-            if commit:
-                git_commit(written, f"motion-prior experiment: {step.name} landed ({plan.results})")
+        else:
+            report.append({**row, **_skipped_status(lay, landed, step, chosen)})
+    ran = len(walls)
     written = [] if dry_run else write_outputs(plan, steps)
     if commit and written:
         git_commit(written, f"motion-prior experiment: results after {ran} step(s) ({plan.results})")

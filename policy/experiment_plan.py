@@ -26,6 +26,7 @@
       label_set: [labels.motion_source=ground_truth]  # --set of the corpus and demos curated with its tokens
     action_steps: {5: 1500, 20: 3000}        # per regime
     seeds: [0, 1, 2]                         # action-phase seeds
+    code: {0: 6736f05, 1: 94c39a8}           # optional: wave -> the git revision its steps run on
     eval: {episodes: 50, seed: 10000, max_steps: 150}
     paired_against: [none, scratch]
 
@@ -131,6 +132,7 @@ class Plan:
     paired_against: list[str] = field(default_factory=lambda: ["none", "scratch"])
     threads: int = 1
     latent_actions: Optional[LatentActions] = None
+    code: dict[int, str] = field(default_factory=dict)  # wave -> git revision its steps run on
     raw: dict = field(default_factory=dict)
 
 
@@ -173,6 +175,11 @@ def load_plan(path: str | Path) -> Plan:
             setattr(plan, key, list(d.pop(key)))
     if "threads" in d:
         plan.threads = int(d.pop("threads"))
+    if "code" in d:
+        code = d.pop("code") or {}
+        if not isinstance(code, dict):
+            raise ValueError(f"{path}: code maps a wave to a git revision, e.g. {{0: 6736f05}}")
+        plan.code = {int(k): str(v) for k, v in code.items()}
     if d.get("latent_actions") is not None:
         plan.latent_actions = _build(LatentActions, d.pop("latent_actions"), f"{path}: latent_actions")
     if d:
@@ -226,6 +233,7 @@ class Step:
     key: dict = field(default_factory=dict)  # variant / regime / seed of train and eval steps
     needs: tuple = ()  # names of the steps whose outputs this one reads (all earlier in the plan)
     out: Optional[Path] = None  # the output directory later steps read (stage-1 runs, the latent model)
+    wave: int = 0  # the wave of the first variant that needs it (its code: Plan.code)
 
     @property
     def command(self) -> str:

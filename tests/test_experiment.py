@@ -5,7 +5,10 @@ runner's skip-and-resume (with a recording executor, then for real on a tiny pla
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,11 +204,13 @@ class Recorder:
 
     def __init__(self, fail_on: str = ""):
         self.calls: list[str] = []
+        self.where: list[dict] = []  # code / cpu the runner passed with each call
         self.fail_on = fail_on
 
-    def __call__(self, argv, stdout, log_path):
+    def __call__(self, argv, stdout, log_path, **where):
         cmd = " ".join(argv)
         self.calls.append(cmd)
+        self.where.append(where)
         if self.fail_on and self.fail_on in cmd:
             raise RuntimeError(f"step failed: {cmd}")
         if stdout is not None:
@@ -282,6 +287,111 @@ def test_a_step_named_by_only_runs_even_when_every_evaluation_after_it_landed(tm
         "simulate/corpus", "curate/corpus-ours", "publish/corpus-ours", "stage1/uvd"] and len(rec.calls) == 4
 
 
+class SlowRecorder(Recorder):
+    """A Recorder whose steps take a moment, and which checks at every start that the steps it
+    needs have finished (their markers exist) and notes which steps ran at the same time."""
+
+    def __init__(self, plan, fail_on: str = ""):
+        from policy.experiment import plan_steps
+        from policy.experiment_plan import Layout
+
+        super().__init__(fail_on)
+        self.lay, self.by_command = Layout(plan), {s.command: s for s in plan_steps(plan)}
+        self.running: set[str] = set()
+        self.overlaps: list[tuple[str, str, int]] = []  # (step, step running beside it, its core)
+        self.lock = threading.Lock()
+
+    def __call__(self, argv, stdout, log_path, **where):
+        import shlex
+
+        step = self.by_command["curate " + shlex.join(argv)]
+        assert all(self.lay.marker(n).exists() for n in step.needs), step.name
+        with self.lock:
+            self.overlaps += [(step.name, other, where.get("cpu")) for other in self.running]
+            self.running.add(step.name)
+        try:
+            time.sleep(0.05)
+            super().__call__(argv, stdout, log_path, **where)
+        finally:
+            with self.lock:
+                self.running.discard(step.name)
+
+
+def test_two_jobs_run_independent_steps_at_once_on_their_own_cores_with_the_same_results(tmp_path, monkeypatch):
+    from policy.experiment import plan_steps, run_plan
+    from policy.experiment_plan import load_plan
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # the cores the runner may use
+    one = load_plan(write_plan(tmp_path / "one", seeds=[0, 1]))
+    run_plan(one, execute=Recorder(), on_event=lambda s: None)
+    two = load_plan(write_plan(tmp_path / "two", seeds=[0, 1]))
+    rec = SlowRecorder(two)
+    r = run_plan(two, execute=rec, on_event=lambda s: None, jobs=2)
+    assert r["ran"] == len(plan_steps(two)) == len(rec.calls)
+    assert rec.overlaps and {w["cpu"] for w in rec.where} == {0, 1}
+    assert all(cpu in (0, 1) for _, _, cpu in rec.overlaps)
+    ran_together = {frozenset(o[:2]) for o in rec.overlaps}
+    assert frozenset({"simulate/demos1", "simulate/corpus"}) in ran_together  # independent: started together
+    a, b = json.loads(one.results.read_text()), json.loads(two.results.read_text())
+    assert a["variants"] == b["variants"] and a["paired"] == b["paired"]
+    with pytest.raises(ValueError, match="--jobs 3: this process may run on 2 core"):
+        run_plan(load_plan(write_plan(tmp_path / "three")), execute=Recorder(), on_event=lambda s: None, jobs=3)
+
+
+def test_a_failed_step_among_two_jobs_lets_the_other_finish_and_land_then_raises(tmp_path, monkeypatch):
+    from policy.experiment import run_plan
+    from policy.experiment_plan import Layout, load_plan
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    plan = load_plan(write_plan(tmp_path))
+    rec = SlowRecorder(plan, fail_on="simulate --task button-press-topdown-v3 --episodes 1 --size 32 --max-steps 12 --seed 0")
+    with pytest.raises(RuntimeError, match="step failed"):
+        run_plan(plan, execute=rec, on_event=lambda s: None, jobs=2)
+    lay = Layout(plan)
+    assert not lay.marker("simulate/corpus").exists() and lay.marker("simulate/demos1").exists()
+    assert not any(c.startswith("policy") for c in rec.calls)  # nothing new started after the failure
+
+
+def test_each_wave_runs_on_a_worktree_of_its_revision(tmp_path):
+    import subprocess
+
+    from policy.experiment import plan_steps, run_plan
+    from policy.experiment_code import StepCode, ensure_worktree
+    from policy.experiment_plan import load_plan
+
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    revs = []
+    for text in ("frozen wave 1", "later"):
+        (repo / "code.txt").write_text(text)
+        subprocess.run([*git, "add", "code.txt"], check=True)
+        subprocess.run([*git, "commit", "-qm", text], check=True)
+        revs.append(subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip())
+    variants = {"scratch": {"stage1": None, "fusion": "none"},
+                "lamp": {"stage1": "uvd", "fusion": "gated_sigmoid", "wave": 1}}
+    plan = load_plan(write_plan(tmp_path, variants=variants, code={1: revs[0]}))
+    waves = {s.name: s.wave for s in plan_steps(plan)}
+    assert waves["simulate/demos1"] == waves["train/scratch@1/s0"] == 0
+    assert waves["simulate/corpus"] == waves["stage1/uvd"] == waves["eval/lamp@1/s0"] == 1  # first needed by wave 1
+    code = StepCode(plan, repo=repo)
+    steps = {s.name: s for s in plan_steps(plan)}
+    assert code(steps["train/scratch@1/s0"]) is None  # no entry for wave 0: the runner's own checkout
+    tree = code(steps["stage1/uvd"])
+    assert tree == plan.workdir.resolve() / "code" / revs[0] and (tree / "code.txt").read_text() == "frozen wave 1"
+    assert ensure_worktree(repo, revs[0], tree.parent) == tree  # there already: kept
+    subprocess.run(["git", "-C", str(tree), "checkout", "-q", "--detach", revs[1]], check=True)
+    with pytest.raises(ValueError, match="a checkout at .* where the plan's wave runs on"):
+        ensure_worktree(repo, revs[0], tree.parent)
+    with pytest.raises(ValueError, match="rev-parse"):
+        ensure_worktree(repo, "0" * 40, tree.parent)
+    assert StepCode(plan, override=tmp_path)(steps["stage1/uvd"]) == tmp_path  # --code wins
+    rec = Recorder()
+    run_plan(load_plan(write_plan(tmp_path / "p2", variants=variants)), execute=rec, on_event=lambda s: None)
+    assert rec.where and all(w == {} for w in rec.where)  # no code map, one job: nothing passed
+
+
 def test_runner_skips_finished_steps_and_reruns_a_failed_one(tmp_path):
     from policy.experiment import plan_steps, run_plan
     from policy.experiment_plan import Layout, load_plan
@@ -352,8 +462,8 @@ class TrainingRecorder(Recorder):
     """A Recorder whose `policy train` steps leave what a real run leaves in --out: two
     checkpoints with optimizer state, the LAST pointer, the metrics."""
 
-    def __call__(self, argv, stdout, log_path):
-        super().__call__(argv, stdout, log_path)
+    def __call__(self, argv, stdout, log_path, **where):
+        super().__call__(argv, stdout, log_path, **where)
         if argv[:2] == ["policy", "train"]:
             out = Path(argv[argv.index("--out") + 1])
             for step in (1, 2):

@@ -65,8 +65,11 @@ def add_commands(sub) -> None:
     x.add_argument("--results", default=None, help="results JSON to write instead of the plan's `results` "
                                                    "(its landed records go beside it)")
     x.add_argument("--code", default=None, metavar="DIR",
-                   help="run every step on the code of this checkout (e.g. a worktree frozen at the commit the "
-                        "plan's first wave started on); the plan runner, results and records are this one's")
+                   help="run every step on the code of this checkout instead of the plan's `code` per wave (a "
+                        "worktree each, made under WORKDIR/code); the plan runner, results and records are this one's")
+    x.add_argument("--jobs", type=int, default=1,
+                   help="steps run at once, each pinned to a core of its own (a step starts when the steps it "
+                        "needs are done; default 1: one after the other, in plan order)")
     x.add_argument("--collect", action="store_true",
                    help="run nothing: land the evaluations and step records found in the workdir (e.g. of a "
                         "runner on other code) and rewrite the results; with --commit, commit them")
@@ -202,7 +205,7 @@ def cmd_experiment(args) -> int:
         if args.results:
             plan.results = Path(args.results)
         result = run_plan(plan, dry_run=args.dry_run, commit=args.commit, only=args.only, collect=args.collect,
-                          code=Path(args.code).resolve() if args.code else None,
+                          code=Path(args.code).resolve() if args.code else None, jobs=args.jobs,
                           on_event=lambda line: print(line, flush=True) if not args.json else log.info(line))
     except (ValueError, RuntimeError) as e:  # a bad plan, or a step that failed (the message names its log)
         print(f"curate policy experiment: error: {e}", file=sys.stderr)
