@@ -201,9 +201,11 @@ def run_command(argv: list[str], stdout: Optional[Path], log_path: Path, code: O
         lf.flush()
         out = open(stdout, "wb") if stdout is not None else lf
         try:
-            pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-            rc = subprocess.call([sys.executable, "-m", "cli.main", *argv], stdout=out, stderr=lf, env=env,
-                                 cwd=code, preexec_fn=pin)
+            proc = subprocess.Popen([sys.executable, "-m", "cli.main", *argv], stdout=out, stderr=lf, env=env,
+                                    cwd=code)
+            if cpu is not None:  # pinned from here (not preexec_fn: unsafe with the runner's threads),
+                os.sched_setaffinity(proc.pid, {cpu})  # long before the step starts any process of its own
+            rc = proc.wait()
         finally:
             if stdout is not None:
                 out.close()
@@ -230,8 +232,8 @@ def code_revision(code: Optional[Path]) -> Optional[str]:
 def run_step(lay: Layout, step: Step, execute: Callable, code: Optional[Path] = None,
              cpu: Optional[int] = None) -> float:
     """Run one step (in the checkout `code`, on core `cpu`, see run_command) and mark it done,
-    with the commit it ran on; returns its wall seconds. Nothing is marked done, and no evaluation file appears,
-    unless the command succeeded."""
+    with the commit it ran on; returns its wall seconds. Nothing is marked done, and no
+    evaluation file appears, unless the command succeeded."""
     if step.clean is not None and step.clean.exists():
         shutil.rmtree(step.clean)
     tmp = None

@@ -529,6 +529,11 @@ def test_steps_run_on_the_code_of_the_checkout_they_are_given(tmp_path):
         run_command(["nope"], None, tmp_path / "log.txt")  # this checkout's curate: an unknown command
     assert code_revision(frozen) is None  # not a git checkout
     assert len(code_revision(None).split("+")[0]) == 40
+    # cpu: the step runs pinned to that one core (its own view of its affinity)
+    (frozen / "cli" / "main.py").write_text("import os, time\ntime.sleep(0.3)\nprint(sorted(os.sched_getaffinity(0)))\n")
+    core = max(os.sched_getaffinity(0))
+    run_command(["policy", "eval"], out, tmp_path / "log.txt", code=frozen, cpu=core)
+    assert out.read_text().strip() == f"[{core}]"
 
 
 def test_tiny_plan_runs_for_real_and_resumes(tmp_path):
