@@ -104,15 +104,12 @@ def run_config(plan: Plan, name: str, policy: dict, train: dict) -> Path:
 def plan_steps(plan: Plan) -> list[Step]:
     """Every step of the plan in run order (see the module docstring)."""
     lay, w, c, d = Layout(plan), plan.workdir, plan.corpus, plan.demos
-    steps: list[Step] = []
-    seen: set[str] = set()
+    steps: dict[str, Step] = {}  # in run order
     wave = [0]  # the wave of the variant whose steps are being added
 
     def add(step: Step) -> str:
-        if step.name not in seen:
-            seen.add(step.name)
-            step.wave = wave[0]
-            steps.append(step)
+        if step.name not in steps:
+            step.wave, steps[step.name] = wave[0], step
         return step.name
 
     def need_corpus(label_set: str) -> tuple[str, tuple]:
@@ -182,7 +179,7 @@ def plan_steps(plan: Plan) -> list[Step]:
                   "--episodes", str(e.episodes), "--max-steps", str(e.max_steps), "--eval-seed", str(e.seed),
                   "--threads", str(plan.threads), "--strips", str(strips), "--json"],
                  stdout=lay.eval_json(vname, regime, seed), clean=strips, key=key, needs=(train,)))
-    return steps
+    return list(steps.values())
 
 
 # ----------------------------------------------------------------------------- running
