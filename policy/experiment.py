@@ -318,11 +318,11 @@ def required_steps(steps: list[Step], chosen: set[str], lay: Layout, landed: Lan
     return required
 
 
-def restore_needed(lay: Layout, landed: Landed, steps: list[Step], required: set[str],
+def restore_needed(lay: Layout, landed: Landed, steps: list[Step], to_run: set[str],
                    on_event: Callable[[str], None]) -> None:
-    """Put back the landed artifacts (stage-1 weights, the latent model) that a required step reads
-    and the workdir lacks (policy/experiment_landed.py)."""
-    read = {n for s in steps if s.name in required for n in s.needs}
+    """Put back the landed artifacts (stage-1 weights, the latent model) that a step about to run
+    reads and the workdir lacks (policy/experiment_landed.py)."""
+    read = {n for s in steps if s.name in to_run for n in s.needs}
     for s in steps:
         if s.name in read and not is_done(lay, s) and landed.has_artifact(s):
             restore_artifact(lay, landed, s)
@@ -345,10 +345,11 @@ def _start_line(step: Step, cpu: Optional[int], code: Optional[Path]) -> str:
     return f"[{time.strftime('%H:%M:%S')}] start {step.name}{where}: {step.command}"
 
 
-def run_steps(plan: Plan, steps: list[Step], todo: list[Step], execute: Callable, step_code: Callable[[Step], Optional[Path]],
-              jobs: int, commit: bool, on_event: Callable[[str], None]) -> dict[str, float]:
-    """Run `todo` (steps of the plan `steps`, in plan order) with up to `jobs` steps at once: a step starts when every step
-    it needs is done, the earliest in plan order first, each pinned to a core of its own (of this
+def run_steps(plan: Plan, steps: list[Step], todo: list[Step], execute: Callable,
+              step_code: Callable[[Step], Optional[Path]], jobs: int, commit: bool,
+              on_event: Callable[[str], None]) -> dict[str, float]:
+    """Run `todo` (steps of the plan `steps`, in plan order) with up to `jobs` steps at once: a
+    step starts when every step it needs is done, the earliest in plan order first, each pinned to a core of its own (of this
     process's, os.sched_getaffinity; jobs 1: not pinned, the plan order exactly). After an
     evaluation or a stage-1 run its records land, the results are rewritten and (commit) committed,
     in this thread only. A failed step starts nothing new; the running ones finish and land, then
@@ -360,17 +361,15 @@ def run_steps(plan: Plan, steps: list[Step], todo: list[Step], execute: Callable
     pending, running, walls, error = list(todo), {}, {}, None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while running or (pending and error is None):
-            busy = {s.name for s, _ in running.values()}
             for step in list(pending):
                 if not free or error is not None:
                     break
-                if any(n in busy or not lay.marker(n).exists() for n in step.needs):
+                if not all(lay.marker(n).exists() for n in step.needs):  # a running step has none yet
                     continue
                 cpu, code = free.pop(0), step_code(step)
                 on_event(_start_line(step, cpu, code))
                 running[pool.submit(run_step, lay, step, execute, code, cpu)] = (step, cpu)
                 pending.remove(step)
-                busy.add(step.name)
             if not running:  # cannot happen in plan order; a guard against a plan built out of order
                 raise RuntimeError(f"steps {[s.name for s in pending]} need steps that are not done")
             for fut in wait(running, return_when=FIRST_COMPLETED).done:
@@ -408,13 +407,8 @@ def run_plan(plan: Plan, execute: Callable = run_command, dry_run: bool = False,
     steps = plan_steps(plan)
     chosen = select_steps(steps, only)
     required = required_steps(steps, chosen, lay, landed, set(matching_steps(steps, only)))
-    if not (dry_run or collect):
-        restore_needed(lay, landed, steps, required, on_event)
-    todo = [s for s in steps if s.name in required]
-    if dry_run or collect:
-        todo = []
-    elif stop_after is not None:
-        todo = todo[:stop_after]
+    todo = [] if dry_run or collect else [s for s in steps if s.name in required][:stop_after]
+    restore_needed(lay, landed, steps, {s.name for s in todo}, on_event)
     walls = run_steps(plan, steps, todo, execute, StepCode(plan, code), jobs, commit, on_event)
     report = []
     for step in steps:

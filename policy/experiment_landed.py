@@ -33,7 +33,7 @@ import shutil
 from pathlib import Path
 
 from policy.experiment_plan import Layout, Plan, Step
-from schemas.checkpoint import CHECKPOINT_DIR, LAST, read_last
+from schemas.checkpoint import CHECKPOINT_DIR, LAST, read_last, write_text
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,8 @@ def artifact_files(out: Path) -> list[Path]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _land_artifact(lay: Layout, landed: Landed, step: Step) -> list[Path]:
@@ -171,9 +168,7 @@ def _land_artifact(lay: Layout, landed: Landed, step: Step) -> list[Path]:
         return []
     root = landed.artifact(step.name)
     written = [root / rel for rel, src in files.items() if _copy_if_changed(src, root / rel)]
-    tmp = dst_manifest.with_name(dst_manifest.name + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(dst_manifest)
+    write_text(dst_manifest, json.dumps(manifest, indent=1) + "\n")
     return [*written, dst_manifest]
 
 
@@ -196,10 +191,7 @@ def restore_artifact(lay: Layout, landed: Landed, step: Step) -> None:
     tmp.replace(step.out)
     marker = landed.marker(step.name)
     rec = json.loads(marker.read_text()) if marker.exists() else {"step": step.name, "command": step.command}
-    m = lay.marker(step.name)
-    m.parent.mkdir(parents=True, exist_ok=True)
-    m.with_name(m.name + ".partial").write_text(json.dumps({**rec, "restored_from": str(root)}, indent=1) + "\n")
-    m.with_name(m.name + ".partial").replace(m)
+    write_text(lay.marker(step.name), json.dumps({**rec, "restored_from": str(root)}, indent=1) + "\n")
 
 
 def land(plan: Plan, steps: list[Step], curve_runs: dict[str, Path]) -> list[Path]:
