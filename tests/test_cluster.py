@@ -59,7 +59,11 @@ def test_job_survives_a_killed_worker_node_and_equals_local(cluster, bridge_dir,
     assert not psutil.pid_exists(s["killed"]["raylet_pid"]) or \
         psutil.Process(s["killed"]["raylet_pid"]).status() == psutil.STATUS_ZOMBIE
     assert s["runner"] == "ray" and s["complete"], s["counts"]
-    assert eng["nodes"] == 2, eng  # head + node_a left alive
+    # The job can finish before the GCS has counted the crashed node's missed health checks, so
+    # its end-of-job count is 2 or 3; the cluster itself must come to exactly head + node_a.
+    assert eng["nodes"] in (2, 3), eng
+    cluster.wait_until_dead(VICTIM)
+    assert cluster.alive_node_names() == {"head", "node_a"}
     c = s["counts"]
     for k in ("planned", "read", "written", "frames_written", "filtered", "duplicates", "quarantined"):
         assert c[k] == lc[k], (k, c[k], lc[k])

@@ -223,6 +223,22 @@ class LocalCluster:
                 raise TimeoutError(f"{what} not up after {self.start_timeout_s:.0f}s: {self.tail_logs()}")
             time.sleep(1.0)
 
+    def alive_node_names(self) -> set[str]:
+        """Names of the nodes the GCS reports alive now."""
+        return set(self._alive_nodes())
+
+    def wait_until_dead(self, name: str, timeout_s: float = 90.0) -> float:
+        """Wait until the GCS reports node `name` dead; returns the seconds waited.
+        The GCS learns of a crashed node from its missed health checks (Ray's defaults:
+        one every 3 s, dead after 5 missed), so a job that retries the lost unit and
+        finishes within those seconds still sees the node alive at its end."""
+        t0 = time.monotonic()
+        while name in self._alive_nodes():
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"node {name} still reported alive {timeout_s:.0f}s after its crash")
+            time.sleep(1.0)
+        return time.monotonic() - t0
+
     def tail_logs(self, names=None, n: int = 1500) -> str:
         out = []
         for name, node in self.nodes.items():
